@@ -1,0 +1,165 @@
+"""One settings object from `autoresearch.toml` plus command-line overrides.
+
+The file has one table per section below; every key is optional and falls
+back to the default written here. Unknown sections or keys, wrong types and
+out-of-range values are refused with a message that names the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from autoresearch.errors import ConfigError, did_you_mean
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised only on Python 3.10
+    import tomli as tomllib
+
+CONFIG_FILE = "autoresearch.toml"
+DEVICES = ("auto", "cuda", "cpu", "mps")
+TOKENIZER_KINDS = ("bpe", "byte")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    budget_seconds: float = 300.0  # training time of one experiment, measured by the harness
+    startup_seconds: float = (
+        180.0  # allowance for imports, compile and hand-over before a hard kill
+    )
+    seed: int = 42
+    device: str = "auto"  # auto picks cuda when available, else cpu
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    source: str = (
+        "stdlib"  # stdlib | climbmix | tinystories | folder (see `autoresearch prepare --help`)
+    )
+    path: str = ""  # the folder, for source = "folder"
+    url: str = ""  # a mirror for the download sources; empty means the source's own
+    train_shards: int = 8  # climbmix: training shards to download (~100 MB each)
+    sequence_len: int = 2048  # tokens per row, for training and evaluation
+
+
+@dataclass(frozen=True)
+class TokenizerSettings:
+    kind: str = "bpe"  # bpe (trained on the data) | byte (256 byte values, nothing to train)
+    vocab_size: int = 8192  # bpe only
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    tokens: int = (
+        10 * 2**20
+    )  # validation tokens scored; fixed, so every candidate sees the same set
+    batch_size: int = 32  # rows per evaluation forward pass
+
+
+@dataclass(frozen=True)
+class Config:
+    run: RunSettings = field(default_factory=RunSettings)
+    data: DataSettings = field(default_factory=DataSettings)
+    tokenizer: TokenizerSettings = field(default_factory=TokenizerSettings)
+    eval: EvalSettings = field(default_factory=EvalSettings)
+
+    def as_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+
+SECTIONS: dict[str, type] = {
+    "run": RunSettings,
+    "data": DataSettings,
+    "tokenizer": TokenizerSettings,
+    "eval": EvalSettings,
+}
+
+
+def load_config(repo: Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Read `repo/autoresearch.toml` (if any), apply `section.key` overrides, validate."""
+    raw: dict[str, Any] = {}
+    if repo is not None and (repo / CONFIG_FILE).exists():
+        path = repo / CONFIG_FILE
+        try:
+            raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path} is not valid TOML: {e}; fix the file and retry") from None
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        section, key = dotted.split(".", 1)
+        raw.setdefault(section, {})[key] = value
+    return parse_config(raw)
+
+
+def parse_config(raw: dict[str, Any]) -> Config:
+    """Build a validated `Config` from a parsed TOML document."""
+    sections = {}
+    for name, table in raw.items():
+        if name not in SECTIONS:
+            raise ConfigError(
+                f"unknown section [{name}] in {CONFIG_FILE}{did_you_mean(name, SECTIONS)};"
+                f" valid sections: {', '.join(SECTIONS)}"
+            )
+        if not isinstance(table, dict):
+            raise ConfigError(f"'{name}' in {CONFIG_FILE} must be a table like [{name}]")
+        sections[name] = _parse_section(name, SECTIONS[name], table)
+    config = Config(**sections)
+    _validate(config)
+    return config
+
+
+def _parse_section(name: str, cls: type, table: dict[str, Any]) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values = {}
+    for key, value in table.items():
+        if key not in fields:
+            raise ConfigError(
+                f"unknown key '{name}.{key}' in {CONFIG_FILE}{did_you_mean(key, fields)};"
+                f" valid keys in [{name}]: {', '.join(fields)}"
+            )
+        values[key] = _coerce(f"{name}.{key}", fields[key].default, value)
+    return cls(**values)
+
+
+def _coerce(key: str, default: Any, value: Any) -> Any:
+    """Accept the default's type (an int where a float is expected is fine)."""
+    want = type(default)
+    if want is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, want) and not (want is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(
+        f"'{key}' must be a {want.__name__}, got {type(value).__name__} {value!r}"
+        f" (for example {key.split('.')[1]} = {default!r})"
+    )
+
+
+def _validate(c: Config) -> None:
+    positive = {
+        "run.budget_seconds": c.run.budget_seconds,
+        "run.startup_seconds": c.run.startup_seconds,
+        "data.train_shards": c.data.train_shards,
+        "data.sequence_len": c.data.sequence_len,
+        "tokenizer.vocab_size": c.tokenizer.vocab_size,
+        "eval.tokens": c.eval.tokens,
+        "eval.batch_size": c.eval.batch_size,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise ConfigError(f"'{key}' must be positive, got {value}")
+    if c.run.device not in DEVICES:
+        raise ConfigError(f"'run.device' must be one of {', '.join(DEVICES)}, got {c.run.device!r}")
+    if c.tokenizer.kind not in TOKENIZER_KINDS:
+        raise ConfigError(
+            f"'tokenizer.kind' must be one of {', '.join(TOKENIZER_KINDS)},"
+            f" got {c.tokenizer.kind!r}"
+        )
+    if c.tokenizer.kind == "bpe" and c.tokenizer.vocab_size < 257:
+        raise ConfigError("'tokenizer.vocab_size' must be at least 257 for bpe (256 bytes + BOS)")
+    if c.eval.tokens < c.data.sequence_len:
+        raise ConfigError("'eval.tokens' must be at least one row of 'data.sequence_len' tokens")

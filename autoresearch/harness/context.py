@@ -1,0 +1,81 @@
+"""The run context: everything the harness tells a `train.py` about its run.
+
+The runner writes it as JSON into the run folder and points the training
+process at it through an environment variable. Run by hand (`python train.py`
+in a research repo), the harness builds the same context from
+`autoresearch.toml` and the prepared cache, so a candidate behaves the same
+both ways; only the runner's evaluation gives it a score.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from autoresearch.config import Config, load_config
+
+CONTEXT_ENV = "AUTORESEARCH_CONTEXT"  # path of context.json, set by the runner
+EVENTS_ENV = "AUTORESEARCH_EVENTS_FD"  # file descriptor for progress events, set by the runner
+
+
+@dataclass(frozen=True)
+class RunContext:
+    device: str  # resolved: cuda | cpu | mps
+    seed: int
+    budget_seconds: float
+    sequence_len: int
+    vocab_size: int  # including BOS
+    bos_id: int
+    eval_batch_size: int  # the batch size the model is exported and evaluated at
+    tokenizer_path: str
+    train_tokens_path: str  # training split only: the validation split is never named here
+    handover_dir: str  # where `harness.handover` puts the model for the evaluator
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n")
+
+
+def resolve_device(name: str) -> str:
+    """Turn `auto` into the best device here; check that an explicit one exists."""
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        return "mps" if torch.backends.mps.is_available() else "cpu"
+    return name
+
+
+def build_context(config: Config, handover_dir: Path) -> RunContext:
+    """The context for one run of `config`; needs `autoresearch prepare` to have run."""
+    from autoresearch.harness.prepare import load_manifest
+
+    manifest = load_manifest(config)
+    return RunContext(
+        device=resolve_device(config.run.device),
+        seed=config.run.seed,
+        budget_seconds=config.run.budget_seconds,
+        sequence_len=config.data.sequence_len,
+        vocab_size=manifest.vocab_size,
+        bos_id=manifest.bos_id,
+        eval_batch_size=config.eval.batch_size,
+        tokenizer_path=str(manifest.tokenizer_path),
+        train_tokens_path=str(manifest.train_path),
+        handover_dir=str(handover_dir),
+    )
+
+
+@functools.cache
+def context() -> RunContext:
+    """The current run's context (cached for the life of the process)."""
+    path = os.environ.get(CONTEXT_ENV)
+    if path:
+        return RunContext(**json.loads(Path(path).read_text()))
+    # Standalone: a hand-run train.py in a research repo trains for real but is not scored.
+    handover_dir = Path(tempfile.mkdtemp(prefix="autoresearch-handover-"))
+    return build_context(load_config(Path.cwd()), handover_dir)

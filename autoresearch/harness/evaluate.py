@@ -1,0 +1,153 @@
+"""The trusted evaluation: val_bpb of a handed-over model, in its own process.
+
+    python -m autoresearch.harness.evaluate '<spec json>'
+
+The runner starts this after the training process has exited. It loads the
+exported graph (no candidate Python runs here), scores a fixed number of
+tokens of the pinned validation split, and prints one JSON line. Before
+scoring, two probes catch models that cheat through their forward pass:
+changing future tokens must not change earlier logits (causality), and the
+same batch must give the same logits twice (no dependence on evaluation order).
+
+Bits per byte: the summed cross-entropy (nats) of every target token, over
+ln(2) times the UTF-8 bytes those tokens stand for; BOS targets stand for no
+bytes and are left out. Independent of the tokenizer, so any vocabulary competes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+PROBE_TOLERANCE = 1e-3  # max logit change allowed at positions before the edited ones
+EVAL_SEED = 1234  # for the probe's random edits only; the data order is fixed
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    model_dir: str
+    tokenizer_path: str
+    val_tokens_path: str
+    sequence_len: int
+    eval_tokens: int
+    batch_size: int
+    device: str
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    val_bpb: float
+    tokens: int
+    num_params: int
+    seconds: float
+    device_name: str
+
+
+class EvalError(Exception):
+    """The hand-over cannot be scored; the message says why (it becomes the crash reason)."""
+
+
+def evaluate(spec: EvalSpec) -> EvalResult:
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from autoresearch.harness.dataloader import eval_rows
+    from autoresearch.harness.model_io import load_exported
+    from autoresearch.harness.tokenizer import Tokenizer
+
+    t0 = time.monotonic()
+    device = torch.device(spec.device)
+    tokenizer = Tokenizer.load(Path(spec.tokenizer_path))
+    token_bytes = torch.from_numpy(tokenizer.token_bytes().astype(np.int64)).to(device)
+    n_rows = spec.eval_tokens // spec.sequence_len
+    rows = torch.from_numpy(
+        eval_rows(Path(spec.val_tokens_path), spec.sequence_len, n_rows, tokenizer.bos_id)
+    )
+    try:
+        program = load_exported(Path(spec.model_dir), spec.device)
+    except Exception as e:
+        raise EvalError(f"hand-over could not be loaded: {type(e).__name__}: {e}") from None
+    model = program.module()
+    num_params = sum(p.numel() for p in program.state_dict.values())
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+    def logits_of(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), autocast:
+            out = model(x)
+        if not isinstance(out, torch.Tensor) or out.shape[:2] != x.shape:
+            raise EvalError(f"model must return logits [B, T, V], got {getattr(out, 'shape', out)}")
+        if out.shape[-1] < tokenizer.vocab_size:
+            raise EvalError(
+                f"model returns {out.shape[-1]} logits, vocabulary has {tokenizer.vocab_size}"
+            )
+        return out[..., : tokenizer.vocab_size].float()
+
+    B = spec.batch_size
+    first = _batch(rows, 0, B).to(device)
+    reference = logits_of(first[:, :-1])
+    _probe_causality(logits_of, first[:, :-1], reference, tokenizer.vocab_size)
+
+    nats = torch.zeros((), dtype=torch.float64, device=device)
+    nbytes = torch.zeros((), dtype=torch.int64, device=device)
+    for start in range(0, n_rows, B):
+        batch = _batch(rows, start, B).to(device)
+        real = min(B, n_rows - start)  # the last batch is padded to the exported batch size
+        x, y = batch[:real, :-1], batch[:real, 1:]
+        logits = logits_of(batch[:, :-1])[:real]
+        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none")
+        weight = token_bytes[y.reshape(-1)]
+        nats += (loss * (weight > 0)).sum(dtype=torch.float64)
+        nbytes += weight.sum()
+        del x
+    if not torch.equal(logits_of(first[:, :-1]), reference):
+        raise EvalError(
+            "model gives different logits for the same batch: it depends on evaluation order"
+        )
+    val_bpb = nats.item() / (math.log(2) * nbytes.item())
+    if not math.isfinite(val_bpb):
+        raise EvalError(f"val_bpb is {val_bpb}: the model produces non-finite logits")
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    return EvalResult(val_bpb, n_rows * spec.sequence_len, num_params, time.monotonic() - t0, name)
+
+
+def _batch(rows, start: int, size: int):
+    """Rows [start, start + size), padded by repeating the first row to the exported size."""
+    import torch
+
+    batch = rows[start : start + size]
+    if len(batch) < size:
+        batch = torch.cat([batch, rows[:1].expand(size - len(batch), -1)])
+    return batch
+
+
+def _probe_causality(logits_of, x, reference, vocab_size: int) -> None:
+    """Edit the second half of every row; logits of the first half must not move."""
+    import torch
+
+    cut = x.size(1) // 2
+    generator = torch.Generator(device="cpu").manual_seed(EVAL_SEED)
+    edited = x.clone()
+    noise = torch.randint(0, vocab_size - 1, edited[:, cut:].shape, generator=generator)
+    edited[:, cut:] = noise.to(x.device)
+    moved = (logits_of(edited)[:, :cut] - reference[:, :cut]).abs().max().item()
+    if moved > PROBE_TOLERANCE * max(1.0, reference.abs().max().item()):
+        raise EvalError(f"model is not causal: logits before position {cut} depend on later tokens")
+
+
+def main() -> None:
+    spec = EvalSpec(**json.loads(sys.argv[1]))
+    try:
+        result = evaluate(spec)
+    except EvalError as e:
+        print(json.dumps({"error": str(e)}))
+        sys.exit(1)
+    print(json.dumps(asdict(result)))
+
+
+if __name__ == "__main__":
+    main()

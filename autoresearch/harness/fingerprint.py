@@ -1,0 +1,30 @@
+"""Content fingerprints: what a result was measured with, so results compare honestly."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from pathlib import Path
+
+CHUNK = 1 << 20
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(CHUNK):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_files(paths: Iterable[Path]) -> str:
+    """One digest over names and contents, independent of the order given."""
+    h = hashlib.sha256()
+    for path in sorted(Path(p) for p in paths):
+        h.update(path.name.encode() + b"\0" + sha256_file(path).encode() + b"\n")
+    return h.hexdigest()
+
+
+def harness_fingerprint() -> str:
+    """The trusted code that trains, hands over and scores: any edit changes this."""
+    return sha256_files(Path(__file__).parent.glob("*.py"))

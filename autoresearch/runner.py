@@ -1,0 +1,334 @@
+"""One experiment: the training subprocess, its hard limits, and the trusted evaluation.
+
+    train.py  --(events pipe)-->  runner  --(hand-over files)-->  evaluate (own process)
+
+The training process runs in its own process group with a minimal environment
+(no API keys) and its output in `run.log`. The runner stamps its events on
+arrival, kills the whole group on timeout, divergence or exit, and then starts
+the evaluator, whose val_bpb is the only score. Nothing the candidate prints
+is parsed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from autoresearch.config import Config
+from autoresearch.harness.context import CONTEXT_ENV, EVENTS_ENV, build_context
+from autoresearch.harness.evaluate import EvalSpec
+from autoresearch.harness.events import LOSS_LIMIT
+from autoresearch.harness.fingerprint import harness_fingerprint, sha256_file
+from autoresearch.harness.handover import META_FILE
+from autoresearch.harness.prepare import load_manifest
+
+# Only these variables reach the candidate: never API keys, tokens or credentials.
+ENV_ALLOWLIST = (
+    "PATH",
+    "HOME",
+    "USER",
+    "LANG",
+    "LC_ALL",
+    "TMPDIR",
+    "PYTHONPATH",
+    "VIRTUAL_ENV",
+    "CUDA_VISIBLE_DEVICES",
+    "PYTORCH_CUDA_ALLOC_CONF",
+    "TORCHINDUCTOR_CACHE_DIR",
+    "TRITON_CACHE_DIR",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+)
+KILL_GRACE_SECONDS = 5.0  # SIGTERM, then SIGKILL for a group that has not gone
+HANDOVER_GRACE_SECONDS = 30.0  # after the hand-over the process has this long to exit
+BUDGET_TOLERANCE = 1.05  # training may overrun the budget by 5% (one last step)
+EVAL_TIMEOUT_SECONDS = 900.0
+POLL_SECONDS = 0.05
+LOG_TAIL_LINES = 40
+# bf16 dense peak FLOP/s by device name, for MFU; unknown devices report no MFU.
+PEAK_FLOPS = {
+    "H100": 989.5e12,
+    "H200": 989.5e12,
+    "B200": 2250e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "4090": 165.2e12,
+    "A10G": 125e12,
+}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str  # keep | crash | timeout
+    reason: str
+    val_bpb: float | None = None
+    training_seconds: float = 0.0
+    total_seconds: float = 0.0
+    peak_vram_mb: float = 0.0
+    peak_rss_mb: float = 0.0
+    mfu_percent: float | None = None
+    tokens: int = 0
+    num_steps: int = 0
+    num_params: int = 0
+    device: str = ""
+    fingerprints: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def memory_gb(self) -> float:
+        """Peak GPU memory, or peak process memory where there is no GPU."""
+        return (self.peak_vram_mb or self.peak_rss_mb) / 1024
+
+
+class Events:
+    """Reads the candidate's event pipe in a thread; every event stamped on arrival."""
+
+    def __init__(self, fd: int, on_event: Callable[[dict], None] | None):
+        self.times: dict[str, float] = {}  # first arrival of each event kind
+        self.last_step: dict = {}
+        self.diverged: str | None = None
+        self._on_event = on_event
+        self._thread = threading.Thread(target=self._read, args=(fd,), daemon=True)
+        self._thread.start()
+
+    def _read(self, fd: int) -> None:
+        with open(fd, "rb") as pipe:
+            for raw in pipe:
+                try:
+                    event = json.loads(raw)
+                    kind = str(event["event"])
+                except (ValueError, KeyError, TypeError):
+                    continue  # garbage on the pipe is ignored, never trusted
+                self.times.setdefault(kind, time.monotonic())
+                if kind == "step":
+                    self.last_step = event
+                    loss = event.get("loss")
+                    if isinstance(loss, (int, float)) and not (
+                        math.isfinite(loss) and loss <= LOSS_LIMIT
+                    ):
+                        self.diverged = f"loss diverged ({loss}) at step {event.get('step')}"
+                elif kind == "diverged":
+                    self.diverged = (
+                        f"loss diverged ({event.get('loss')}) at step {event.get('step')}"
+                    )
+                if self._on_event:
+                    self._on_event(event)
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+
+def minimal_env(extra: dict[str, str]) -> dict[str, str]:
+    env = {k: os.environ[k] for k in ENV_ALLOWLIST if k in os.environ}
+    return env | {"PYTHONUNBUFFERED": "1"} | extra
+
+
+def kill_group(pgid: int) -> None:
+    """Stop every process in the group: the candidate and anything it started."""
+    for sig, wait in ((signal.SIGTERM, KILL_GRACE_SECONDS), (signal.SIGKILL, 0.0)):
+        try:
+            os.killpg(pgid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except (ProcessLookupError, PermissionError):
+                return
+            time.sleep(POLL_SECONDS)
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 64 * 1024))
+            return b"\n".join(f.read().splitlines()[-lines:]).decode("utf-8", "replace")
+    except FileNotFoundError:
+        return ""
+
+
+def run_experiment(
+    train_py: Path,
+    config: Config,
+    run_dir: Path,
+    on_event: Callable[[dict], None] | None = None,
+) -> Outcome:
+    """Train `train_py` for the budget and score it; candidate faults become statuses."""
+    t_spawn = time.monotonic()
+    manifest = load_manifest(config)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ctx = build_context(config, run_dir / "handover")
+    ctx.save(run_dir / "context.json")
+    fingerprints = {
+        "harness": harness_fingerprint(),
+        "data": manifest.data_fingerprint,
+        "tokenizer": manifest.tokenizer_fingerprint,
+        "train": sha256_file(train_py),
+    }
+    log_path = run_dir / "run.log"
+    limit = config.run.budget_seconds + config.run.startup_seconds
+
+    read_fd, write_fd = os.pipe()
+    env = minimal_env({CONTEXT_ENV: str(run_dir / "context.json"), EVENTS_ENV: str(write_fd)})
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, train_py.name],
+            cwd=train_py.parent,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            pass_fds=(write_fd,),
+            start_new_session=True,
+        )
+    os.close(write_fd)
+    events = Events(read_fd, on_event)
+    returncode, rusage, why_stopped = None, None, ""
+    try:
+        while True:
+            pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                returncode = os.waitstatus_to_exitcode(status)
+                proc.returncode = returncode  # reaped here, so Popen must not wait again
+                break
+            now = time.monotonic()
+            if now - t_spawn > limit:
+                why_stopped = "timeout"
+            elif events.diverged:
+                why_stopped = "diverged"
+            elif (
+                "handed_over" in events.times
+                and now - events.times["handed_over"] > HANDOVER_GRACE_SECONDS
+            ):
+                why_stopped = "lingered"
+            if why_stopped:
+                break
+            time.sleep(POLL_SECONDS)
+    finally:
+        kill_group(proc.pid)
+        if returncode is None:
+            proc.wait()
+    events.join(timeout=KILL_GRACE_SECONDS)
+    t_end = time.monotonic()
+
+    t_start = events.times.get("start", t_spawn)
+    t_handover = events.times.get("handover")
+    training = (t_handover or t_end) - t_start
+    common = dict(
+        training_seconds=training,
+        peak_rss_mb=(
+            rusage.ru_maxrss / 1024
+            if rusage and sys.platform != "darwin"
+            else (rusage.ru_maxrss / 2**20 if rusage else 0.0)
+        ),
+        num_steps=int(events.last_step.get("step", -1)) + 1,
+        tokens=int(events.last_step.get("tokens", 0)),
+        device=ctx.device,
+        fingerprints=fingerprints,
+    )
+
+    def failed(status: str, reason: str) -> Outcome:
+        return Outcome(status, reason, total_seconds=time.monotonic() - t_spawn, **common)
+
+    if why_stopped == "diverged":
+        return failed("crash", events.diverged or "loss diverged")
+    if why_stopped == "timeout" and "handed_over" not in events.times:
+        return failed(
+            "timeout",
+            f"no hand-over within {limit:.0f} s (budget {config.run.budget_seconds:.0f} s"
+            f" + start-up allowance {config.run.startup_seconds:.0f} s)",
+        )
+    if "handed_over" not in events.times:
+        last = next((ln for ln in reversed(log_tail(log_path).splitlines()) if ln.strip()), "")
+        if returncode == 0:
+            return failed("crash", "train.py exited without calling harness.handover(model)")
+        return failed("crash", f"exit code {returncode}: {last.strip()[:200] or 'no output'}")
+    if training > config.run.budget_seconds * BUDGET_TOLERANCE + 1.0:
+        return failed(
+            "timeout",
+            f"trained {training:.1f} s, over the {config.run.budget_seconds:.0f} s budget",
+        )
+
+    meta = _read_meta(Path(ctx.handover_dir) / META_FILE)
+    spec = EvalSpec(
+        model_dir=ctx.handover_dir,
+        tokenizer_path=str(manifest.tokenizer_path),
+        val_tokens_path=str(manifest.val_path),
+        sequence_len=config.data.sequence_len,
+        eval_tokens=config.eval.tokens,
+        batch_size=config.eval.batch_size,
+        device=ctx.device,
+    )
+    result, error = _evaluate(spec, run_dir / "eval.log")
+    if error:
+        return failed("crash", f"evaluation failed: {error}")
+    tokens = int(meta.get("tokens") or common["tokens"])
+    common |= {"tokens": tokens}
+    return Outcome(
+        "keep",
+        "trained and evaluated",
+        val_bpb=result["val_bpb"],
+        total_seconds=time.monotonic() - t_spawn,
+        peak_vram_mb=float(meta.get("peak_vram_mb") or 0.0),
+        mfu_percent=_mfu(meta.get("flops_per_token"), tokens, training, result["device_name"]),
+        num_params=int(result["num_params"]),
+        **common,
+    )
+
+
+def _read_meta(path: Path) -> dict:
+    """The candidate's own hand-over notes: informational, every field optional."""
+    try:
+        meta = json.loads(path.read_text())
+        return meta if isinstance(meta, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _evaluate(spec: EvalSpec, log_path: Path) -> tuple[dict, str]:
+    """Run the trusted evaluator in its own process; (result, "") or ({}, error)."""
+    import dataclasses
+
+    with open(log_path, "wb") as log:
+        try:
+            done = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "autoresearch.harness.evaluate",
+                    json.dumps(dataclasses.asdict(spec)),
+                ],
+                env=minimal_env({}),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=log,
+                timeout=EVAL_TIMEOUT_SECONDS,
+                start_new_session=True,
+            )
+        except subprocess.TimeoutExpired:
+            return {}, f"the evaluator took over {EVAL_TIMEOUT_SECONDS:.0f} s"
+    lines = done.stdout.decode(errors="replace").strip().splitlines()
+    try:
+        result = json.loads(lines[-1])
+    except (IndexError, ValueError):
+        tail = log_tail(log_path, 3).replace("\n", " | ")
+        return {}, f"no result (exit code {done.returncode}): {tail[-300:]}"
+    if "error" in result:
+        return {}, str(result["error"])
+    return result, ""
+
+
+def _mfu(flops_per_token, tokens: int, seconds: float, device_name: str) -> float | None:
+    peak = next((v for k, v in PEAK_FLOPS.items() if k in device_name), None)
+    if not peak or not flops_per_token or seconds <= 0:
+        return None
+    return 100.0 * float(flops_per_token) * tokens / seconds / peak

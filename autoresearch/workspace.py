@@ -1,0 +1,104 @@
+"""The research repo: a normal git repo holding train.py, program.md and autoresearch.toml.
+
+Run state lives in the git-ignored `.autoresearch/` folder inside it. This
+module creates research repos and answers questions about them; it never
+leaves the user's checkout dirty.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from autoresearch.config import CONFIG_FILE
+from autoresearch.errors import UserError
+
+STATE_DIR = ".autoresearch"
+TRAIN_FILE = "train.py"
+PROGRAM_FILE = "program.md"
+PROTECTED_FILES = (PROGRAM_FILE, CONFIG_FILE)  # proposers may change train.py only
+BASELINES = ("gpt", "tiny")
+FALLBACK_AUTHOR = ("autoresearch", "autoresearch@localhost")  # when git has no identity set
+
+
+@dataclass(frozen=True)
+class Commit:
+    sha: str
+    dirty: bool  # train.py differs from the commit
+    subject: str = ""  # first line of the commit message
+
+
+def default_baseline() -> str:
+    """gpt where a CUDA GPU is present, else the CPU-sized tiny baseline."""
+    import torch
+
+    return "gpt" if torch.cuda.is_available() else "tiny"
+
+
+def init_repo(folder: Path, baseline: str) -> Path:
+    """Make a new research repo in `folder` (absent or empty) from a baseline; one commit."""
+    import git
+
+    if baseline not in BASELINES:
+        raise UserError(f"unknown baseline '{baseline}': choose one of {', '.join(BASELINES)}")
+    folder = folder.resolve()
+    if folder.exists() and any(folder.iterdir()):
+        raise UserError(f"{folder} is not empty: choose a new folder name")
+    try:
+        git.Repo(folder, search_parent_directories=True)
+        raise UserError(f"{folder} is inside an existing git repo: choose a folder outside it")
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+        pass
+    folder.mkdir(parents=True, exist_ok=True)
+    files = resources.files("autoresearch.baselines")
+    for name, source in (
+        (TRAIN_FILE, files / baseline / TRAIN_FILE),
+        (CONFIG_FILE, files / baseline / CONFIG_FILE),
+        (PROGRAM_FILE, files / PROGRAM_FILE),
+    ):
+        with resources.as_file(source) as path:
+            shutil.copyfile(path, folder / name)
+    (folder / ".gitignore").write_text(f"{STATE_DIR}/\n__pycache__/\n")
+    repo = git.Repo.init(folder, initial_branch="main")
+    repo.index.add([TRAIN_FILE, CONFIG_FILE, PROGRAM_FILE, ".gitignore"])
+    author = None
+    with repo.config_reader() as cfg:
+        if not cfg.has_option("user", "email"):
+            author = git.Actor(*FALLBACK_AUTHOR)
+    repo.index.commit(
+        f"autoresearch: start from the {baseline} baseline", author=author, committer=author
+    )
+    return folder
+
+
+def find_repo(start: Path | None = None) -> Path:
+    """The research repo containing `start` (default: the current folder)."""
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / CONFIG_FILE).is_file():
+            return folder
+    raise UserError(
+        f"not inside a research repo (no {CONFIG_FILE} in {here} or above):"
+        " cd into one, or create one with `autoresearch init DIR`"
+    )
+
+
+def state_dir(repo: Path) -> Path:
+    path = repo / STATE_DIR
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def current_commit(repo: Path) -> Commit:
+    """HEAD of the research repo, and whether train.py has uncommitted changes."""
+    import git
+
+    try:
+        r = git.Repo(repo)
+        head = r.head.commit
+    except (git.InvalidGitRepositoryError, ValueError):
+        return Commit(sha="", dirty=True)  # not a git repo, or no commit yet
+    dirty = bool(r.git.status("--porcelain", "--", TRAIN_FILE))
+    return Commit(sha=head.hexsha, dirty=dirty, subject=head.summary)
