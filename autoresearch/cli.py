@@ -14,6 +14,7 @@ import click
 from autoresearch import __version__
 from autoresearch.config import DEVICES, load_config
 from autoresearch.errors import UserError
+from autoresearch.plugins import add_plugin_commands
 from autoresearch.workspace import BASELINES, find_repo
 
 LEDGER_FILE = "ledger.jsonl"
@@ -72,7 +73,8 @@ def run(
     budget: float | None, seed: int | None, device: str | None, description: str | None
 ) -> None:
     """Run one experiment of the research repo's current train.py and record it."""
-    from autoresearch.ledger import Ledger, Record
+    from autoresearch.harness.prepare import load_manifest
+    from autoresearch.ledger import Ledger
     from autoresearch.progress import LiveProgress
     from autoresearch.runner import run_experiment
     from autoresearch.workspace import TRAIN_FILE, current_commit, state_dir
@@ -83,6 +85,7 @@ def run(
     )
     train_py = repo / TRAIN_FILE
     _check_compiles(train_py)
+    load_manifest(config)  # no data prepared: say so before anything starts
     state = state_dir(repo)
     ledger = Ledger(state / LEDGER_FILE)
     exp_id = ledger.next_id()
@@ -91,24 +94,12 @@ def run(
     outcome = run_experiment(
         train_py, config, state / "runs" / exp_id, on_event=LiveProgress(config.run.budget_seconds)
     )
-    constants = _constants(train_py)
-    record = Record(
+    depth = _constants(train_py).get("DEPTH")
+    record = outcome.to_record(
         id=exp_id,
-        status=outcome.status,
-        reason=outcome.reason,
         commit=commit.sha,
-        val_bpb=outcome.val_bpb,
-        memory_gb=outcome.memory_gb,
-        training_seconds=outcome.training_seconds,
-        total_seconds=outcome.total_seconds,
-        tokens=outcome.tokens,
-        num_steps=outcome.num_steps,
-        num_params=outcome.num_params,
-        depth=constants.get("DEPTH") if isinstance(constants.get("DEPTH"), int) else None,
-        mfu_percent=outcome.mfu_percent,
+        depth=depth if isinstance(depth, int) else None,
         seed=config.run.seed,
-        device=outcome.device,
-        fingerprints=outcome.fingerprints,
         proposer="manual",
         description=description
         or ("uncommitted train.py" if commit.dirty else commit.subject or "train.py"),
@@ -167,6 +158,22 @@ def _constants(train_py: Path) -> dict:
         return {}
 
 
+@cli.command("plugins")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout instead of a table.")
+def plugins_command(as_json: bool) -> None:
+    """List installed plugins: version, hooks, and the proposers each provides."""
+    import json
+
+    from autoresearch.plugins import format_plugins, plugin_info
+
+    rows = plugin_info()
+    click.echo(json.dumps(rows, indent=2) if as_json else format_plugins(rows))
+
+
+# Plugins add their commands once the built-in ones exist, so that they cannot replace them.
+add_plugin_commands(cli)
+
+
 def main() -> None:
     """Console entry point: one clear line for user errors, tracebacks only with --debug."""
     debug = "--debug" in sys.argv[1:]
@@ -175,6 +182,10 @@ def main() -> None:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)
+    except click.UsageError as e:  # one line, not click's three
+        where = e.ctx.command_path if e.ctx else "autoresearch"
+        click.echo(f"error: {e.format_message()} (see '{where} --help')", err=True)
+        sys.exit(e.exit_code)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)

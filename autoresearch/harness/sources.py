@@ -71,6 +71,10 @@ def register_source(source: DataSource) -> None:
 
 def get_source(name: str) -> DataSource:
     """The registered source called `name`, or a `UserError` listing the valid ones."""
+    if not SOURCES:  # built-in and third-party sources arrive through the plugin hook
+        from autoresearch.plugins import load_data_sources
+
+        load_data_sources()
     try:
         return SOURCES[name]
     except KeyError:
@@ -78,11 +82,6 @@ def get_source(name: str) -> DataSource:
             f"unknown data source {name!r}{did_you_mean(name, SOURCES)}; set data.source to one"
             f" of: {', '.join(SOURCES)}"
         ) from None
-
-
-def describe_sources() -> str:
-    """One `name: description` line per registered source, for help texts."""
-    return "\n".join(f"{name}: {source.description}" for name, source in SOURCES.items())
 
 
 def source_key(settings: DataSettings) -> str:
@@ -430,6 +429,3 @@ def _jsonl_texts(path: Path) -> Iterator[tuple[int, str]]:
                 )
             yield number, record["text"]
 
-
-for _source in (StdlibSource(), ClimbMixSource(), TinyStoriesSource(), FolderSource()):
-    register_source(_source)

@@ -1,0 +1,124 @@
+"""Test doubles for code that drives proposers: the engine's tests and plugin authors'.
+
+    proposer = ScriptedProposer([new_source, (other_source, "double DEPTH"), TimeoutError()])
+    with installed_plugins(scripted_plugin(proposer)):
+        make_proposer("scripted", {}).propose(make_request(parent_source))
+
+Each `propose` call takes the next reply of the script: a source (a default
+description is made up), a `(source, description)` pair, a whole `Proposal`,
+an exception instance (raised, to test recovery), or a callable taking the
+request. Every request is kept in `proposer.requests` for assertions.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Union
+
+from autoresearch.hookspecs import hookimpl
+from autoresearch.plugins import PluginManager, check_hooks, get_plugin_manager
+from autoresearch.proposal import HistoryEntry, Proposal, ProposalRequest
+
+SCRIPTED = "scripted"
+DESCRIPTION = "a scripted test double"
+
+Reply = Union[  # noqa: UP007 - evaluated at runtime on Python 3.10
+    str, tuple[str, str], Proposal, BaseException, Callable[[ProposalRequest], object]
+]
+
+
+class ScriptExhausted(RuntimeError):
+    """The scripted proposer was asked more often than it has replies."""
+
+
+class ScriptedProposer:
+    """A thread-safe proposer that answers from a queue of replies."""
+
+    def __init__(self, replies: Iterable[Reply] = (), name: str = SCRIPTED) -> None:
+        self.name = name
+        self.requests: list[ProposalRequest] = []
+        self._replies: deque[Reply] = deque(replies)
+        self._lock = threading.Lock()
+
+    def add(self, *replies: Reply) -> None:
+        """Queue more replies."""
+        with self._lock:
+            self._replies.extend(replies)
+
+    @property
+    def remaining(self) -> int:
+        with self._lock:
+            return len(self._replies)
+
+    def propose(self, request: ProposalRequest) -> Proposal:
+        with self._lock:
+            self.requests.append(request)
+            number = len(self.requests)
+            if not self._replies:
+                raise ScriptExhausted(f"{self.name}: no reply left for request {number}")
+            reply = self._replies.popleft()
+        if isinstance(reply, BaseException):
+            raise reply
+        if callable(reply) and not isinstance(reply, Proposal):
+            reply = reply(request)
+        return _as_proposal(reply, f"{self.name} proposal {number}")
+
+
+def _as_proposal(reply: object, default_description: str) -> Proposal:
+    if isinstance(reply, Proposal):
+        return reply
+    if isinstance(reply, str):
+        return Proposal(source=reply, description=default_description)
+    if isinstance(reply, tuple) and len(reply) == 2:
+        return Proposal(source=reply[0], description=reply[1])
+    # Deliberately passed through: tests of the engine feed it garbage on purpose.
+    return reply  # type: ignore[return-value]
+
+
+def scripted_plugin(proposer: ScriptedProposer, description: str = DESCRIPTION) -> object:
+    """A plugin object that registers `proposer` under its name (ignoring options)."""
+
+    class ScriptedPlugin:
+        @hookimpl
+        def register_proposers(self, register):
+            register(proposer.name, lambda options: proposer, description)
+
+    return ScriptedPlugin()
+
+
+@contextmanager
+def installed_plugins(*plugins: object, pm: PluginManager | None = None) -> Iterator[PluginManager]:
+    """Register plugin objects on `pm` (default: the process-wide manager) for a `with` block."""
+    pm = pm if pm is not None else get_plugin_manager()
+    for plugin in plugins:
+        pm.register(plugin)
+    try:
+        check_hooks(pm)  # a typo in a test plugin fails here, not silently
+        yield pm
+    finally:
+        for plugin in plugins:
+            if pm.is_registered(plugin):
+                pm.unregister(plugin)
+
+
+def make_request(
+    parent_source: str,
+    history: Iterable[HistoryEntry] = (),
+    seed: int = 0,
+    parent_id: str = "c0000",
+    program: str = "",
+    **fields: object,
+) -> ProposalRequest:
+    """A `ProposalRequest` with a seeded generator and quiet defaults."""
+    return ProposalRequest(
+        parent_id=parent_id,
+        parent_source=parent_source,
+        program=program,
+        history=tuple(history),
+        rng=random.Random(seed),
+        **fields,  # type: ignore[arg-type]
+    )

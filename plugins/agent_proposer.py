@@ -1,0 +1,370 @@
+"""The `agent` proposer: an external coding agent edits train.py in a scratch folder.
+
+    [proposers.agent]
+    command = ["claude", "-p", "Follow the instructions in PROMPT.md"]
+    env = ["ANTHROPIC_API_KEY"]
+    timeout = 1800
+
+Each proposal gets a fresh temporary git repository (never the user's own
+checkout) holding `train.py` (the parent), `program.md` and `PROMPT.md`,
+committed once so agents that expect git find it. The prompt is also in the
+environment variables `AUTORESEARCH_PROMPT` and `AUTORESEARCH_PROMPT_FILE`.
+The command runs there in its own process group, with only PATH, HOME, LANG
+and the variables the user names; on timeout the whole group is killed. The
+resulting train.py is the proposal; a change to any other file (the agent
+thought it mattered, but only train.py is carried over) rejects it.
+
+The command is an argument list and is never run through a shell, so
+nothing in the prompt or the model's output can become shell syntax.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import fnmatch
+import os
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from autoresearch import hookimpl
+from autoresearch.errors import UserError, did_you_mean
+from autoresearch.proposal import Proposal, ProposalRequest, Usage
+
+from . import prompt
+from .redact import redact
+
+NAME = "agent"
+DESCRIPTION = "an external coding agent (any command) editing train.py in a scratch repo"
+TARGET = "train.py"
+PROGRAM = "program.md"
+PROMPT_FILE = "PROMPT.md"
+DESCRIPTION_FILE = "DESCRIPTION"  # the agent may write its one-line summary here
+LOG_FILE = "agent.log"
+PROMPT_ENV = "AUTORESEARCH_PROMPT"
+PROMPT_FILE_ENV = "AUTORESEARCH_PROMPT_FILE"
+BASE_ENV = ("PATH", "HOME", "LANG")  # what any command needs to start; never API keys
+MAX_ENV_PROMPT = 100_000  # Linux refuses one environment string over 128 KiB
+KILL_GRACE_SECONDS = 5.0  # between SIGTERM and SIGKILL, for the agent to save its state
+MAX_DESCRIPTION_CHARS = 200
+# Files an agent or its tools leave behind that are not edits: bytecode, tool caches,
+# aider's chat history. A path is ignored when it, or any folder above it, matches.
+IGNORED = (
+    "__pycache__", "*.pyc", ".pytest_cache", ".mypy_cache", ".ruff_cache",
+    ".ipynb_checkpoints", ".DS_Store", ".aider*", DESCRIPTION_FILE, PROMPT_FILE,
+)
+ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class AgentError(RuntimeError):
+    """This proposal failed (the agent crashed, timed out, or touched other files)."""
+
+
+@dataclass(frozen=True)
+class AgentOptions:
+    """`[proposers.agent]` in autoresearch.toml."""
+
+    command: tuple[str, ...] = ()
+    timeout: float = 1800.0  # seconds for one run of the agent
+    env: tuple[str, ...] = ()  # names of variables passed through (API keys the agent needs)
+    workdir: str | None = None  # where scratch repos are made; the system temp dir by default
+    ignore: tuple[str, ...] = ()  # extra glob patterns of leftovers that are not edits
+    extra_instructions: str | None = None
+
+
+def parse_options(options: dict[str, Any]) -> AgentOptions:
+    """Validated options; a `UserError` names the bad key and what it should be."""
+    known = {f.name for f in fields(AgentOptions)} | {"model"}
+    for key in options:
+        if key not in known:
+            raise UserError(
+                f"unknown option '{key}' for the agent proposer{did_you_mean(key, known)};"
+                f" valid options: {', '.join(sorted(known - {'model'}))}"
+            )
+    # `--proposer agent:<command>` puts the command in "model"; the option wins.
+    command = _command(options.get("command") or options.get("model"))
+    timeout = options.get("timeout", AgentOptions.timeout)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise UserError(
+            f"agent proposer option 'timeout' must be a positive number, got {timeout!r}"
+        )
+    env = _names("env", options.get("env", ()))
+    for name in env:
+        if not ENV_NAME_RE.match(name):
+            raise UserError(f"agent proposer option 'env' has {name!r}, not a variable name")
+    workdir = options.get("workdir")
+    if workdir is not None and not isinstance(workdir, str):
+        raise UserError(f"agent proposer option 'workdir' must be a path string, got {workdir!r}")
+    extra = options.get("extra_instructions")
+    if extra is not None and not isinstance(extra, str):
+        raise UserError("agent proposer option 'extra_instructions' must be a string")
+    ignore = _names("ignore", options.get("ignore", ()))
+    return AgentOptions(command, float(timeout), env, workdir, ignore, extra)
+
+
+def _command(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        try:
+            args = shlex.split(value)
+        except ValueError as e:
+            raise UserError(f"agent proposer option 'command' cannot be split: {e}") from None
+    elif isinstance(value, (list, tuple)) and all(isinstance(a, str) for a in value):
+        args = list(value)
+    else:
+        args = []
+    if not args:
+        raise UserError(
+            "the agent proposer needs a command: set command = [\"my-agent\", \"--flag\"]"
+            " in [proposers.agent] of autoresearch.toml"
+        )
+    head = args[0]
+    # The command runs inside the scratch folder, so a relative program path would break.
+    if "/" in head and not os.path.isabs(head):
+        args[0] = os.path.abspath(head)
+    return tuple(args)
+
+
+def _names(key: str, value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise UserError(f"agent proposer option '{key}' must be a list of strings, got {value!r}")
+    return tuple(value)
+
+
+class AgentProposer:
+    """Runs a command per proposal; holds only immutable settings, so it is thread-safe."""
+
+    name = NAME
+
+    def __init__(self, options: AgentOptions, kill_grace: float = KILL_GRACE_SECONDS) -> None:
+        self.options = options
+        self._kill_grace = kill_grace
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> AgentProposer:
+        return cls(parse_options(options))
+
+    def check_ready(self) -> None:
+        """Raise `UserError` when the command or a named variable is missing."""
+        program = self.options.command[0]
+        if shutil.which(program) is None:
+            raise UserError(
+                f"agent command {program!r} is not found or not executable: install it,"
+                " or fix 'command' in [proposers.agent]"
+            )
+        for name in self.options.env:
+            if name not in os.environ:
+                raise UserError(
+                    f"{name} is not set: export it, or remove it from 'env' in [proposers.agent]"
+                )
+
+    def propose(self, request: ProposalRequest) -> Proposal:
+        started = time.monotonic()
+        text = prompt.agent_prompt(request, self.options.extra_instructions)
+        workdir = self.options.workdir
+        if workdir:
+            Path(workdir).mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix="autoresearch-agent-", dir=workdir))
+        try:
+            originals = _init_scratch(scratch, request, text)
+            with _log_file(request.work_dir) as log_path:
+                self._run(scratch, text, log_path)
+            source = _take_result(scratch, originals, IGNORED + self.options.ignore)
+            description = _description(scratch / DESCRIPTION_FILE, request.parent_source, source)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return Proposal(source, description, Usage(seconds=time.monotonic() - started))
+
+    def _run(self, scratch: Path, text: str, log_path: Path) -> None:
+        o = self.options
+        env = {k: os.environ[k] for k in (*BASE_ENV, *o.env) if k in os.environ}
+        env[PROMPT_ENV] = text if len(text) <= MAX_ENV_PROMPT else (
+            text[:MAX_ENV_PROMPT] + f"\n[truncated: read {PROMPT_FILE_ENV}]"
+        )
+        env[PROMPT_FILE_ENV] = str(scratch / PROMPT_FILE)
+        with open(log_path, "wb") as log:
+            try:
+                proc = subprocess.Popen(
+                    o.command, cwd=scratch, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                    stderr=subprocess.STDOUT, start_new_session=True,  # its own process group
+                )
+            except OSError as e:
+                raise UserError(
+                    f"agent command {o.command[0]!r} could not start ({e.strerror or e}):"
+                    " fix 'command' in [proposers.agent]"
+                ) from None
+            try:
+                code = proc.wait(timeout=o.timeout)
+            except subprocess.TimeoutExpired:
+                _stop_group(proc, self._kill_grace)
+                raise AgentError(
+                    f"the agent command ran past its {o.timeout:g}s timeout and was stopped;"
+                    " raise 'timeout' in [proposers.agent]"
+                ) from None
+            finally:
+                _stop_group(proc, grace=0.0)  # background leftovers, and on any interruption
+        _redact_file(log_path, [os.environ[k] for k in o.env if k in os.environ])
+        if code != 0:
+            raise AgentError(f"the agent command exited with status {code}: {_last_line(log_path)}")
+
+
+def create(options: dict[str, Any]) -> AgentProposer:
+    """The factory registered under the name `agent`."""
+    return AgentProposer.from_options(options)
+
+
+@hookimpl
+def register_proposers(register):
+    register(NAME, create, DESCRIPTION)
+
+
+# -- the scratch repository ------------------------------------------------------------------
+
+
+def _init_scratch(scratch: Path, request: ProposalRequest, text: str) -> dict[str, str]:
+    """Write the files and commit them once; return what was written, by path."""
+    import git  # gitpython: only needed when an agent actually runs
+
+    originals = {TARGET: request.parent_source, PROGRAM: request.program, PROMPT_FILE: text}
+    for name, content in originals.items():
+        with open(scratch / name, "w", encoding="utf-8", newline="") as f:
+            f.write(content)
+    repo = git.Repo.init(scratch)
+    with repo.config_writer() as config:  # a commit must not depend on the user's git identity
+        config.set_value("user", "name", "autoresearch")
+        config.set_value("user", "email", "autoresearch@localhost")
+        config.set_value("commit", "gpgsign", "false")
+    repo.index.add(list(originals))
+    repo.index.commit(f"parent {request.parent_id}")
+    repo.close()
+    return originals
+
+
+def _take_result(scratch: Path, originals: dict[str, str], patterns: tuple[str, ...]) -> str:
+    """The new train.py, after checking that no other file changed.
+
+    The folder is compared with what was written into it, not through git, so an
+    agent that commits, resets or even deletes `.git` is judged the same way.
+    """
+    others = []
+    for root, dirs, files in os.walk(scratch):
+        rel_root = Path(root).relative_to(scratch)
+        if rel_root == Path("."):
+            dirs[:] = [d for d in dirs if d != ".git"]
+        dirs[:] = [d for d in dirs if not _ignorable((rel_root / d).as_posix(), patterns)]
+        for name in files:
+            rel = (rel_root / name).as_posix()
+            if rel == TARGET or _ignorable(rel, patterns):
+                continue
+            if rel not in originals or _read(scratch / rel) != originals[rel]:
+                others.append(rel)
+    others += [rel for rel in originals if rel != TARGET and not (scratch / rel).exists()
+               and not _ignorable(rel, patterns)]
+    if others:
+        others.sort()
+        more = f" and {len(others) - 10} more" if len(others) > 10 else ""
+        raise AgentError(
+            f"the agent changed files other than {TARGET}: {', '.join(others[:10])}{more};"
+            f" only {TARGET} may change"
+        )
+    path = scratch / TARGET
+    if path.is_symlink() or not path.is_file():
+        raise AgentError(f"the agent deleted {TARGET} or replaced it with something not a file")
+    source = _read(path)
+    if source is None:
+        raise AgentError(f"the agent left {TARGET} unreadable or not UTF-8 text")
+    if source == originals[TARGET]:
+        raise AgentError(f"the agent left {TARGET} unchanged")
+    return source
+
+
+def _read(path: Path) -> str | None:
+    try:
+        with open(path, encoding="utf-8", newline="") as f:  # newline="": compare bytes as written
+            return f.read()
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def _ignorable(path: str, patterns: tuple[str, ...]) -> bool:
+    parts = PurePosixPath(path).parts
+    return any(
+        fnmatch.fnmatch(path, pat) or any(fnmatch.fnmatch(part, pat) for part in parts)
+        for pat in patterns
+    )
+
+
+def _description(path: Path, parent: str, new: str) -> str:
+    """The agent's own line from DESCRIPTION, else 'agent edit' and a diffstat."""
+    if path.is_file() and not path.is_symlink():
+        text = path.read_text(encoding="utf-8", errors="replace")
+        line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+        if line:
+            return line[:MAX_DESCRIPTION_CHARS]
+    added = removed = 0
+    for line in difflib.unified_diff(parent.splitlines(), new.splitlines(), lineterm="", n=0):
+        if line.startswith("+") and not line.startswith("+++"):
+            added += 1
+        elif line.startswith("-") and not line.startswith("---"):
+            removed += 1
+    return f"agent edit: {TARGET} +{added} -{removed}"
+
+
+# -- the process -----------------------------------------------------------------------------
+
+
+def _stop_group(proc: subprocess.Popen, grace: float) -> None:
+    """SIGTERM the process group, give the leader `grace` seconds, then SIGKILL the group."""
+    pgid = proc.pid  # start_new_session made the leader's pid the group id
+    if grace > 0 and proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=grace)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+    proc.wait()
+
+
+@contextlib.contextmanager
+def _log_file(work_dir: Path | None):
+    """`work_dir/agent.log` when the candidate has a folder, else a temporary file."""
+    if work_dir is not None:
+        Path(work_dir).mkdir(parents=True, exist_ok=True)
+        yield Path(work_dir) / LOG_FILE
+        return
+    fd, name = tempfile.mkstemp(prefix="autoresearch-agent-", suffix=".log")
+    os.close(fd)
+    try:
+        yield Path(name)
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(name)
+
+
+def _redact_file(path: Path, secrets: list[str]) -> None:
+    """Agents may print their environment; keys must not stay in the run folder."""
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return
+    cleaned = redact(text, secrets)
+    if cleaned != text:
+        path.write_text(cleaned, encoding="utf-8")
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return "(no output)"
+    return redact(lines[-1])[:300] if lines else "(no output)"

@@ -1,0 +1,263 @@
+"""The agent proposer with small Python scripts standing in for a coding agent."""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from autoresearch.default_plugins.agent_proposer import AgentError, AgentProposer, parse_options
+from autoresearch.errors import UserError
+from autoresearch.proposal import ProposalRequest
+
+PARENT = "LR = 0.01\nDEPTH = 8\n\n\ndef main():\n    print(LR * DEPTH)\n"
+PROGRAM = "Lower val_bpb.\n"
+FAKE_SECRET = "sk-planted-secret-0123456789"  # in our environment, never named to the agent
+
+# The agent scripts receive a path outside the scratch folder as argv[1] for their report.
+EDIT_LR = """
+import json, os, pathlib, sys
+src = pathlib.Path("train.py").read_text()
+pathlib.Path("train.py").write_text(src.replace("LR = 0.01", "LR = 0.02"))
+pathlib.Path("DESCRIPTION").write_text("raise LR to 0.02\\nmore detail\\n")
+prompt_file = os.environ["AUTORESEARCH_PROMPT_FILE"]
+json.dump({
+    "env": dict(os.environ),
+    "cwd": os.getcwd(),
+    "prompt_file_text": pathlib.Path(prompt_file).read_text(),
+    "files": sorted(os.listdir(".")),
+}, open(sys.argv[1], "w"))
+print("agent: edited train.py")
+"""
+
+EDIT_WITHOUT_DESCRIPTION = """
+import pathlib
+p = pathlib.Path("train.py")
+p.write_text(p.read_text().replace("DEPTH = 8", "DEPTH = 4"))
+"""
+
+EDIT_PROGRAM_TOO = EDIT_WITHOUT_DESCRIPTION + """
+pathlib.Path("program.md").write_text("Do whatever you like.\\n")
+"""
+
+ADD_HELPER = EDIT_WITHOUT_DESCRIPTION + """
+pathlib.Path("helper.py").write_text("X = 1\\n")
+"""
+
+LEAVE_CACHES = EDIT_WITHOUT_DESCRIPTION + """
+import py_compile
+py_compile.compile("train.py", cfile="__pycache__/train.cpython-311.pyc")
+pathlib.Path(".aider.chat.history.md").write_text("chat\\n")
+"""
+
+COMMIT_LIKE_AIDER = EDIT_WITHOUT_DESCRIPTION + """
+import subprocess
+subprocess.run(["git", "commit", "-qam", "agent change"], check=True)
+"""
+
+DELETE_TRAIN = """
+import os
+os.remove("train.py")
+"""
+
+FAIL = """
+print("thinking...")
+print("fatal: model quota exceeded")
+raise SystemExit(3)
+"""
+
+NO_CHANGE = "print('nothing to do')\n"
+
+HANG = """
+import pathlib, signal, subprocess, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a stubborn agent: needs SIGKILL
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+pathlib.Path(sys.argv[1]).write_text(str(child.pid))
+time.sleep(120)
+"""
+
+PRINT_KEY = EDIT_WITHOUT_DESCRIPTION + """
+import os
+print("my key is", os.environ["AGENT_API_KEY"])
+"""
+
+
+def agent(tmp_path: Path, script: str, **options) -> AgentProposer:
+    path = tmp_path / "agent_script.py"
+    path.write_text(script)
+    report = tmp_path / "report.json"
+    command = [sys.executable, str(path), str(report)]
+    settings = {"command": command, "timeout": 30, "workdir": str(tmp_path / "scratch")}
+    return AgentProposer(parse_options({**settings, **options}), kill_grace=0.5)
+
+
+def request(tmp_path: Path) -> ProposalRequest:
+    return ProposalRequest(
+        parent_id="c0001", parent_source=PARENT, program=PROGRAM, rng=random.Random(0),
+        work_dir=tmp_path / "run" / "c0002",
+    )
+
+
+def report(tmp_path: Path) -> dict:
+    return json.loads((tmp_path / "report.json").read_text())
+
+
+def test_agent_edit_is_taken(tmp_path):
+    proposal = agent(tmp_path, EDIT_LR).propose(request(tmp_path))
+    assert proposal.source == PARENT.replace("LR = 0.01", "LR = 0.02")
+    assert proposal.description == "raise LR to 0.02"
+    assert proposal.usage.seconds > 0
+    seen = report(tmp_path)
+    # It ran in a scratch repo (not our cwd), with the files and the prompt it needs.
+    assert Path(seen["cwd"]).parent == tmp_path / "scratch"
+    assert {"train.py", "program.md", "PROMPT.md", ".git"} <= set(seen["files"])
+    assert "Lower val_bpb" in seen["env"]["AUTORESEARCH_PROMPT"]
+    assert seen["prompt_file_text"] == seen["env"]["AUTORESEARCH_PROMPT"]
+    assert "DESCRIPTION" in seen["prompt_file_text"]
+    # The scratch folder is gone; the output is kept in the candidate's folder.
+    assert list((tmp_path / "scratch").iterdir()) == []
+    log = (tmp_path / "run" / "c0002" / "agent.log").read_text()
+    assert "agent: edited train.py" in log
+
+
+def test_description_falls_back_to_a_diffstat(tmp_path):
+    proposal = agent(tmp_path, EDIT_WITHOUT_DESCRIPTION).propose(request(tmp_path))
+    assert "DEPTH = 4" in proposal.source
+    assert proposal.description == "agent edit: train.py +1 -1"
+
+
+def test_editing_program_md_is_rejected(tmp_path):
+    with pytest.raises(AgentError, match=r"other than train.py: program.md;"):
+        agent(tmp_path, EDIT_PROGRAM_TOO).propose(request(tmp_path))
+
+
+def test_new_files_are_rejected(tmp_path):
+    with pytest.raises(AgentError, match=r"helper.py"):
+        agent(tmp_path, ADD_HELPER).propose(request(tmp_path))
+
+
+def test_extra_ignore_patterns_allow_named_leftovers(tmp_path):
+    proposal = agent(tmp_path, ADD_HELPER, ignore=["helper.py"]).propose(request(tmp_path))
+    assert "DEPTH = 4" in proposal.source
+
+
+def test_caches_and_tool_state_are_ignored(tmp_path):
+    proposal = agent(tmp_path, LEAVE_CACHES).propose(request(tmp_path))
+    assert "DEPTH = 4" in proposal.source
+
+
+def test_an_agent_that_commits_is_fine(tmp_path):
+    proposal = agent(tmp_path, COMMIT_LIKE_AIDER).propose(request(tmp_path))
+    assert "DEPTH = 4" in proposal.source
+
+
+def test_deleting_train_py_is_rejected(tmp_path):
+    with pytest.raises(AgentError, match="deleted train.py"):
+        agent(tmp_path, DELETE_TRAIN).propose(request(tmp_path))
+
+
+def test_unchanged_train_py_is_rejected(tmp_path):
+    with pytest.raises(AgentError, match="unchanged"):
+        agent(tmp_path, NO_CHANGE).propose(request(tmp_path))
+
+
+def test_failing_command_reports_status_and_last_line(tmp_path):
+    with pytest.raises(AgentError, match="status 3: fatal: model quota exceeded"):
+        agent(tmp_path, FAIL).propose(request(tmp_path))
+
+
+def _gone(pid: int) -> bool:
+    """Dead or a zombie: a killed process may wait for a parent that never reaps it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to inspect processes")
+def test_hanging_agent_is_killed_with_its_children(tmp_path):
+    proposer = agent(tmp_path, HANG, timeout=1.5)
+    started = time.monotonic()
+    with pytest.raises(AgentError, match="past its 1.5s timeout"):
+        proposer.propose(request(tmp_path))
+    assert time.monotonic() - started < 10
+    child = int((tmp_path / "report.json").read_text())
+    deadline = time.monotonic() + 5
+    while not _gone(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _gone(child), "the agent's child process outlived it"
+
+
+def test_only_named_variables_reach_the_agent(tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", FAKE_SECRET)
+    monkeypatch.setenv("SOME_OTHER_VAR", "not for the agent")
+    monkeypatch.setenv("ALLOWED_VAR", "hello agent")
+    agent(tmp_path, EDIT_LR, env=["ALLOWED_VAR"]).propose(request(tmp_path))
+    env = report(tmp_path)["env"]
+    assert env["ALLOWED_VAR"] == "hello agent"
+    assert "PATH" in env
+    assert "OPENAI_API_KEY" not in env and "SOME_OTHER_VAR" not in env
+    assert FAKE_SECRET not in json.dumps(env)
+
+
+def test_a_named_secret_printed_by_the_agent_is_redacted_in_the_log(tmp_path, monkeypatch):
+    monkeypatch.setenv("AGENT_API_KEY", FAKE_SECRET)
+    agent(tmp_path, PRINT_KEY, env=["AGENT_API_KEY"]).propose(request(tmp_path))
+    log = (tmp_path / "run" / "c0002" / "agent.log").read_text()
+    assert "my key is [redacted]" in log and FAKE_SECRET not in log
+
+
+def test_command_string_is_split_without_a_shell(tmp_path):
+    script = tmp_path / "agent_script.py"
+    script.write_text(EDIT_WITHOUT_DESCRIPTION)
+    marker = tmp_path / "injected"
+    # Were this run by a shell, the ';' would run touch.
+    command = f"{sys.executable} {script} ; touch {marker}"
+    options = parse_options({"command": command, "workdir": str(tmp_path / "scratch")})
+    assert options.command[-3:] == (";", "touch", str(marker))
+    AgentProposer(options).propose(request(tmp_path))
+    assert not marker.exists()
+
+
+def test_check_ready(monkeypatch, tmp_path):
+    with pytest.raises(UserError, match="'no-such-agent-xyz' is not found"):
+        AgentProposer(parse_options({"command": "no-such-agent-xyz --go"})).check_ready()
+    monkeypatch.delenv("MISSING_AGENT_KEY", raising=False)
+    proposer = AgentProposer(parse_options({"command": [sys.executable],
+                                            "env": ["MISSING_AGENT_KEY"]}))
+    with pytest.raises(UserError, match="^MISSING_AGENT_KEY is not set"):
+        proposer.check_ready()
+    monkeypatch.setenv("MISSING_AGENT_KEY", "x")
+    proposer.check_ready()
+
+
+@pytest.mark.parametrize(
+    "options, expected",
+    [
+        ({}, "needs a command"),
+        ({"command": []}, "needs a command"),
+        ({"command": "a", "timout": 5}, "did you mean 'timeout'"),
+        ({"command": "a", "timeout": -1}, "positive number"),
+        ({"command": "a", "env": "A B"}, "not a variable name"),
+        ({"command": "a", "env": [1]}, "list of strings"),
+        ({"command": "a 'unclosed"}, "cannot be split"),
+    ],
+)
+def test_bad_options_are_user_errors(options, expected):
+    with pytest.raises(UserError, match=expected):
+        parse_options(options)
+
+
+def test_registered_through_the_plugin_system():
+    from autoresearch import plugins
+
+    proposer = plugins.make_proposer("agent", {"command": "my-agent --yes", "timeout": 60},
+                                     plugins.build_plugin_manager())
+    assert isinstance(proposer, AgentProposer)
+    assert proposer.options.command == ("my-agent", "--yes")
+    assert proposer.options.timeout == 60.0
