@@ -23,6 +23,7 @@ else:  # pragma: no cover - exercised only on Python 3.10
 CONFIG_FILE = "autoresearch.toml"
 DEVICES = ("auto", "cuda", "cpu", "mps")
 TOKENIZER_KINDS = ("bpe", "byte")
+TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
 
 
 @dataclass(frozen=True)
@@ -134,7 +135,7 @@ def _coerce(key: str, default: Any, value: Any) -> Any:
     if isinstance(value, want) and not (want is int and isinstance(value, bool)):
         return value
     raise ConfigError(
-        f"'{key}' must be a {want.__name__}, got {type(value).__name__} {value!r}"
+        f"'{key}' must be {TYPE_NAMES[want]}, got {type(value).__name__} {value!r}"
         f" (for example {key.split('.')[1]} = {default!r})"
     )
 

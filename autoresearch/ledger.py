@@ -43,6 +43,7 @@ class Record:
     proposer: str = ""
     description: str = ""
     usage: dict[str, float] = field(default_factory=dict)  # tokens and USD a proposer spent
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase of the run
     tag: str = ""
     created: float = field(default_factory=time.time)
     schema: int = SCHEMA_VERSION
@@ -65,7 +66,7 @@ class Ledger:
     def append(self, record: Record) -> None:
         line = json.dumps(dataclasses.asdict(record), sort_keys=True) + "\n"
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             if os.fstat(fd).st_size and not self._ends_with_newline(fd):
                 line = "\n" + line  # a torn last line from a kill must not swallow this record

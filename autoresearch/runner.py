@@ -30,6 +30,7 @@ from autoresearch.harness.events import LOSS_LIMIT
 from autoresearch.harness.fingerprint import harness_fingerprint, sha256_file
 from autoresearch.harness.handover import META_FILE
 from autoresearch.harness.prepare import load_manifest
+from autoresearch.ledger import Record
 
 # Only these variables reach the candidate: never API keys, tokens or credentials.
 ENV_ALLOWLIST = (
@@ -53,6 +54,10 @@ HANDOVER_GRACE_SECONDS = 30.0  # after the hand-over the process has this long t
 BUDGET_TOLERANCE = 1.05  # training may overrun the budget by 5% (one last step)
 EVAL_TIMEOUT_SECONDS = 900.0
 POLL_SECONDS = 0.05
+MEASURED_FIELDS = (
+    "status", "reason", "val_bpb", "training_seconds", "total_seconds", "tokens", "num_steps",
+    "num_params", "mfu_percent", "device", "fingerprints", "timings",
+)  # fmt: skip
 LOG_TAIL_LINES = 40
 # bf16 dense peak FLOP/s by device name, for MFU; unknown devices report no MFU.
 PEAK_FLOPS = {
@@ -81,11 +86,17 @@ class Outcome:
     num_params: int = 0
     device: str = ""
     fingerprints: dict[str, str] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per phase, see `_timings`
 
     @property
     def memory_gb(self) -> float:
         """Peak GPU memory, or peak process memory where there is no GPU."""
         return (self.peak_vram_mb or self.peak_rss_mb) / 1024
+
+    def to_record(self, **fields: object) -> Record:
+        """The ledger record of this outcome; `fields` add what the runner cannot know (id, ...)."""
+        measured = {name: getattr(self, name) for name in MEASURED_FIELDS}
+        return Record(memory_gb=self.memory_gb, **measured, **fields)
 
 
 class Events:
@@ -223,6 +234,10 @@ def run_experiment(
     t_start = events.times.get("start", t_spawn)
     t_handover = events.times.get("handover")
     training = (t_handover or t_end) - t_start
+    timings = {"startup": t_start - t_spawn, "training": training}
+    if t_handover and "handed_over" in events.times:
+        timings["export"] = events.times["handed_over"] - t_handover
+        timings["exit"] = t_end - events.times["handed_over"]
     common = dict(
         training_seconds=training,
         peak_rss_mb=(
@@ -234,6 +249,7 @@ def run_experiment(
         tokens=int(events.last_step.get("tokens", 0)),
         device=ctx.device,
         fingerprints=fingerprints,
+        timings=timings,
     )
 
     def failed(status: str, reason: str) -> Outcome:
@@ -268,7 +284,9 @@ def run_experiment(
         batch_size=config.eval.batch_size,
         device=ctx.device,
     )
+    t_eval = time.monotonic()
     result, error = _evaluate(spec, run_dir / "eval.log")
+    timings["evaluation"] = time.monotonic() - t_eval
     if error:
         return failed("crash", f"evaluation failed: {error}")
     tokens = int(meta.get("tokens") or common["tokens"])

@@ -46,10 +46,11 @@ def init_repo(folder: Path, baseline: str) -> Path:
     folder = folder.resolve()
     if folder.exists() and any(folder.iterdir()):
         raise UserError(f"{folder} is not empty: choose a new folder name")
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
     try:
-        git.Repo(folder, search_parent_directories=True)
+        git.Repo(existing, search_parent_directories=True)
         raise UserError(f"{folder} is inside an existing git repo: choose a folder outside it")
-    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+    except git.InvalidGitRepositoryError:
         pass
     folder.mkdir(parents=True, exist_ok=True)
     files = resources.files("autoresearch.baselines")

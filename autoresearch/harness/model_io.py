@@ -62,7 +62,7 @@ def load_exported(folder: Path, device: str) -> ExportedProgram:
                 )
             else:
                 constants[name] = tensor
-    artifact = serialize.SerializedArtifact(
-        (folder / GRAPH_FILE).read_bytes(), state_dict, constants, ((), {})
-    )
+    # Empty bytes, not a tuple: "no example inputs", and never a torch.load.
+    graph = (folder / GRAPH_FILE).read_bytes()
+    artifact = serialize.SerializedArtifact(graph, state_dict, constants, b"")
     return serialize.deserialize(artifact)

@@ -1,0 +1,73 @@
+"""Shared fixtures: an isolated data cache and small, real research repos.
+
+Every test session gets its own AUTORESEARCH_CACHE, so tests never touch the
+user's cache and prepared data is shared between the tests of one session.
+litellm is told to use its bundled price map: no test may reach the network.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import pytest
+
+os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+os.environ.setdefault("AUTORESEARCH_CACHE", tempfile.mkdtemp(prefix="autoresearch-test-cache-"))
+
+CORPUS_DOCS = 800  # small enough to prepare in a second, big enough to learn from
+
+
+def write_corpus(folder: Path, docs: int = CORPUS_DOCS, seed: int = 0) -> Path:
+    """Plain-text documents with learnable structure (repeated words and patterns)."""
+    rng = random.Random(seed)
+    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "theta", "lambda"]
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(docs):
+        lines = [
+            " ".join(rng.choice(words) for _ in range(rng.randint(4, 12))) + "." for _ in range(20)
+        ]
+        (folder / f"doc{i:04d}.txt").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+SMALL_CONFIG = """\
+[run]
+budget_seconds = {budget}
+startup_seconds = 60
+seed = 1
+device = "cpu"
+
+[data]
+source = "folder"
+path = "{corpus}"
+sequence_len = 64
+
+[tokenizer]
+kind = "byte"
+
+[eval]
+tokens = 4096
+batch_size = 8
+"""
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> Path:
+    return write_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture
+def research_repo(tmp_path, corpus, monkeypatch) -> Path:
+    """A real research repo (git, tiny baseline) on the small corpus, prepared, as cwd."""
+    from autoresearch.config import load_config
+    from autoresearch.harness.prepare import prepare
+    from autoresearch.workspace import init_repo
+
+    repo = init_repo(tmp_path / "research", "tiny")
+    (repo / "autoresearch.toml").write_text(SMALL_CONFIG.format(budget=2, corpus=corpus))
+    prepare(load_config(repo), log=lambda line: None)
+    monkeypatch.chdir(repo)
+    return repo

@@ -1,0 +1,155 @@
+"""The command line as a user meets it: real subprocesses, real git repos."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import git
+import pytest
+from conftest import SMALL_CONFIG
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "autoresearch", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def one_line_error(result: subprocess.CompletedProcess) -> str:
+    """Bad input must give a non-zero exit and one line on stderr, never a traceback."""
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_help_is_fast(tmp_path):
+    t0 = time.monotonic()
+    result = cli("--help", cwd=tmp_path)
+    assert result.returncode == 0 and "init" in result.stdout and "run" in result.stdout
+    assert time.monotonic() - t0 < 5  # generous on a loaded machine; benchmarks measure it
+    assert (
+        "torch"
+        not in subprocess.run(
+            [sys.executable, "-c", "import sys, autoresearch.cli; print(*sys.modules)"],
+            capture_output=True,
+            text=True,
+        ).stdout.split()
+    )
+
+
+def test_init_makes_a_committed_research_repo(tmp_path):
+    result = cli("init", "demo", "--baseline", "tiny", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    repo = git.Repo(tmp_path / "demo")
+    assert not repo.is_dirty(untracked_files=True)
+    assert sorted(repo.git.ls_files().split()) == [
+        ".gitignore",
+        "autoresearch.toml",
+        "program.md",
+        "train.py",
+    ]
+    assert ".autoresearch/" in (tmp_path / "demo/.gitignore").read_text()
+    assert "harness.handover" in (tmp_path / "demo/train.py").read_text()
+    assert len(list(repo.iter_commits())) == 1
+
+
+@pytest.mark.parametrize(
+    ("setup", "args", "expected"),
+    [
+        ("nonempty", ("init", "target"), "is not empty"),
+        ("gitrepo", ("init", "inner"), "inside an existing git repo"),
+        ("none", ("init", "x", "--baseline", "huge"), "'huge' is not one of 'gpt', 'tiny'"),
+        ("none", ("run",), "not inside a research repo"),
+        ("none", ("prepare",), "not inside a research repo"),
+        ("repo", ("run",), "no prepared data for source 'folder'"),
+        ("nofolder", ("run",), "is not a folder"),
+        ("repo", ("run", "--budget", "-3"), "'run.budget_seconds' must be positive"),
+        ("badsource", ("prepare",), "unknown data source 'climbmixx'"),
+        ("badkey", ("run",), "unknown key 'run.budgett'"),
+        ("syntax", ("run",), "train.py line 1"),
+        ("notrain", ("run",), "train.py is missing"),
+    ],
+)
+def test_bad_input_gets_one_clear_line(tmp_path, corpus, setup, args, expected):
+    if setup == "nonempty":
+        (tmp_path / "target").mkdir()
+        (tmp_path / "target/file").write_text("x")
+    elif setup == "gitrepo":
+        git.Repo.init(tmp_path)
+    elif setup != "none":
+        assert cli("init", "r", "--baseline", "tiny", cwd=tmp_path).returncode == 0
+        tmp_path = tmp_path / "r"
+        unprepared = tmp_path / "unprepared"
+        if setup != "nofolder":
+            unprepared.mkdir()
+            (unprepared / "a.txt").write_text("some text")
+        toml = SMALL_CONFIG.format(budget=2, corpus=unprepared)
+        (tmp_path / "autoresearch.toml").write_text(toml)
+        if setup == "badsource":
+            (tmp_path / "autoresearch.toml").write_text(
+                toml.replace('source = "folder"', 'source = "climbmixx"')
+            )
+        elif setup == "badkey":
+            (tmp_path / "autoresearch.toml").write_text(toml.replace("budget_seconds", "budgett"))
+        elif setup == "syntax":
+            (tmp_path / "train.py").write_text("def broken(:\n")
+        elif setup == "notrain":
+            (tmp_path / "train.py").unlink()
+    assert expected in one_line_error(cli(*args, cwd=tmp_path))
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    result = cli("--debug", "run", cwd=tmp_path)
+    assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_run_records_and_prints_the_summary(research_repo):
+    (research_repo / "train.py").write_text(__import__("candidates").HONEST)
+    result = cli("run", "--budget", "2", "-m", "bigram", cwd=research_repo)
+    assert result.returncode == 0, result.stderr
+    summary = dict(
+        line.split(":", 1)
+        for line in result.stdout.splitlines()
+        if ":" in line and not line.startswith("---")
+    )
+    assert summary["status"].strip() == "keep"
+    assert 0 < float(summary["val_bpb"]) < 8
+    assert set(summary) >= {
+        "val_bpb",
+        "training_seconds",
+        "total_seconds",
+        "peak_vram_mb",
+        "mfu_percent",
+        "total_tokens_M",
+        "num_steps",
+        "num_params_M",
+        "depth",
+    }
+    tsv = (research_repo / ".autoresearch/results.tsv").read_text().splitlines()
+    assert tsv[1].split("\t")[3:] == ["keep", "bigram"]
+    assert float(tsv[1].split("\t")[1]) == pytest.approx(float(summary["val_bpb"]), abs=1e-6)
+    # A second run gets the next id; the first record is still there.
+    result = cli("run", "--budget", "1", cwd=research_repo)
+    assert result.returncode == 0, result.stderr
+    ids = [
+        ln.split('"id": "')[1][:5]
+        for ln in (research_repo / ".autoresearch/ledger.jsonl").read_text().splitlines()
+    ]
+    assert ids == ["e0001", "e0002"]
+
+
+def test_failed_run_exits_non_zero_and_is_recorded(research_repo):
+    (research_repo / "train.py").write_text("raise SystemExit('no luck')\n")
+    result = cli("run", cwd=research_repo)
+    assert result.returncode == 1
+    assert "crash: exit code 1: no luck" in result.stderr
+    assert '"status": "crash"' in (research_repo / ".autoresearch/ledger.jsonl").read_text()
