@@ -8,6 +8,7 @@ out-of-range values are refused with a message that names the key.
 from __future__ import annotations
 
 import dataclasses
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +24,14 @@ else:  # pragma: no cover - exercised only on Python 3.10
 CONFIG_FILE = "autoresearch.toml"
 DEVICES = ("auto", "cuda", "cpu", "mps")
 TOKENIZER_KINDS = ("bpe", "byte")
-TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+TAG_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+TYPE_NAMES = {
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    bool: "true or false",
+    tuple: "a list of strings",
+}
 
 
 @dataclass(frozen=True)
@@ -62,11 +70,35 @@ class EvalSettings:
 
 
 @dataclass(frozen=True)
+class EvolveSettings:
+    population: int = 4  # candidates kept alive; 1 is the original greedy loop
+    proposers: tuple = ()  # e.g. ["llm:anthropic/claude-sonnet-4-5", "optuna"]; empty: automatic
+    tag: str = ""  # names the branches autoresearch/<tag>/...; empty: today's date
+    max_experiments: int = 0  # stop after this many experiments in the tag (0: no limit)
+    hours: float = 0.0  # stop after this many hours (0: no limit)
+    max_cost_usd: float = 0.0  # stop when proposers have spent this much (0: no limit)
+    calibrate: int = 2  # extra runs of the baseline, to measure the noise of val_bpb
+    min_improvement: float = 0.0  # a promotion must beat the champion by more than this...
+    noise_k: float = 2.0  # ...and by more than noise_k standard deviations of the noise
+    prefetch: int = 2  # proposals prepared ahead, while the device trains
+    max_invalid: int = 5  # invalid proposals in a row before the run stops
+    fix_attempts: int = 1  # proposals that try to fix a crashed candidate, from its log
+
+
+@dataclass(frozen=True)
 class Config:
     run: RunSettings = field(default_factory=RunSettings)
     data: DataSettings = field(default_factory=DataSettings)
     tokenizer: TokenizerSettings = field(default_factory=TokenizerSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
+    evolve: EvolveSettings = field(default_factory=EvolveSettings)
+    # [proposers.<name>] tables: options for that proposer, and its `weight` (default 1)
+    proposers: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def proposer_options(self, spec: str) -> tuple[float, dict[str, Any]]:
+        """(weight, options) for a proposer spec such as `llm:openai/gpt-4.1` or `optuna`."""
+        options = dict(self.proposers.get(spec.partition(":")[0], {}))
+        return float(options.pop("weight", 1.0)), options
 
     def as_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
@@ -77,6 +109,8 @@ SECTIONS: dict[str, type] = {
     "data": DataSettings,
     "tokenizer": TokenizerSettings,
     "eval": EvalSettings,
+    "evolve": EvolveSettings,
+    "proposers": dict,
 }
 
 
@@ -108,7 +142,10 @@ def parse_config(raw: dict[str, Any]) -> Config:
             )
         if not isinstance(table, dict):
             raise ConfigError(f"'{name}' in {CONFIG_FILE} must be a table like [{name}]")
-        sections[name] = _parse_section(name, SECTIONS[name], table)
+        if name == "proposers":
+            sections[name] = _parse_proposers(table)
+        else:
+            sections[name] = _parse_section(name, SECTIONS[name], table)
     config = Config(**sections)
     _validate(config)
     return config
@@ -127,9 +164,22 @@ def _parse_section(name: str, cls: type, table: dict[str, Any]) -> Any:
     return cls(**values)
 
 
+def _parse_proposers(table: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Free-form options per proposer; only `weight` is checked here, the rest by the proposer."""
+    for name, options in table.items():
+        if not isinstance(options, dict):
+            raise ConfigError(f"'proposers.{name}' must be a table like [proposers.{name}]")
+        weight = options.get("weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+            raise ConfigError(f"'proposers.{name}.weight' must be a number >= 0, got {weight!r}")
+    return table
+
+
 def _coerce(key: str, default: Any, value: Any) -> Any:
     """Accept the default's type (an int where a float is expected is fine)."""
     want = type(default)
+    if want is tuple and isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return tuple(value)
     if want is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if isinstance(value, want) and not (want is int and isinstance(value, bool)):
@@ -149,10 +199,22 @@ def _validate(c: Config) -> None:
         "tokenizer.vocab_size": c.tokenizer.vocab_size,
         "eval.tokens": c.eval.tokens,
         "eval.batch_size": c.eval.batch_size,
+        "evolve.population": c.evolve.population,
+        "evolve.prefetch": c.evolve.prefetch,
+        "evolve.max_invalid": c.evolve.max_invalid,
     }
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"'{key}' must be positive, got {value}")
+    for key in ("max_experiments", "hours", "max_cost_usd", "calibrate", "min_improvement",
+                "noise_k", "fix_attempts"):  # fmt: skip
+        if getattr(c.evolve, key) < 0:
+            raise ConfigError(f"'evolve.{key}' must be 0 or more, got {getattr(c.evolve, key)}")
+    if c.evolve.tag and not TAG_PATTERN.fullmatch(c.evolve.tag):
+        raise ConfigError(
+            f"'evolve.tag' {c.evolve.tag!r} cannot name a git branch: use letters, digits, '.', '_'"
+            " or '-', starting with a letter or digit"
+        )
     if c.run.device not in DEVICES:
         raise ConfigError(f"'run.device' must be one of {', '.join(DEVICES)}, got {c.run.device!r}")
     if c.tokenizer.kind not in TOKENIZER_KINDS:

@@ -44,7 +44,8 @@ class Record:
     description: str = ""
     usage: dict[str, float] = field(default_factory=dict)  # tokens and USD a proposer spent
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase of the run
-    tag: str = ""
+    tag: str = ""  # the evolve run this record belongs to ("" for `autoresearch run`)
+    promoted: bool = False  # the research branch moved to this candidate
     created: float = field(default_factory=time.time)
     schema: int = SCHEMA_VERSION
 

@@ -11,6 +11,7 @@ is parsed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -54,6 +55,8 @@ HANDOVER_GRACE_SECONDS = 30.0  # after the hand-over the process has this long t
 BUDGET_TOLERANCE = 1.05  # training may overrun the budget by 5% (one last step)
 EVAL_TIMEOUT_SECONDS = 900.0
 POLL_SECONDS = 0.05
+PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
+PGID_FILE = "pgid"  # in the run folder while its process group may be alive
 MEASURED_FIELDS = (
     "status", "reason", "val_bpb", "training_seconds", "total_seconds", "tokens", "num_steps",
     "num_params", "mfu_percent", "device", "fingerprints", "timings",
@@ -96,7 +99,7 @@ class Outcome:
     def to_record(self, **fields: object) -> Record:
         """The ledger record of this outcome; `fields` add what the runner cannot know (id, ...)."""
         measured = {name: getattr(self, name) for name in MEASURED_FIELDS}
-        return Record(memory_gb=self.memory_gb, **measured, **fields)
+        return Record(**({"memory_gb": self.memory_gb} | measured | fields))
 
 
 class Events:
@@ -135,6 +138,22 @@ class Events:
 
     def join(self, timeout: float) -> None:
         self._thread.join(timeout)
+
+
+def die_with_parent() -> None:
+    """In the child, before exec: the kernel SIGKILLs it if the runner dies, even by SIGKILL."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def kill_leftovers(runs: Path) -> None:
+    """Kill process groups that a killed runner left behind (their `pgid` files remain)."""
+    for marker in runs.glob(f"*/{PGID_FILE}"):
+        with contextlib.suppress(ValueError):
+            kill_group(int(marker.read_text()))
+        marker.unlink(missing_ok=True)
 
 
 def minimal_env(extra: dict[str, str]) -> dict[str, str]:
@@ -200,8 +219,10 @@ def run_experiment(
             stderr=subprocess.STDOUT,
             pass_fds=(write_fd,),
             start_new_session=True,
+            preexec_fn=die_with_parent,
         )
     os.close(write_fd)
+    (run_dir / PGID_FILE).write_text(str(proc.pid))
     events = Events(read_fd, on_event)
     returncode, rusage, why_stopped = None, None, ""
     try:
@@ -228,6 +249,7 @@ def run_experiment(
         kill_group(proc.pid)
         if returncode is None:
             proc.wait()
+        (run_dir / PGID_FILE).unlink(missing_ok=True)
     events.join(timeout=KILL_GRACE_SECONDS)
     t_end = time.monotonic()
 
@@ -331,6 +353,7 @@ def _evaluate(spec: EvalSpec, log_path: Path) -> tuple[dict, str]:
                 stderr=log,
                 timeout=EVAL_TIMEOUT_SECONDS,
                 start_new_session=True,
+                preexec_fn=die_with_parent,
             )
         except subprocess.TimeoutExpired:
             return {}, f"the evaluator took over {EVAL_TIMEOUT_SECONDS:.0f} s"

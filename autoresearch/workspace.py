@@ -16,6 +16,8 @@ from autoresearch.config import CONFIG_FILE
 from autoresearch.errors import UserError
 
 STATE_DIR = ".autoresearch"
+LEDGER_FILE = "ledger.jsonl"  # inside STATE_DIR
+RESULTS_FILE = "results.tsv"  # inside STATE_DIR: the original project's five columns
 TRAIN_FILE = "train.py"
 PROGRAM_FILE = "program.md"
 PROTECTED_FILES = (PROGRAM_FILE, CONFIG_FILE)  # proposers may change train.py only
@@ -103,3 +105,59 @@ def current_commit(repo: Path) -> Commit:
         return Commit(sha="", dirty=True)  # not a git repo, or no commit yet
     dirty = bool(r.git.status("--porcelain", "--", TRAIN_FILE))
     return Commit(sha=head.hexsha, dirty=dirty, subject=head.summary)
+
+
+# Candidates. The research branch is autoresearch/<tag>; candidates cannot live
+# under autoresearch/<tag>/ too (git refs cannot be a file and a folder at once).
+def research_branch(tag: str) -> str:
+    return f"autoresearch/{tag}"
+
+
+def candidate_branch(tag: str, candidate_id: str) -> str:
+    return f"autoresearch/{tag}-candidates/{candidate_id}"
+
+
+def commit_candidate(repo: Path, parent_sha: str, source: str, message: str) -> str:
+    """Commit `source` as train.py on top of `parent_sha`, leaving the user's index and files."""
+    from io import BytesIO
+
+    import git
+    from gitdb.base import IStream
+
+    r = git.Repo(repo)
+    parent = r.commit(parent_sha)
+    data = source.encode("utf-8")
+    blob = r.odb.store(IStream(git.Blob.type, len(data), BytesIO(data)))
+    index = git.IndexFile.from_tree(r, parent.tree)  # a temporary index, not the repo's
+    index.add([git.BaseIndexEntry((0o100644, blob.binsha, 0, TRAIN_FILE))])
+    tree = index.write_tree()
+    commit = git.Commit.create_from_tree(r, tree, message, parent_commits=[parent], head=False)
+    return commit.hexsha
+
+
+def set_branch(repo: Path, name: str, sha: str) -> None:
+    """Point branch `name` at `sha` (creating it); the previous tip stays in the reflog."""
+    import git
+
+    git.Repo(repo).create_head(name, sha, force=True)
+
+
+def branches(repo: Path, prefix: str) -> dict[str, str]:
+    """Branch name -> commit sha for every branch under `prefix/`."""
+    import git
+
+    r = git.Repo(repo)
+    return {h.name: h.commit.hexsha for h in r.heads if h.name.startswith(prefix + "/")}
+
+
+def read_train(repo: Path, sha: str) -> str:
+    """train.py as committed in `sha`."""
+    import git
+
+    return (git.Repo(repo).commit(sha).tree / TRAIN_FILE).data_stream.read().decode("utf-8")
+
+
+def commit_message(repo: Path, sha: str) -> str:
+    import git
+
+    return git.Repo(repo).commit(sha).message

@@ -1,0 +1,646 @@
+"""The search: a population of `train.py` candidates on git branches, trained one at a time.
+
+    baseline ─► calibration repeats ─► interrupted candidates ─► search loop
+
+Search loop, one experiment per turn:
+  1. proposals are prepared in background threads, `evolve.prefetch` ahead, so the
+     device never waits for a slow proposer;
+  2. the next ready proposal is validated (parses, keeps the harness contract, not
+     a duplicate, not a seed-only change); a rejected one is recorded `invalid`;
+  3. a valid one is committed on its own branch, on top of its parent's commit,
+     and trained and scored by the runner;
+  4. it is judged, recorded, and the research branch follows the champion.
+
+Rules (documented in docs/evolve.md):
+- **Parent selection.** A population member of rank r (0 = best) out of n is
+  chosen with weight (n - r) / (1 + its children so far): good parents are
+  preferred, and a parent that already has many children gives way to others.
+  A crashed candidate is handed back to its proposer with its log tail, up to
+  `evolve.fix_attempts` times, before anything else.
+- **Judging.** threshold = max(evolve.min_improvement, evolve.noise_k × the
+  standard deviation of the baseline's repeated val_bpb). A candidate beating the
+  champion by more than the threshold is promoted. With population 1 a candidate
+  is kept only if it is promoted (the original greedy loop); with a larger
+  population it is kept if it enters the population (better than its worst member,
+  or the population is not yet full).
+- **Resume.** Everything is derived from the ledger and the branches: a candidate
+  whose branch exists but has no record was cut off and is trained again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import queue
+import random
+import signal
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from autoresearch import population as pop
+from autoresearch.config import Config
+from autoresearch.errors import UserError
+from autoresearch.ledger import Ledger, Record
+from autoresearch.proposal import HistoryEntry, Proposal, ProposalRequest, Proposer
+from autoresearch.runner import Outcome, kill_leftovers, log_tail, run_experiment
+from autoresearch.validation import source_hash, validate_proposal
+from autoresearch.workspace import (
+    LEDGER_FILE,
+    PROGRAM_FILE,
+    RESULTS_FILE,
+    candidate_branch,
+    commit_candidate,
+    commit_message,
+    read_train,
+    research_branch,
+    set_branch,
+    state_dir,
+)
+
+LOCK_FILE = "evolve.lock"
+STATUS_FILE = "status.json"
+PROPOSALS_DIR = "proposals"  # a proposer's scratch folder, moved into the run folder later
+FAILED = ("crash", "timeout", "invalid")
+BASELINE, CALIBRATE = "baseline", "calibrate"  # proposer names of the non-proposed runs
+
+
+@dataclass
+class Job:
+    """One proposal being prepared in a background thread."""
+
+    number: int
+    parent: Record
+    champion_id: str  # the champion when the job was made (greedy drops stale proposals)
+    spec: str
+    work_dir: Path
+    proposal: Proposal | None = None
+    error: BaseException | None = None
+
+
+class StopNow(Exception):
+    """The run must end at once (a second Ctrl-C, SIGTERM)."""
+
+
+class RunLock:
+    """One `evolve` per research repo: an exclusive flock, released by the OS if we die."""
+
+    def __init__(self, state: Path):
+        self.path = state / LOCK_FILE
+        self._fd: int | None = None
+
+    def __enter__(self) -> RunLock:
+        import fcntl
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise UserError(
+                f"another `autoresearch evolve` (pid {holder}) is running in this repo:"
+                " wait for it, or stop it first"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            os.close(self._fd)  # closing releases the flock
+
+
+class Engine:
+    def __init__(
+        self,
+        repo: Path,
+        config: Config,
+        tag: str,
+        proposers: dict[str, tuple[Proposer, float]],
+        say: Callable[[str], None],
+        progress: Callable[[float], Callable[[dict], None]] | None = None,
+        notify: Callable[[Record], None] | None = None,
+    ):
+        self.repo, self.config, self.tag = repo, config, tag
+        self.settings = config.evolve
+        self.proposers = proposers
+        self.say = say
+        self.progress = progress
+        self.notify = notify or (lambda record: None)
+        self.state = state_dir(repo)
+        self.ledger = Ledger(self.state / LEDGER_FILE)
+        self.records = pop.tag_records(self.ledger.records(), tag)
+        self.rng = random.Random(f"{config.run.seed}-{tag}")
+        self.program = (repo / PROGRAM_FILE).read_text(encoding="utf-8")
+        self.started = time.monotonic()
+        self.stop_requested = False
+        self.stop_reason = ""
+        self.idle_seconds = 0.0  # the device waited for a proposal this long
+        self._ready: queue.Queue[Job] = queue.Queue()
+        self._in_flight: list[Job] = []
+        self._jobs_made = 0
+        self._fixes: list[Record] = []  # crashed candidates to hand back for a fix
+        self._invalid_in_a_row = 0
+
+    # -- the run -------------------------------------------------------------------------------
+
+    def run(self, base_commit: str) -> list[Record]:
+        """Run until a limit or Ctrl-C; returns this tag's records."""
+        with RunLock(self.state), self._signals():
+            kill_leftovers(self.state / "runs")
+            try:
+                self._reconcile_research_branch()
+                self._baseline(base_commit)
+                self._calibrate()
+                self._rerun_interrupted()
+                self._search()
+            except StopNow:
+                self.say("stopped")
+            finally:
+                self._write_status(phase="idle", experiment=None)
+        return self.records
+
+    def _baseline(self, base_commit: str) -> None:
+        if pop.champion(self.records):
+            return
+        # On resume of a run cut off during its baseline, the research branch names it.
+        sha = self._branch_sha(research_branch(self.tag)) or base_commit
+        set_branch(self.repo, research_branch(self.tag), sha)
+        source = read_train(self.repo, sha)
+        record = self._train(source, sha, parent=None, spec=BASELINE, description=BASELINE)
+        if record.status != "keep":
+            raise UserError(
+                f"the baseline failed ({record.status}: {record.reason}); fix train.py, the budget"
+                f" or the data first (log: {self.state / 'runs' / record.id / 'run.log'})"
+            )
+
+    def _calibrate(self) -> None:
+        """Repeat the baseline to measure how much val_bpb varies for the same code."""
+        baseline = self.records[0]
+        done = sum(r.proposer == CALIBRATE for r in self.records)
+        for i in range(done, self.settings.calibrate):
+            if self._should_stop():
+                return
+            source = read_train(self.repo, baseline.commit)
+            self._train(
+                source, baseline.commit, parent=baseline, spec=CALIBRATE,
+                description=f"repeat {i + 1} of the baseline, to measure noise",
+            )  # fmt: skip
+
+    def _rerun_interrupted(self) -> None:
+        """Candidates committed but never recorded were cut off mid-run: train them again."""
+        recorded = {r.id for r in self.records}
+        prefix = candidate_branch(self.tag, "")
+        for name, sha in sorted(self._branches().items()):
+            cid = name[len(prefix) :]
+            if cid in recorded or self._should_stop():
+                continue
+            trailers = _trailers(commit_message(self.repo, sha))
+            parent = next((r for r in self.records if r.id == trailers.get("Parent")), None)
+            self.say(f"{cid}: was cut off, training it again")
+            self._train(
+                read_train(self.repo, sha), sha, parent=parent,
+                spec=trailers.get("Proposer", "?"), description=trailers.get("Description", ""),
+                candidate_id=cid,
+            )  # fmt: skip
+
+    def _search(self) -> None:
+        while not self._should_stop():
+            self._fill_pipeline()
+            job = self._next_ready()
+            if job is None:
+                continue
+            if self.settings.population == 1 and job.champion_id != self._champion().id:
+                self.say(f"dropped a proposal made for the previous champion {job.champion_id}")
+                continue
+            self._take(job)
+
+    # -- proposals -----------------------------------------------------------------------------
+
+    def _fill_pipeline(self) -> None:
+        while len(self._in_flight) < self.settings.prefetch:
+            parent, spec = self._choose()
+            self._jobs_made += 1
+            job = Job(
+                number=self._jobs_made, parent=parent, champion_id=self._champion().id,
+                spec=spec, work_dir=self.state / PROPOSALS_DIR / f"p{self._jobs_made:05d}",
+            )  # fmt: skip
+            request = ProposalRequest(
+                parent_id=parent.id,
+                parent_source=read_train(self.repo, parent.commit),
+                program=self.program,
+                history=self._history(),
+                crash_log=log_tail(self.state / "runs" / parent.id / "run.log")
+                if parent.status in ("crash", "timeout")
+                else None,
+                rng=random.Random(f"{self.config.run.seed}-{self.tag}-{job.number}"),
+                work_dir=job.work_dir,
+            )
+            job.work_dir.mkdir(parents=True, exist_ok=True)
+            self._in_flight.append(job)
+            threading.Thread(target=self._propose, args=(job, request), daemon=True).start()
+
+    def _propose(self, job: Job, request: ProposalRequest) -> None:
+        try:
+            job.proposal = self.proposers[job.spec][0].propose(request)
+        except BaseException as e:  # noqa: BLE001 - any failure is recorded, never fatal here
+            job.error = e
+        self._ready.put(job)
+
+    def _next_ready(self) -> Job | None:
+        t0 = time.monotonic()
+        self._write_status(phase="proposing", experiment=None)
+        while True:
+            try:
+                job = self._ready.get(timeout=0.2)
+                break
+            except queue.Empty:
+                if self.stop_requested:
+                    return None
+        self.idle_seconds += time.monotonic() - t0
+        self._in_flight.remove(job)
+        return job
+
+    def _choose(self) -> tuple[Record, str]:
+        """The next parent and proposer (see the module docstring for the rule)."""
+        if self._fixes:
+            crashed = self._fixes.pop(0)
+            if crashed.proposer in self.proposers:
+                return crashed, crashed.proposer
+        members = pop.population(self.records, self.settings.population)
+        children = {}
+        for r in self.records:
+            children[r.parent] = children.get(r.parent, 0) + 1
+        for job in self._in_flight:
+            children[job.parent.id] = children.get(job.parent.id, 0) + 1
+        n = len(members)
+        weights = [(n - rank) / (1 + children.get(m.id, 0)) for rank, m in enumerate(members)]
+        parent = self.rng.choices(members, weights=weights)[0]
+        if self.settings.population == 1:
+            parent = self._champion()
+        specs = list(self.proposers)
+        spec = self.rng.choices(specs, weights=[self.proposers[s][1] for s in specs])[0]
+        return parent, spec
+
+    def _history(self) -> tuple[HistoryEntry, ...]:
+        """Everything tried in this run: scored results best first, then failures newest first."""
+        by_id = {r.id: r for r in self.records}
+        tried = [r for r in self.records if r.proposer != CALIBRATE]
+
+        def entry(r: Record) -> HistoryEntry:
+            parent = by_id.get(r.parent or "")
+            delta = (
+                r.val_bpb - parent.val_bpb
+                if r.val_bpb is not None and parent and parent.val_bpb is not None
+                else None
+            )
+            return HistoryEntry(
+                r.id, r.parent, r.status, r.val_bpb, delta, r.description, r.proposer
+            )
+
+        scored = sorted((r for r in tried if r.val_bpb is not None), key=lambda r: r.val_bpb)
+        failed = [r for r in reversed(tried) if r.val_bpb is None]
+        return tuple(entry(r) for r in scored + failed)
+
+    # -- one proposal to one record ------------------------------------------------------------
+
+    def _take(self, job: Job) -> None:
+        parent_source = read_train(self.repo, job.parent.commit)
+        if job.error is not None:
+            if isinstance(job.error, UserError):
+                raise job.error  # the proposer cannot work at all (no key, bad options)
+            reason = f"proposer failed: {type(job.error).__name__}: {_one_line(job.error)}"
+            self._invalid(job, None, "", reason)
+            return
+        proposal = job.proposal
+        if not isinstance(proposal, Proposal) or not isinstance(proposal.source, str):
+            self._invalid(
+                job, None, "", f"proposer returned {type(proposal).__name__}, not a Proposal"
+            )
+            return
+        seen = {r.fingerprints.get("source") for r in self.records if r.status != "invalid"}
+        reason = validate_proposal(parent_source, proposal.source, seen)
+        if reason:
+            self._invalid(job, proposal, proposal.source, reason)
+            return
+        self._invalid_in_a_row = 0
+        description = _one_line(proposal.description) or "no description"
+        message = (
+            f"{description}\n\nParent: {job.parent.id}\nProposer: {job.spec}\n"
+            f"Description: {description}\n"
+        )
+        sha = commit_candidate(self.repo, job.parent.commit, proposal.source, message)
+        cid = self.ledger.next_id()
+        set_branch(self.repo, candidate_branch(self.tag, cid), sha)
+        self._train(
+            proposal.source, sha, parent=job.parent, spec=job.spec, description=description,
+            candidate_id=cid, usage=proposal.usage, work_dir=job.work_dir,
+        )  # fmt: skip
+
+    def _invalid(self, job: Job, proposal: Proposal | None, source: str, reason: str) -> None:
+        cid = self.ledger.next_id()
+        run_dir = self.state / "runs" / cid
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if source:
+            (run_dir / "train.py").write_text(source, encoding="utf-8")
+        _adopt(job.work_dir, run_dir)
+        usage = dataclasses.asdict(proposal.usage) if proposal else {}
+        description = _one_line(proposal.description) if proposal else ""
+        record = Record(
+            id=cid, status="invalid", reason=reason, parent=job.parent.id, proposer=job.spec,
+            description=description, usage=usage, tag=self.tag, seed=self.config.run.seed,
+        )  # fmt: skip
+        self._record(record)
+        self._invalid_in_a_row += 1
+        if self._invalid_in_a_row >= self.settings.max_invalid:
+            raise UserError(
+                f"{self._invalid_in_a_row} invalid proposals in a row (last: {reason});"
+                " check the proposers and program.md, then `autoresearch evolve --resume`"
+            )
+
+    def _train(
+        self,
+        source: str,
+        sha: str,
+        *,
+        parent: Record | None,
+        spec: str,
+        description: str,
+        candidate_id: str | None = None,
+        usage: object = None,
+        work_dir: Path | None = None,
+    ) -> Record:
+        cid = candidate_id or self.ledger.next_id()
+        run_dir = self.state / "runs" / cid
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if work_dir:
+            _adopt(work_dir, run_dir)
+        train_py = run_dir / "train.py"
+        train_py.write_text(source, encoding="utf-8")
+        self._write_status(phase="training", experiment=cid)
+        budget = self.config.run.budget_seconds
+        on_event = self.progress(budget) if self.progress else None
+        outcome = run_experiment(train_py, self.config, run_dir, on_event=on_event)
+        status, promoted = self._judge(outcome, spec)
+        from autoresearch.constants import read_constants
+
+        depth = read_constants(source).get("DEPTH")
+        record = outcome.to_record(
+            id=cid, status=status, commit=sha, parent=parent.id if parent else None,
+            depth=depth if isinstance(depth, int) else None, seed=self.config.run.seed,
+            proposer=spec, description=description, tag=self.tag, promoted=promoted,
+            usage=dataclasses.asdict(usage) if dataclasses.is_dataclass(usage) else {},
+            fingerprints=outcome.fingerprints | {"source": source_hash(source)},
+        )  # fmt: skip
+        self._record(record)
+        if promoted:
+            set_branch(self.repo, research_branch(self.tag), sha)
+        elif outcome.status in ("crash", "timeout") and self._fix_budget(record):
+            self._fixes.append(record)
+        return record
+
+    def _judge(self, outcome: Outcome, spec: str) -> tuple[str, bool]:
+        """(status, promoted) for a finished experiment."""
+        if outcome.status != "keep" or outcome.val_bpb is None:
+            return outcome.status, False
+        best = self.champion()
+        if best is None:  # the baseline becomes the first champion
+            return "keep", spec == BASELINE
+        if spec == CALIBRATE:
+            return "discard", False
+        promoted = outcome.val_bpb < best.val_bpb - self.threshold()
+        if self.settings.population == 1:
+            return ("keep" if promoted else "discard"), promoted
+        members = pop.population(self.records, self.settings.population)
+        enters = len(members) < self.settings.population or outcome.val_bpb < members[-1].val_bpb
+        return ("keep" if enters or promoted else "discard"), promoted
+
+    def noise(self) -> float | None:
+        """Standard deviation of val_bpb over the baseline and its calibration repeats."""
+        samples = [
+            r.val_bpb for r in self.records
+            if r.proposer in (BASELINE, CALIBRATE) and r.val_bpb is not None
+        ]  # fmt: skip
+        return statistics.stdev(samples) if len(samples) >= 2 else None
+
+    def threshold(self) -> float:
+        """How much a candidate must beat the champion by to be promoted."""
+        noise = self.noise() or 0.0
+        return max(self.settings.min_improvement, self.settings.noise_k * noise)
+
+    def _fix_budget(self, crashed: Record) -> bool:
+        """Whether a crashed candidate gets (another) fix attempt: its fix-chain is short enough."""
+        chain = pop.lineage(self.records, crashed)
+        failures = 0
+        for r in chain:
+            if r.status not in ("crash", "timeout"):
+                break
+            failures += 1
+        return failures <= self.settings.fix_attempts
+
+    # -- records, limits, state ----------------------------------------------------------------
+
+    def _record(self, record: Record) -> None:
+        self.ledger.append(record)
+        self.records.append(record)
+        self.ledger.export_tsv(self.state / RESULTS_FILE)
+        self.notify(record)
+        self.say(self._line(record))
+
+    def _line(self, r: Record) -> str:
+        by_id = {x.id: x for x in self.records}
+        parent = by_id.get(r.parent or "")
+        bpb = f"{r.val_bpb:.6f}" if r.val_bpb is not None else "-"
+        delta = (
+            f"{r.val_bpb - parent.val_bpb:+.6f}"
+            if r.val_bpb is not None and parent and parent.val_bpb is not None
+            else ""
+        )
+        mark = " (promoted)" if r.promoted else ""
+        why = f" [{r.reason}]" if r.status in FAILED else ""
+        return (
+            f"{r.id}  parent {r.parent or '-':5}  {r.proposer:<12} val_bpb {bpb} {delta:>10}"
+            f"  {r.status}{mark}  {r.description}{why}"
+        )
+
+    def _should_stop(self) -> bool:
+        s = self.settings
+        trained = [r for r in self.records if r.status != "invalid"]
+        spent = sum(float(r.usage.get("cost_usd", 0.0)) for r in self.records)
+        reasons = [
+            (self.stop_requested, "stopped by Ctrl-C"),
+            (s.max_experiments and len(trained) >= s.max_experiments,
+             f"reached {s.max_experiments} experiments"),
+            (s.hours and time.monotonic() - self.started >= s.hours * 3600,
+             f"reached {s.hours} hours"),
+            (s.max_cost_usd and spent >= s.max_cost_usd, f"spent ${spent:.2f}"),
+        ]  # fmt: skip
+        why = next((why for hit, why in reasons if hit), None)
+        if why and not self.stop_reason:
+            self.stop_reason = why
+            self.say(f"stopping: {why}")
+        return why is not None
+
+    def _champion(self) -> Record:
+        best = self.champion()
+        assert best is not None, "the baseline is recorded before the search starts"
+        return best
+
+    def champion(self) -> Record | None:
+        return pop.champion(self.records)
+
+    def _reconcile_research_branch(self) -> None:
+        """After a kill between recording a promotion and moving the branch, move it now."""
+        best = self.champion()
+        if best and self._branch_sha(research_branch(self.tag)) != best.commit:
+            set_branch(self.repo, research_branch(self.tag), best.commit)
+
+    def _branches(self) -> dict[str, str]:
+        from autoresearch.workspace import branches
+
+        return branches(self.repo, candidate_branch(self.tag, "").rstrip("/"))
+
+    def _branch_sha(self, name: str) -> str | None:
+        import git
+
+        try:
+            return git.Repo(self.repo).heads[name].commit.hexsha
+        except (IndexError, AttributeError):
+            return None
+
+    def _write_status(self, phase: str, experiment: str | None) -> None:
+        best = self.champion()
+        status = {
+            "pid": os.getpid(),
+            "tag": self.tag,
+            "started": time.time() - (time.monotonic() - self.started),
+            "experiment": experiment,
+            "phase": phase,
+            "experiment_started": time.time() if experiment else None,
+            "budget_seconds": self.config.run.budget_seconds,
+            "experiments_done": len(self.records),
+            "best": {"id": best.id, "val_bpb": best.val_bpb} if best else None,
+            "spend_usd": sum(float(r.usage.get("cost_usd", 0.0)) for r in self.records),
+        }
+        tmp = self.state / (STATUS_FILE + ".tmp")
+        tmp.write_text(json.dumps(status) + "\n")
+        os.replace(tmp, self.state / STATUS_FILE)
+
+    @contextlib.contextmanager
+    def _signals(self):
+        """First Ctrl-C: finish the current experiment, then stop. Second (or SIGTERM): stop now."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def on_interrupt(signum, frame):
+            if self.stop_requested or signum == signal.SIGTERM:
+                raise StopNow()
+            self.stop_requested = True
+            self.say("finishing the current experiment, then stopping (Ctrl-C again to stop now)")
+
+        previous = {s: signal.signal(s, on_interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+
+def _adopt(work_dir: Path, run_dir: Path) -> None:
+    """Move a proposer's scratch files (prompts, replies) into the candidate's run folder."""
+    if work_dir.is_dir():
+        for item in work_dir.iterdir():
+            os.replace(item, run_dir / item.name)
+        work_dir.rmdir()
+
+
+def _trailers(message: str) -> dict[str, str]:
+    out = {}
+    for line in message.splitlines():
+        key, sep, value = line.partition(": ")
+        if sep and key in ("Parent", "Proposer", "Description"):
+            out[key] = value.strip()
+    return out
+
+
+def _one_line(value: object) -> str:
+    return " ".join(str(value).split())[:300]
+
+
+# -- setting a run up ------------------------------------------------------------------------------
+
+# With no proposer named, an LLM is used when its key is present, next to the offline optimizer.
+DEFAULT_LLM_BY_KEY = {
+    "ANTHROPIC_API_KEY": "llm:anthropic/claude-sonnet-4-5",
+    "OPENAI_API_KEY": "llm:openai/gpt-4.1",
+    "GEMINI_API_KEY": "llm:gemini/gemini-2.5-pro",
+}
+OFFLINE_PROPOSERS = ("optuna", "random")
+
+
+def default_proposers() -> tuple[str, ...]:
+    """The proposers used when none is configured: offline ones, plus an LLM if a key is set."""
+    llm = next((spec for key, spec in DEFAULT_LLM_BY_KEY.items() if os.environ.get(key)), None)
+    return (llm, "optuna") if llm else OFFLINE_PROPOSERS
+
+
+def make_proposers(config: Config, specs: tuple[str, ...]) -> dict[str, tuple[Proposer, float]]:
+    """spec -> (proposer, weight), each checked ready (API keys, commands) before any training."""
+    from autoresearch.plugins import make_proposer
+
+    made = {}
+    for spec in dict.fromkeys(specs):  # a repeated spec is used once
+        weight, options = config.proposer_options(spec)
+        proposer = make_proposer(spec, options)
+        if hasattr(proposer, "check_ready"):
+            proposer.check_ready()
+        made[spec] = (proposer, weight)
+    if not any(weight > 0 for _, weight in made.values()):
+        raise UserError(
+            "every proposer has weight 0: give one a positive [proposers.<name>] weight"
+        )
+    return made
+
+
+def pick_tag(repo: Path, records: list[Record], requested: str, resume: bool) -> str:
+    """The tag to run: the requested or latest one on --resume, else a new one."""
+    import datetime
+
+    import git
+
+    heads = {h.name for h in git.Repo(repo).heads}
+    known = list(dict.fromkeys(r.tag for r in records if r.tag))
+
+    def exists(tag: str) -> bool:
+        return tag in known or research_branch(tag) in heads
+
+    if resume:
+        tag = requested or (known[-1] if known else "")
+        if not tag:
+            raise UserError("nothing to resume: no `autoresearch evolve` has run in this repo yet")
+        if not exists(tag):
+            raise UserError(
+                f"no evolve run tagged {tag!r} to resume; known tags: {', '.join(known) or 'none'}"
+            )
+        return tag
+    if requested:
+        if exists(requested):
+            raise UserError(
+                f"tag {requested!r} exists: continue it with `autoresearch evolve --resume --tag"
+                f" {requested}`, or choose another --tag"
+            )
+        return requested
+    base = datetime.date.today().strftime("%b%d").lower()  # like the original: nov21
+    tag, n = base, 2
+    while exists(tag):
+        tag, n = f"{base}-{n}", n + 1
+    return tag

@@ -1,0 +1,203 @@
+"""The evolve engine on real research repos, with real tiny training and scripted proposers."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import candidates
+import git
+import pytest
+
+from autoresearch.config import load_config
+from autoresearch.constants import rewrite_constants
+from autoresearch.engine import Engine, RunLock
+from autoresearch.errors import UserError
+from autoresearch.ledger import Record
+from autoresearch.population import champion, population
+from autoresearch.runner import Outcome
+from autoresearch.testing import ScriptedProposer
+from autoresearch.workspace import candidate_branch, research_branch, state_dir
+
+# A bigram that does not learn (LR 0) is the baseline; LR 0.2 learns and is far better.
+FROZEN = rewrite_constants(candidates.HONEST, {"LR": 0.0})
+LEARNS = rewrite_constants(candidates.HONEST, {"LR": 0.2})
+LEARNS_SLOWLY = rewrite_constants(candidates.HONEST, {"LR": 0.01})
+
+
+def committed(repo, source: str) -> str:
+    (repo / "train.py").write_text(source)
+    r = git.Repo(repo)
+    r.index.add(["train.py", "autoresearch.toml"])
+    return r.index.commit("baseline for the test").hexsha
+
+
+def make_engine(repo, proposer, *, budget=1.5, **evolve):
+    evolve = {"calibrate": 0, "prefetch": 1, "population": 1} | evolve
+    config = load_config(
+        repo, {"run.budget_seconds": budget} | {f"evolve.{k}": v for k, v in evolve.items()}
+    )
+    lines: list[str] = []
+    engine = Engine(repo, config, "t", {proposer.name: (proposer, 1.0)}, say=lines.append)
+    engine.lines = lines
+    return engine
+
+
+def test_greedy_loop_keeps_only_improvements(research_repo):
+    base = committed(research_repo, FROZEN)
+    proposer = ScriptedProposer(
+        [
+            (LEARNS, "LR 0 -> 0.2"),
+            (FROZEN.replace("LR = 0.0", "LR = 0.0  # same code"), "comment only"),
+            (LEARNS_SLOWLY, "LR 0.2 -> 0.01"),
+            (
+                LEARNS.replace(
+                    "harness.handover(model",
+                    "raise SystemExit('bad edit')\n    harness.handover(model",
+                ),
+                "break it",
+            ),
+        ]
+    )
+    engine = make_engine(research_repo, proposer, max_experiments=4, fix_attempts=0, max_invalid=3)
+    records = engine.run(base)
+
+    assert [(r.proposer, r.status, r.promoted) for r in records] == [
+        ("baseline", "keep", True),
+        ("scripted", "keep", True),
+        ("scripted", "invalid", False),
+        ("scripted", "discard", False),
+        ("scripted", "crash", False),
+    ]
+    baseline, better, dup, worse, crashed = records
+    assert "duplicate" in dup.reason or "comment" in dup.reason
+    assert better.val_bpb < baseline.val_bpb - 1.0  # learning beats a frozen table by far
+    # Greedy: every proposal after the improvement starts from the new champion.
+    assert [rq.parent_id for rq in proposer.requests] == [
+        baseline.id,
+        better.id,
+        better.id,
+        better.id,
+    ]
+    repo = git.Repo(research_repo)
+    assert repo.heads[research_branch("t")].commit.hexsha == better.commit
+    for r in (better, worse, crashed):  # lineage is git ancestry; failed candidates keep a branch
+        commit = repo.heads[candidate_branch("t", r.id)].commit
+        assert commit.hexsha == r.commit
+        assert commit.parents[0].hexsha == {baseline.id: base, better.id: better.commit}[r.parent]
+    assert not repo.is_dirty()  # the user's checkout is never touched
+    assert repo.active_branch.name == "main"
+    assert (research_repo / ".autoresearch/results.tsv").read_text().count("\n") == 6
+    assert any("promoted" in line for line in engine.lines)
+
+
+def test_crashed_candidate_is_handed_back_with_its_log(research_repo):
+    base = committed(research_repo, FROZEN)
+    broken = LEARNS.replace(
+        "    harness.handover(",
+        "    raise RuntimeError('shape mismatch 42')\n    harness.handover(",
+    )
+    proposer = ScriptedProposer([(broken, "bigger"), (LEARNS, "fixed")])
+    engine = make_engine(research_repo, proposer, max_experiments=3, fix_attempts=1)
+    records = engine.run(base)
+    crashed, fixed = records[1], records[2]
+    assert crashed.status == "crash"
+    assert proposer.requests[1].parent_id == crashed.id
+    assert "shape mismatch 42" in proposer.requests[1].crash_log
+    assert fixed.parent == crashed.id and fixed.status == "keep"
+
+
+def test_proposer_errors_are_recorded_and_the_run_goes_on(research_repo):
+    base = committed(research_repo, FROZEN)
+    proposer = ScriptedProposer([RuntimeError("model said nonsense"), (LEARNS, "ok")])
+    records = make_engine(research_repo, proposer, max_experiments=2).run(base)
+    assert [r.status for r in records] == ["keep", "invalid", "keep"]
+    assert "model said nonsense" in records[1].reason
+
+
+def test_unusable_proposer_stops_with_its_message(research_repo):
+    base = committed(research_repo, FROZEN)
+    proposer = ScriptedProposer([UserError("OPENAI_API_KEY is not set: export it")])
+    with pytest.raises(UserError, match="OPENAI_API_KEY"):
+        make_engine(research_repo, proposer, max_experiments=3).run(base)
+    assert len(make_engine(research_repo, proposer).records) == 1  # the baseline was kept
+
+
+def test_prefetch_keeps_the_device_busy(research_repo):
+    """A proposer as slow as the budget: with prefetch the device barely waits."""
+    base = committed(research_repo, FROZEN)
+    sources = [rewrite_constants(LEARNS, {"LR": 0.05 + 0.05 * i}) for i in range(4)]
+
+    def slow(source):
+        def reply(request):
+            time.sleep(1.5)
+            return source, "slow proposal"
+
+        return reply
+
+    proposer = ScriptedProposer([slow(s) for s in sources] + [slow(LEARNS)] * 2)
+    engine = make_engine(research_repo, proposer, population=4, prefetch=2, max_experiments=5)
+    engine.run(base)
+    # Each experiment takes several seconds of start-up, training and evaluation, so two
+    # proposals prepared ahead are always ready: only the very first one is waited for.
+    assert engine.idle_seconds < 2.5, engine.idle_seconds
+
+
+def test_second_evolve_is_refused_while_one_runs(research_repo):
+    with (
+        RunLock(state_dir(research_repo)),
+        pytest.raises(UserError, match="another `autoresearch evolve`"),
+    ):
+        RunLock(state_dir(research_repo)).__enter__()
+    with RunLock(state_dir(research_repo)):  # released on exit, and by the OS on death
+        pass
+
+
+def rec(i, bpb, status="keep", source=None, **kw):
+    return Record(
+        id=f"e{i:04d}", status=status, val_bpb=bpb, tag="t",
+        fingerprints={"source": source or f"s{i}"}, **kw,
+    )  # fmt: skip
+
+
+def test_population_is_the_champion_plus_the_best_distinct():
+    records = [
+        rec(1, 3.0, promoted=True, proposer="baseline"),
+        rec(2, 2.5),
+        rec(3, 2.4, source="s2"),  # same source as e0002: not distinct
+        rec(4, 2.9),
+        rec(5, 2.0, status="crash"),
+        rec(6, 2.7, status="discard"),
+        rec(7, 2.6),
+    ]
+    members = population(records, 3)
+    assert [m.id for m in members] == ["e0003", "e0007", "e0001"]  # champion kept (elitism)
+    assert champion(records).id == "e0001"
+    assert len({m.fingerprints["source"] for m in members}) == len(members)
+
+
+def test_promotion_needs_more_than_the_noise(research_repo):
+    engine = make_engine(research_repo, ScriptedProposer(), population=1, noise_k=2.0)
+    engine.records = [
+        rec(1, 3.00, promoted=True, proposer="baseline"),
+        rec(2, 3.10, status="discard", proposer="calibrate"),
+        rec(3, 3.05, status="discard", proposer="calibrate"),
+    ]
+    assert engine.threshold() == pytest.approx(2 * 0.05)
+    within = Outcome("keep", "ok", val_bpb=2.95)
+    beyond = Outcome("keep", "ok", val_bpb=2.85)
+    assert engine._judge(within, "scripted") == ("discard", False)
+    assert engine._judge(beyond, "scripted") == ("keep", True)
+    engine.settings = dataclasses.replace(engine.settings, population=4)
+    assert engine._judge(within, "scripted") == ("keep", False)  # enters the population only
+
+
+def test_parent_selection_prefers_good_parents_with_few_children(research_repo):
+    engine = make_engine(research_repo, ScriptedProposer(), population=3)
+    engine.records = [rec(1, 3.0, promoted=True, proposer="baseline"), rec(2, 2.0), rec(3, 2.5)]
+    picks = [engine._choose()[0].id for _ in range(3000)]
+    share = {i: picks.count(i) / len(picks) for i in ("e0001", "e0002", "e0003")}
+    assert share["e0002"] > share["e0003"] > share["e0001"]  # weights 3 : 2 : 1
+    engine.records += [rec(10 + i, None, status="crash", parent="e0002") for i in range(5)]
+    picks = [engine._choose()[0].id for _ in range(3000)]
+    assert picks.count("e0002") < picks.count("e0003")  # 3/6 against 2/1
