@@ -80,7 +80,7 @@ class EvolveSettings:
     calibrate: int = 2  # extra runs of the baseline, to measure the noise of val_bpb
     min_improvement: float = 0.0  # a promotion must beat the champion by more than this...
     noise_k: float = 2.0  # ...and by more than noise_k standard deviations of the noise
-    prefetch: int = 2  # proposals prepared ahead, while the device trains
+    prefetch: int = 2  # proposals prepared while the device trains (0: propose, then train)
     max_invalid: int = 5  # invalid proposals in a row before the run stops
     fix_attempts: int = 1  # proposals that try to fix a crashed candidate, from its log
 
@@ -200,14 +200,13 @@ def _validate(c: Config) -> None:
         "eval.tokens": c.eval.tokens,
         "eval.batch_size": c.eval.batch_size,
         "evolve.population": c.evolve.population,
-        "evolve.prefetch": c.evolve.prefetch,
         "evolve.max_invalid": c.evolve.max_invalid,
     }
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"'{key}' must be positive, got {value}")
     for key in ("max_experiments", "hours", "max_cost_usd", "calibrate", "min_improvement",
-                "noise_k", "fix_attempts"):  # fmt: skip
+                "noise_k", "fix_attempts", "prefetch"):  # fmt: skip
         if getattr(c.evolve, key) < 0:
             raise ConfigError(f"'evolve.{key}' must be 0 or more, got {getattr(c.evolve, key)}")
     if c.evolve.tag and not TAG_PATTERN.fullmatch(c.evolve.tag):

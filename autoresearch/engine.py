@@ -214,10 +214,11 @@ class Engine:
 
     def _search(self) -> None:
         while not self._should_stop():
-            self._fill_pipeline()
+            self._fill_pipeline(max(1, self.settings.prefetch))
             job = self._next_ready()
             if job is None:
                 continue
+            self._fill_pipeline(self.settings.prefetch)  # prepared while this one trains
             if self.settings.population == 1 and job.champion_id != self._champion().id:
                 self.say(f"dropped a proposal made for the previous champion {job.champion_id}")
                 continue
@@ -225,8 +226,8 @@ class Engine:
 
     # -- proposals -----------------------------------------------------------------------------
 
-    def _fill_pipeline(self) -> None:
-        while len(self._in_flight) < self.settings.prefetch:
+    def _fill_pipeline(self, ahead: int) -> None:
+        while len(self._in_flight) < ahead:
             parent, spec = self._choose()
             self._jobs_made += 1
             job = Job(
