@@ -15,10 +15,7 @@ from autoresearch import __version__
 from autoresearch.config import DEVICES, load_config
 from autoresearch.errors import UserError
 from autoresearch.plugins import add_plugin_commands
-from autoresearch.workspace import BASELINES, find_repo
-
-LEDGER_FILE = "ledger.jsonl"
-RESULTS_FILE = "results.tsv"
+from autoresearch.workspace import BASELINES, LEDGER_FILE, RESULTS_FILE, find_repo
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -91,9 +88,9 @@ def run(
     exp_id = ledger.next_id()
     commit = current_commit(repo)
     click.echo(f"{exp_id}: training {TRAIN_FILE} for {config.run.budget_seconds:.0f} s", err=True)
-    outcome = run_experiment(
-        train_py, config, state / "runs" / exp_id, on_event=LiveProgress(config.run.budget_seconds)
-    )
+    progress = LiveProgress(config.run.budget_seconds, label=exp_id)
+    outcome = run_experiment(train_py, config, state / "runs" / exp_id, on_event=progress)
+    progress.close()
     depth = _constants(train_py).get("DEPTH")
     record = outcome.to_record(
         id=exp_id,
@@ -113,6 +110,246 @@ def run(
             err=True,
         )
         sys.exit(1)
+
+
+@cli.command()
+@click.option(
+    "--population", type=int, help="Candidates kept alive; 1 is the original greedy loop."
+)
+@click.option(
+    "--proposer",
+    "proposers",
+    multiple=True,
+    help="A proposer, e.g. optuna, random, llm:anthropic/claude-sonnet-4-5; repeat for several.",
+)
+@click.option("--tag", help="Names the branches autoresearch/<tag>... (default: today's date).")
+@click.option("--budget", type=float, help="Training seconds per experiment.")
+@click.option("--max-experiments", type=int, help="Stop after this many experiments in the tag.")
+@click.option("--hours", type=float, help="Stop after this many hours.")
+@click.option("--max-cost-usd", type=float, help="Stop when proposers have spent this much.")
+@click.option("--calibrate", type=int, help="Extra baseline runs to measure the noise.")
+@click.option("--resume", is_flag=True, help="Continue the latest (or --tag) run where it stopped.")
+def evolve(
+    population: int | None,
+    proposers: tuple[str, ...],
+    tag: str | None,
+    budget: float | None,
+    max_experiments: int | None,
+    hours: float | None,
+    max_cost_usd: float | None,
+    calibrate: int | None,
+    resume: bool,
+) -> None:
+    """Search for a better train.py: a population of candidates on git branches, overnight."""
+    from autoresearch import engine
+    from autoresearch.harness.prepare import load_manifest
+    from autoresearch.ledger import Ledger
+    from autoresearch.plugins import notify_experiment_finished
+    from autoresearch.progress import LiveProgress
+    from autoresearch.workspace import current_commit, state_dir
+
+    repo = find_repo()
+    overrides = {
+        "evolve.population": population,
+        "evolve.proposers": list(proposers) or None,
+        "evolve.tag": tag,
+        "run.budget_seconds": budget,
+        "evolve.max_experiments": max_experiments,
+        "evolve.hours": hours,
+        "evolve.max_cost_usd": max_cost_usd,
+        "evolve.calibrate": calibrate,
+    }
+    config = load_config(repo, overrides)
+    load_manifest(config)
+    commit = current_commit(repo)
+    if not resume and (commit.dirty or not commit.sha):
+        raise UserError("train.py has uncommitted changes: commit or stash them, then evolve")
+    records = Ledger(state_dir(repo) / LEDGER_FILE).records()
+    run_tag = engine.pick_tag(repo, records, config.evolve.tag, resume)
+    specs = config.evolve.proposers or engine.default_proposers()
+    made = engine.make_proposers(config, specs)
+    click.echo(
+        f"evolve {run_tag}: population {config.evolve.population}, proposers {', '.join(made)},"
+        f" {config.run.budget_seconds:.0f} s per experiment; branches autoresearch/{run_tag}*",
+        err=True,
+    )
+    runner = engine.Engine(
+        repo, config, run_tag, made, say=click.echo, progress=LiveProgress,
+        notify=notify_experiment_finished,
+    )  # fmt: skip
+    records = runner.run(commit.sha)
+    best = runner.champion()
+    if best and records:
+        baseline = records[0]
+        click.echo(
+            f"best: {best.id} val_bpb {best.val_bpb:.6f} ({best.val_bpb - baseline.val_bpb:+.6f}"
+            f" against the baseline) on branch autoresearch/{run_tag}; {len(records)} experiments,"
+            f" device idle {runner.idle_seconds:.0f} s waiting for proposals"
+        )
+
+
+# --- seeing the research: leaderboard, plot, show, export, status (read-only) ---
+
+
+def _read_ledger():
+    """(repo, state folder, ledger) of the research repo here; torn lines reported on stderr."""
+    from autoresearch.ledger import Ledger
+    from autoresearch.workspace import state_dir
+
+    repo = find_repo()
+    state = state_dir(repo)
+    return repo, state, Ledger(state / LEDGER_FILE)
+
+
+def _records(ledger) -> list:
+    from autoresearch.report import load_records
+
+    records = load_records(ledger)
+    for problem in ledger.problems:
+        click.echo(f"warning: {problem}", err=True)
+    return records
+
+
+def _population_size(repo: Path) -> int:
+    from autoresearch.report import DEFAULT_POPULATION
+
+    evolve_settings = getattr(load_config(repo), "evolve", None)
+    return int(getattr(evolve_settings, "population", DEFAULT_POPULATION))
+
+
+@cli.command()
+@click.option(
+    "--all", "everything", is_flag=True, help="Every experiment, not only the population."
+)
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice(("keep", "discard", "crash", "timeout", "invalid")),
+    help="Only experiments with this status (of every experiment); repeat for several.",
+)
+@click.option("--tag", help='The evolve run to show (default: the latest; "" for `run`).')
+@click.option("--limit", type=click.IntRange(min=1), help="Show at most this many rows.")
+@click.option(
+    "--format", "fmt", default="simple", show_default=True, help="Any tabulate table format."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON rows on stdout (docs/report.md).")
+def leaderboard(
+    everything: bool,
+    statuses: tuple[str, ...],
+    tag: str | None,
+    limit: int | None,
+    fmt: str,
+    as_json: bool,
+) -> None:
+    """What won, by how much, from which lineage: best first."""
+    import json
+
+    from autoresearch.report import format_table, leaderboard_rows, select
+
+    repo, _, ledger = _read_ledger()
+    records = _records(ledger)
+    selection = select(
+        records,
+        tag=tag,
+        everything=everything,
+        statuses=statuses,
+        population_size=_population_size(repo),
+    )
+    rows = leaderboard_rows(records, selection.records, limit)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo(f"no experiments match: {selection.what}", err=True)
+        return
+    table = format_table(rows, fmt)  # a bad --format fails before anything is printed
+    click.echo(f"{selection.what}; * marks the champion", err=True)
+    click.echo(table)
+
+
+@cli.command()
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default="progress.png",
+    show_default=True,
+    help="Image file; .png, .svg or .pdf.",
+)
+@click.option("--tag", help='The evolve run to plot (default: the latest; "" for `run`).')
+@click.option("--all", "everything", is_flag=True, help="Every tag in one figure.")
+def plot(output: Path, tag: str | None, everything: bool) -> None:
+    """Draw val_bpb of every experiment, the running best, failures and spend."""
+    from autoresearch.plot import plot_progress
+    from autoresearch.report import latest_tag, select
+
+    _, _, ledger = _read_ledger()
+    records = _records(ledger)
+    if not everything and tag is None:
+        tag = latest_tag(records)  # one run's story; --all for every tag
+    selection = select(records, tag=tag, everything=True)
+    plot_progress(selection.records, output)
+    click.echo(f"wrote {output} ({len(selection.records)} experiments)")
+
+
+@cli.command()
+@click.argument("candidate")
+def show(candidate: str) -> None:
+    """One experiment: metrics, status and reason, diff against its parent, lineage, log tail."""
+    from autoresearch.report import find_record, show_text
+
+    repo, state, ledger = _read_ledger()
+    records = _records(ledger)
+    record = find_record(records, candidate)
+    import os
+
+    color = sys.stdout.isatty() and "NO_COLOR" not in os.environ  # https://no-color.org
+    click.echo(show_text(repo, state, records, record, color=color))
+
+
+@cli.command()
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(("tsv", "parquet", "jsonl")),
+    default="tsv",
+    show_default=True,
+    help="tsv: results.tsv in the original five columns; parquet or jsonl: the whole ledger.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
+    help="Where to write; - for stdout.  [default: results.tsv, ledger.parquet or ledger.jsonl]",
+)
+def export(fmt: str, output: Path | None) -> None:
+    """Write the ledger for other tools: results.tsv, parquet or JSONL."""
+    from autoresearch.report import DEFAULT_EXPORT_NAMES
+    from autoresearch.report import export as export_ledger
+
+    _, _, ledger = _read_ledger()
+    path = None if str(output) == "-" else (output or Path(DEFAULT_EXPORT_NAMES[fmt]))
+    count = export_ledger(ledger, fmt, path)
+    if path is not None:
+        click.echo(f"wrote {count} experiments to {path}", err=True)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the run's state as JSON on stdout.")
+def status(as_json: bool) -> None:
+    """Is an evolve run going: which experiment, how far, best and spend so far."""
+    import json
+
+    from autoresearch.report import format_status, run_status
+
+    _, state, ledger = _read_ledger()
+    current = run_status(state)
+    if as_json:
+        click.echo(json.dumps({"running": current.running, "pid": current.pid, **current.state}))
+        return
+    records = ledger.records()
+    click.echo(format_status(current, records))
 
 
 def format_summary(record, peak_vram_mb: float) -> str:

@@ -47,13 +47,16 @@ from autoresearch import population as pop
 from autoresearch.config import Config
 from autoresearch.errors import UserError
 from autoresearch.ledger import Ledger, Record
+from autoresearch.progress import LiveProgress
 from autoresearch.proposal import HistoryEntry, Proposal, ProposalRequest, Proposer
 from autoresearch.runner import Outcome, kill_leftovers, log_tail, run_experiment
 from autoresearch.validation import source_hash, validate_proposal
 from autoresearch.workspace import (
     LEDGER_FILE,
+    LOCK_FILE,
     PROGRAM_FILE,
     RESULTS_FILE,
+    STATUS_FILE,
     candidate_branch,
     commit_candidate,
     commit_message,
@@ -63,8 +66,6 @@ from autoresearch.workspace import (
     state_dir,
 )
 
-LOCK_FILE = "evolve.lock"
-STATUS_FILE = "status.json"
 PROPOSALS_DIR = "proposals"  # a proposer's scratch folder, moved into the run folder later
 FAILED = ("crash", "timeout", "invalid")
 BASELINE, CALIBRATE = "baseline", "calibrate"  # proposer names of the non-proposed runs
@@ -126,7 +127,7 @@ class Engine:
         tag: str,
         proposers: dict[str, tuple[Proposer, float]],
         say: Callable[[str], None],
-        progress: Callable[[float], Callable[[dict], None]] | None = None,
+        progress: Callable[..., LiveProgress] | None = None,
         notify: Callable[[Record], None] | None = None,
     ):
         self.repo, self.config, self.tag = repo, config, tag
@@ -388,8 +389,10 @@ class Engine:
         train_py.write_text(source, encoding="utf-8")
         self._write_status(phase="training", experiment=cid)
         budget = self.config.run.budget_seconds
-        on_event = self.progress(budget) if self.progress else None
+        on_event = self.progress(budget, label=cid) if self.progress else None
         outcome = run_experiment(train_py, self.config, run_dir, on_event=on_event)
+        if on_event is not None:
+            on_event.close()  # a crash leaves the bar open: end it before the result line
         status, promoted = self._judge(outcome, spec)
         from autoresearch.constants import read_constants
 

@@ -11,7 +11,7 @@ always agree.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from autoresearch.ledger import Record
 
@@ -41,12 +41,27 @@ def population(records: list[Record], size: int) -> list[Record]:
     return sorted(members, key=_score)
 
 
+def parent_finder(records: list[Record]) -> Callable[[Record], Record | None]:
+    """`parent(record)`: the parent's record, looked up in its own tag first."""
+    by_tag_id = {(r.tag, r.id): r for r in records}
+    by_id = {r.id: r for r in records}
+
+    def parent(record: Record) -> Record | None:
+        if not record.parent:
+            return None
+        return by_tag_id.get((record.tag, record.parent)) or by_id.get(record.parent)
+
+    return parent
+
+
 def lineage(records: list[Record], record: Record) -> list[Record]:
     """`record` and its ancestors, back to the baseline (first element is `record`)."""
-    by_id = {r.id: r for r in records}
+    parent = parent_finder(records)
     chain = [record]
-    while chain[-1].parent and chain[-1].parent in by_id and len(chain) <= len(records):
-        chain.append(by_id[chain[-1].parent])
+    seen = {id(record)}
+    while (up := parent(chain[-1])) is not None and id(up) not in seen:  # a cycle would hang
+        chain.append(up)
+        seen.add(id(up))
     return chain
 
 

@@ -18,6 +18,8 @@ from autoresearch.errors import UserError
 STATE_DIR = ".autoresearch"
 LEDGER_FILE = "ledger.jsonl"  # inside STATE_DIR
 RESULTS_FILE = "results.tsv"  # inside STATE_DIR: the original project's five columns
+LOCK_FILE = "evolve.lock"  # inside STATE_DIR: flock'ed for as long as `evolve` runs
+STATUS_FILE = "status.json"  # inside STATE_DIR: what `evolve` is doing, rewritten atomically
 TRAIN_FILE = "train.py"
 PROGRAM_FILE = "program.md"
 PROTECTED_FILES = (PROGRAM_FILE, CONFIG_FILE)  # proposers may change train.py only
