@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autoresearch import population as pop
+from autoresearch.atomic import write_text
 from autoresearch.config import Config
 from autoresearch.errors import UserError
 from autoresearch.ledger import Ledger, Record
@@ -534,9 +535,7 @@ class Engine:
             "best": {"id": best.id, "val_bpb": best.val_bpb} if best else None,
             "spend_usd": sum(float(r.usage.get("cost_usd", 0.0)) for r in self.records),
         }
-        tmp = self.state / (STATUS_FILE + ".tmp")
-        tmp.write_text(json.dumps(status) + "\n")
-        os.replace(tmp, self.state / STATUS_FILE)
+        write_text(self.state / STATUS_FILE, json.dumps(status) + "\n")
 
     @contextlib.contextmanager
     def _signals(self):

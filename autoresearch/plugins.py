@@ -112,8 +112,12 @@ def build_plugin_manager(allowed: str | None = None) -> PluginManager:
     pm = PluginManager()
     # Built-ins first: they are registered first, so their proposers win a name clash.
     for ep, origin in sorted(_entry_points(), key=lambda pair: not pair[1].builtin):
-        if not origin.builtin and wanted is not None and not (
-            _normalise(ep.name) in wanted or (origin.dist and _normalise(origin.dist) in wanted)
+        if (
+            not origin.builtin
+            and wanted is not None
+            and not (
+                _normalise(ep.name) in wanted or (origin.dist and _normalise(origin.dist) in wanted)
+            )
         ):
             continue
         _load_entry_point(pm, ep, origin)
@@ -265,6 +269,17 @@ def _collect_proposers(pm: PluginManager) -> dict[str, ProposerSpec]:
     return found
 
 
+def check_option_names(proposer: str, options: dict, known: Iterable[str]) -> None:
+    """Refuse an option `proposer` does not have, naming the closest one: for plugin authors."""
+    known = list(known)
+    for key in options:
+        if key not in known:
+            raise UserError(
+                f"unknown option {key!r} for the {proposer} proposer{did_you_mean(key, known)};"
+                f" valid options: {', '.join(known)}"
+            )
+
+
 def make_proposer(
     spec: str, options: dict | None = None, pm: PluginManager | None = None
 ) -> Proposer:
@@ -355,14 +370,16 @@ def plugin_info(pm: PluginManager | None = None) -> list[dict[str, Any]]:
         origin = pm.origins.get(name, PluginOrigin(None, None, False))
         plugin = pm.get_plugin(name)
         hooks = sorted(c.name for c in pm.get_hookcallers(plugin) or []) if plugin else []
-        rows.append({
-            "name": name,
-            "version": origin.version,
-            "builtin": origin.builtin,
-            "hooks": hooks,
-            "proposers": sorted(by_plugin.get(name, [])),
-            "error": pm.errors.get(name),
-        })
+        rows.append(
+            {
+                "name": name,
+                "version": origin.version,
+                "builtin": origin.builtin,
+                "hooks": hooks,
+                "proposers": sorted(by_plugin.get(name, [])),
+                "error": pm.errors.get(name),
+            }
+        )
     rows.sort(key=lambda row: (not row["builtin"], row["name"]))
     return rows
 

@@ -36,7 +36,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from autoresearch import hookimpl
-from autoresearch.errors import UserError, did_you_mean
+from autoresearch.errors import UserError
+from autoresearch.plugins import check_option_names
 from autoresearch.proposal import Proposal, ProposalRequest, Usage
 
 from . import prompt
@@ -58,8 +59,16 @@ MAX_DESCRIPTION_CHARS = 200
 # Files an agent or its tools leave behind that are not edits: bytecode, tool caches,
 # aider's chat history. A path is ignored when it, or any folder above it, matches.
 IGNORED = (
-    "__pycache__", "*.pyc", ".pytest_cache", ".mypy_cache", ".ruff_cache",
-    ".ipynb_checkpoints", ".DS_Store", ".aider*", DESCRIPTION_FILE, PROMPT_FILE,
+    "__pycache__",
+    "*.pyc",
+    ".pytest_cache",
+    ".mypy_cache",
+    ".ruff_cache",
+    ".ipynb_checkpoints",
+    ".DS_Store",
+    ".aider*",
+    DESCRIPTION_FILE,
+    PROMPT_FILE,
 )
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -82,13 +91,9 @@ class AgentOptions:
 
 def parse_options(options: dict[str, Any]) -> AgentOptions:
     """Validated options; a `UserError` names the bad key and what it should be."""
-    known = {f.name for f in fields(AgentOptions)} | {"model"}
-    for key in options:
-        if key not in known:
-            raise UserError(
-                f"unknown option '{key}' for the agent proposer{did_you_mean(key, known)};"
-                f" valid options: {', '.join(sorted(known - {'model'}))}"
-            )
+    # "model" is not offered, but `--proposer agent:<command>` fills it.
+    check_option_names("agent", {k: v for k, v in options.items() if k != "model"},
+                       (f.name for f in fields(AgentOptions)))  # fmt: skip
     # `--proposer agent:<command>` puts the command in "model"; the option wins.
     command = _command(options.get("command") or options.get("model"))
     timeout = options.get("timeout", AgentOptions.timeout)
@@ -122,7 +127,7 @@ def _command(value: Any) -> tuple[str, ...]:
         args = []
     if not args:
         raise UserError(
-            "the agent proposer needs a command: set command = [\"my-agent\", \"--flag\"]"
+            'the agent proposer needs a command: set command = ["my-agent", "--flag"]'
             " in [proposers.agent] of autoresearch.toml"
         )
     head = args[0]
@@ -187,15 +192,22 @@ class AgentProposer:
     def _run(self, scratch: Path, text: str, log_path: Path) -> None:
         o = self.options
         env = {k: os.environ[k] for k in (*BASE_ENV, *o.env) if k in os.environ}
-        env[PROMPT_ENV] = text if len(text) <= MAX_ENV_PROMPT else (
-            text[:MAX_ENV_PROMPT] + f"\n[truncated: read {PROMPT_FILE_ENV}]"
+        env[PROMPT_ENV] = (
+            text
+            if len(text) <= MAX_ENV_PROMPT
+            else (text[:MAX_ENV_PROMPT] + f"\n[truncated: read {PROMPT_FILE_ENV}]")
         )
         env[PROMPT_FILE_ENV] = str(scratch / PROMPT_FILE)
         with open(log_path, "wb") as log:
             try:
                 proc = subprocess.Popen(
-                    o.command, cwd=scratch, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                    stderr=subprocess.STDOUT, start_new_session=True,  # its own process group
+                    o.command,
+                    cwd=scratch,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,  # its own process group
                 )
             except OSError as e:
                 raise UserError(
@@ -267,8 +279,11 @@ def _take_result(scratch: Path, originals: dict[str, str], patterns: tuple[str, 
                 continue
             if rel not in originals or _read(scratch / rel) != originals[rel]:
                 others.append(rel)
-    others += [rel for rel in originals if rel != TARGET and not (scratch / rel).exists()
-               and not _ignorable(rel, patterns)]
+    others += [
+        rel
+        for rel in originals
+        if rel != TARGET and not (scratch / rel).exists() and not _ignorable(rel, patterns)
+    ]
     if others:
         others.sort()
         more = f" and {len(others) - 10} more" if len(others) > 10 else ""

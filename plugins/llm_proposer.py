@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from autoresearch import hookimpl
-from autoresearch.errors import UserError, did_you_mean
+from autoresearch.errors import UserError
+from autoresearch.plugins import check_option_names
 from autoresearch.proposal import Proposal, ProposalRequest, Usage
 
 from . import prompt
@@ -52,8 +53,13 @@ TRANSIENT_STATUS = {408, 409, 425, 429}  # plus every 5xx
 BACKOFF_SECONDS = 2.0  # first wait; doubles each retry
 BACKOFF_MAX_SECONDS = 60.0
 MAX_ERROR_CHARS = 300  # provider messages can be pages long
-OPTION_TYPES = {"temperature": float, "timeout": float, "max_tokens": int, "max_attempts": int,
-                "retries": int}  # every other option is a string
+OPTION_TYPES = {
+    "temperature": float,
+    "timeout": float,
+    "max_tokens": int,
+    "max_attempts": int,
+    "retries": int,
+}  # every other option is a string
 TYPE_WORDS = {float: "a number", int: "an integer", str: "a string"}
 
 
@@ -78,14 +84,9 @@ class LLMOptions:
 
 def parse_options(options: dict[str, Any]) -> LLMOptions:
     """Validated options; a `UserError` names the bad key and what it should be."""
-    known = {f.name: f for f in fields(LLMOptions)}
+    check_option_names("llm", options, (f.name for f in fields(LLMOptions)))
     values: dict[str, Any] = {}
     for key, value in options.items():
-        if key not in known:
-            raise UserError(
-                f"unknown option '{key}' for the llm proposer{did_you_mean(key, known)};"
-                f" valid options: {', '.join(known)}"
-            )
         if value is not None:
             values[key] = _coerce(key, value)
     opts = LLMOptions(**values)
@@ -121,8 +122,12 @@ def _coerce(key: str, value: Any) -> Any:
 class LLMProposer:
     """Asks a chat model for edits; holds only immutable settings, so it is thread-safe."""
 
-    def __init__(self, options: LLMOptions, backoff_seconds: float = BACKOFF_SECONDS,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        options: LLMOptions,
+        backoff_seconds: float = BACKOFF_SECONDS,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self.options = options
         self.name = f"{NAME}:{options.model}"
         self._backoff = backoff_seconds
@@ -172,8 +177,12 @@ class LLMProposer:
         error: EditError | None = None
         secrets = self._secrets()
         for attempt in range(1, self.options.max_attempts + 1):
-            _save(request.work_dir, f"prompt_{attempt}.md", _render(messages[new_from:], attempt),
-                  secrets)
+            _save(
+                request.work_dir,
+                f"prompt_{attempt}.md",
+                _render(messages[new_from:], attempt),
+                secrets,
+            )
             try:
                 response = self._complete(litellm, messages)
             except Exception as e:
@@ -195,8 +204,11 @@ class LLMProposer:
                         " SEARCH/REPLACE blocks instead of repeating the whole file.)"
                     )
                 new_from = len(messages) + 1  # the assistant turn is in the reply file
-                messages = [*messages, {"role": "assistant", "content": reply},
-                            prompt.retry_message(str(error))]
+                messages = [
+                    *messages,
+                    {"role": "assistant", "content": reply},
+                    prompt.retry_message(str(error)),
+                ]
                 continue
             usage_total = Usage(tokens_in, tokens_out, cost, time.monotonic() - started)
             return Proposal(source, description or FALLBACK_DESCRIPTION, usage_total)
@@ -308,16 +320,20 @@ def _fatal(litellm: Any, error: Exception, o: LLMOptions) -> Exception:
     status = getattr(error, "status_code", None)
     where = f" at {o.api_base}" if o.api_base else ""
     if isinstance(error, litellm.ContextWindowExceededError):
-        return LLMError(f"{o.model}: the prompt is longer than the model's context window"
-                        f" ({_short(error)}); use a model with a longer context")
+        return LLMError(
+            f"{o.model}: the prompt is longer than the model's context window"
+            f" ({_short(error)}); use a model with a longer context"
+        )
     if isinstance(error, litellm.AuthenticationError) or status == 401:
         hint = o.api_key_env or "the provider's API key variable"
         return UserError(f"{o.model}: the API key was refused (401){where}: check {hint}")
     if isinstance(error, litellm.PermissionDeniedError) or status == 403:
         return UserError(f"{o.model}: access denied (403){where}: check the key's permissions")
     if isinstance(error, litellm.NotFoundError) or status == 404:
-        return UserError(f"{o.model}: model or endpoint not found (404){where}:"
-                         " check the model name and api_base")
+        return UserError(
+            f"{o.model}: model or endpoint not found (404){where}:"
+            " check the model name and api_base"
+        )
     if isinstance(status, int):
         return UserError(f"{o.model}: request rejected (HTTP {status}){where}: {_short(error)}")
     return LLMError(f"{o.model}: {type(error).__name__}: {_short(error)}")

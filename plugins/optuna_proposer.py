@@ -31,7 +31,8 @@ from typing import Any
 
 from autoresearch import hookimpl
 from autoresearch.constants import Value, format_value, read_constants, rewrite_constants
-from autoresearch.errors import UserError, did_you_mean
+from autoresearch.errors import UserError
+from autoresearch.plugins import check_option_names
 from autoresearch.proposal import HistoryEntry, Proposal, ProposalRequest
 
 NAME = "optuna"
@@ -95,12 +96,7 @@ class OptunaProposer:
 
     @classmethod
     def from_options(cls, options: dict) -> OptunaProposer:
-        for key in options:
-            if key not in DEFAULTS:
-                raise UserError(
-                    f"optuna proposer has no option {key!r}{did_you_mean(key, DEFAULTS)};"
-                    f" its options are: {', '.join(DEFAULTS)}"
-                )
+        check_option_names("optuna", options, DEFAULTS)
         return cls(**{**DEFAULTS, **options})
 
     def propose(self, request: ProposalRequest) -> Proposal:
@@ -158,8 +154,9 @@ class OptunaProposer:
                 return None  # 0 and negative ints are switches or sentinels: no scale
             if value >= POW2_MIN and value & (value - 1) == 0:
                 steps = range(-POW2_STEPS, POW2_STEPS + 1)
-                return d.CategoricalDistribution([value * 2**k if k >= 0 else value >> -k
-                                                  for k in steps])
+                return d.CategoricalDistribution(
+                    [value * 2**k if k >= 0 else value >> -k for k in steps]
+                )
             low, high = max(1, value // INT_SPAN), max(value * INT_SPAN, value + 2)
             return d.IntDistribution(low, high, log=value >= LOG_INT_MIN)
         if isinstance(value, float) and value > 0:
@@ -171,8 +168,9 @@ class OptunaProposer:
                     low = _significant(max(value / FLOAT_SPAN, 1 - (1 - value) * FLOAT_SPAN))
                     return d.FloatDistribution(low, high)
                 low = _significant(value / FLOAT_SPAN)
-                return d.FloatDistribution(low, min(high, _significant(value * FLOAT_SPAN)),
-                                           log=True)
+                return d.FloatDistribution(
+                    low, min(high, _significant(value * FLOAT_SPAN)), log=True
+                )
             low, high = _significant(value / FLOAT_SPAN), _significant(value * FLOAT_SPAN)
             return d.FloatDistribution(low, high, log=True)
         return None  # zero or negative floats, and strings without choices

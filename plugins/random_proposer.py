@@ -13,7 +13,8 @@ import random
 
 from autoresearch import hookimpl
 from autoresearch.constants import Value, format_value, read_constants, rewrite_constants
-from autoresearch.errors import UserError, did_you_mean
+from autoresearch.errors import UserError
+from autoresearch.plugins import check_option_names
 from autoresearch.proposal import Proposal, ProposalRequest
 
 NAME = "random"
@@ -44,12 +45,7 @@ class RandomProposer:
 
     @classmethod
     def from_options(cls, options: dict) -> RandomProposer:
-        for key in options:
-            if key not in DEFAULTS:
-                raise UserError(
-                    f"random proposer has no option {key!r}{did_you_mean(key, DEFAULTS)};"
-                    f" its options are: {', '.join(DEFAULTS)}"
-                )
+        check_option_names("random", options, DEFAULTS)
         return cls(**{**DEFAULTS, **options})
 
     def propose(self, request: ProposalRequest) -> Proposal:

@@ -126,7 +126,7 @@ def test_random_is_deterministic_for_a_seed_and_thread_safe():
 def test_random_options_are_checked():
     pm = build_plugin_manager(allowed="")
     assert make_proposer("random", {"max_changes": 1}, pm).max_changes == 1
-    with pytest.raises(UserError, match="no option 'max_change'.*did you mean 'max_changes'"):
+    with pytest.raises(UserError, match="unknown option 'max_change'.*did you mean 'max_changes'"):
         make_proposer("random", {"max_change": 1}, pm)
     with pytest.raises(UserError, match="sigma"):
         make_proposer("random", {"sigma": -1}, pm)
@@ -178,7 +178,7 @@ def test_optuna_choices_include_and_exclude_options():
         assert set(params) == {"LR", "ACTIVATION"}
         seen.add(params["ACTIVATION"])
     assert seen == {"relu", "gelu"}
-    with pytest.raises(UserError, match="no option 'exclud'"):
+    with pytest.raises(UserError, match="unknown option 'exclud'"):
         OptunaProposer.from_options({"exclud": ["LR"]})
 
 

@@ -12,8 +12,6 @@ its remainder is dropped. Rows are never padded, so every position trains.
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -21,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from autoresearch.atomic import atomic_write
 from autoresearch.errors import UserError
 
 DOC_BUFFER = 1000  # documents the packer chooses from; more packs tighter but costs per row
@@ -43,38 +42,28 @@ def write_token_file(docs: Iterable[list[int]], path: Path, bos_id: int, vocab_s
     caller's documents, and replaces `path` atomically at the end. Empty
     documents are skipped: a lone BOS would only waste a training position.
     """
-    path = Path(path)
     dtype = token_dtype(vocab_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            # numpy pads 1-D headers so their length does not depend on the shape:
-            # reserve it now, stream the data, and fill in the real length at the end.
-            placeholder = _npy_header(dtype, 0)
-            f.write(placeholder)
-            n_written = 0
-            chunk: list[int] = []
-            for doc in docs:
-                if len(doc) == 0:
-                    continue
-                chunk.append(bos_id)
-                chunk.extend(doc)
-                if len(chunk) >= CHUNK_TOKENS:
-                    n_written += _write_chunk(f, chunk, dtype, vocab_size)
-                    chunk = []
-            n_written += _write_chunk(f, chunk, dtype, vocab_size)
-            header = _npy_header(dtype, n_written)
-            if len(header) != len(placeholder):
-                raise RuntimeError("numpy .npy header length changed with the array length")
-            f.seek(0)
-            f.write(header)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as f:
+        # numpy pads 1-D headers so their length does not depend on the shape:
+        # reserve it now, stream the data, and fill in the real length at the end.
+        placeholder = _npy_header(dtype, 0)
+        f.write(placeholder)
+        n_written = 0
+        chunk: list[int] = []
+        for doc in docs:
+            if len(doc) == 0:
+                continue
+            chunk.append(bos_id)
+            chunk.extend(doc)
+            if len(chunk) >= CHUNK_TOKENS:
+                n_written += _write_chunk(f, chunk, dtype, vocab_size)
+                chunk = []
+        n_written += _write_chunk(f, chunk, dtype, vocab_size)
+        header = _npy_header(dtype, n_written)
+        if len(header) != len(placeholder):
+            raise RuntimeError("numpy .npy header length changed with the array length")
+        f.seek(0)
+        f.write(header)
     return n_written
 
 

@@ -8,11 +8,11 @@ its presence is what tells a run that the data is ready.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from autoresearch.atomic import write_text
 from autoresearch.config import Config
 from autoresearch.errors import UserError
 from autoresearch.harness.cache import dataset_dir, prepared_dir
@@ -113,9 +113,7 @@ def prepare(config: Config, log: Callable[[str], None]) -> Manifest:
         val_tokens=counts["val"],
         folder=str(out),
     )
-    tmp = out / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(asdict(manifest), indent=2) + "\n")
-    os.replace(tmp, out / MANIFEST)
+    write_text(out / MANIFEST, json.dumps(asdict(manifest), indent=2) + "\n")
     log(f"ready: {out}")
     return manifest
 

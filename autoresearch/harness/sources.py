@@ -26,6 +26,7 @@ from typing import Protocol
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from autoresearch.atomic import atomic_write, write_text
 from autoresearch.config import DataSettings
 from autoresearch.errors import UserError, did_you_mean
 from autoresearch.harness.download import download, human_bytes
@@ -142,9 +143,8 @@ class _ShardWriter:
 def write_text_parquet(path: Path, texts: list[str]) -> None:
     """Write `texts` as a one-column (`text`) parquet file, atomically."""
     table = pa.table({"text": pa.array(texts, type=pa.string())})
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp, compression=COMPRESSION, row_group_size=ROW_GROUP_ROWS)
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        pq.write_table(table, f, compression=COMPRESSION, row_group_size=ROW_GROUP_ROWS)
 
 
 def _convert(
@@ -194,9 +194,7 @@ def _read_stamp(path: Path) -> dict:
 
 
 def _write_stamp(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(data, indent=1) + "\n")
 
 
 def _fingerprint(*parts: object) -> str:

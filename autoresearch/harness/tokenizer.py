@@ -15,14 +15,13 @@ import base64
 import binascii
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
 import tiktoken
 
+from autoresearch.atomic import atomic_write
 from autoresearch.errors import UserError
 
 BOS = "<|bos|>"
@@ -85,17 +84,8 @@ class Tokenizer:
     def save(self, path: Path) -> None:
         """Write the canonical JSON atomically, so a crash never leaves half a file."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(_canonical_json(self._to_json()))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_write(path) as f:
+            f.write(_canonical_json(self._to_json()))
 
     @classmethod
     def load(cls, path: Path) -> Tokenizer:
