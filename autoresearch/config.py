@@ -83,6 +83,7 @@ class EvolveSettings:
     prefetch: int = 2  # proposals prepared while the device trains (0: propose, then train)
     max_invalid: int = 5  # invalid proposals in a row before the run stops
     fix_attempts: int = 1  # proposals that try to fix a crashed candidate, from its log
+    proposal_timeout: float = 3600.0  # seconds before a proposal is given up (0: never)
 
 
 @dataclass(frozen=True)
@@ -206,7 +207,7 @@ def _validate(c: Config) -> None:
         if value <= 0:
             raise ConfigError(f"'{key}' must be positive, got {value}")
     for key in ("max_experiments", "hours", "max_cost_usd", "calibrate", "min_improvement",
-                "noise_k", "fix_attempts", "prefetch"):  # fmt: skip
+                "noise_k", "fix_attempts", "prefetch", "proposal_timeout"):  # fmt: skip
         if getattr(c.evolve, key) < 0:
             raise ConfigError(f"'evolve.{key}' must be 0 or more, got {getattr(c.evolve, key)}")
     if c.evolve.tag and not TAG_PATTERN.fullmatch(c.evolve.tag):

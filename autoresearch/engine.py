@@ -81,6 +81,7 @@ class Job:
     champion_id: str  # the champion when the job was made (greedy drops stale proposals)
     spec: str
     work_dir: Path
+    started: float = 0.0
     proposal: Proposal | None = None
     error: BaseException | None = None
 
@@ -161,8 +162,8 @@ class Engine:
             try:
                 self._reconcile_research_branch()
                 self._baseline(base_commit)
-                self._calibrate()
                 self._rerun_interrupted()
+                self._calibrate()
                 self._search()
             except StopNow:
                 self.say("stopped")
@@ -235,6 +236,7 @@ class Engine:
             job = Job(
                 number=self._jobs_made, parent=parent, champion_id=self._champion().id,
                 spec=spec, work_dir=self.state / PROPOSALS_DIR / f"p{self._jobs_made:05d}",
+                started=time.monotonic(),
             )  # fmt: skip
             request = ProposalRequest(
                 parent_id=parent.id,
@@ -264,13 +266,26 @@ class Engine:
         while True:
             try:
                 job = self._ready.get(timeout=0.2)
-                break
+                if job in self._in_flight:  # else it timed out earlier and was recorded
+                    break
             except queue.Empty:
                 if self.stop_requested:
                     return None
+                job = self._overdue()
+                if job:
+                    break
         self.idle_seconds += time.monotonic() - t0
         self._in_flight.remove(job)
         return job
+
+    def _overdue(self) -> Job | None:
+        """A proposal past `evolve.proposal_timeout`: given up on (its thread is left to die)."""
+        limit = self.settings.proposal_timeout
+        for job in self._in_flight:
+            if limit and time.monotonic() - job.started > limit:
+                job.error = TimeoutError(f"no proposal after {limit:.0f} s")
+                return job
+        return None
 
     def _choose(self) -> tuple[Record, str]:
         """The next parent and proposer (see the module docstring for the rule)."""
@@ -341,7 +356,7 @@ class Engine:
             f"Description: {description}\n"
         )
         sha = commit_candidate(self.repo, job.parent.commit, proposal.source, message)
-        cid = self.ledger.next_id()
+        cid = self._next_id()
         set_branch(self.repo, candidate_branch(self.tag, cid), sha)
         self._train(
             proposal.source, sha, parent=job.parent, spec=job.spec, description=description,
@@ -349,7 +364,7 @@ class Engine:
         )  # fmt: skip
 
     def _invalid(self, job: Job, proposal: Proposal | None, source: str, reason: str) -> None:
-        cid = self.ledger.next_id()
+        cid = self._next_id()
         run_dir = self.state / "runs" / cid
         run_dir.mkdir(parents=True, exist_ok=True)
         if source:
@@ -381,7 +396,7 @@ class Engine:
         usage: object = None,
         work_dir: Path | None = None,
     ) -> Record:
-        cid = candidate_id or self.ledger.next_id()
+        cid = candidate_id or self._next_id()
         run_dir = self.state / "runs" / cid
         run_dir.mkdir(parents=True, exist_ok=True)
         if work_dir:
@@ -493,6 +508,11 @@ class Engine:
             self.stop_reason = why
             self.say(f"stopping: {why}")
         return why is not None
+
+    def _next_id(self) -> str:
+        """Ids of cut-off candidates (a branch, no record yet) stay theirs."""
+        prefix = candidate_branch(self.tag, "")
+        return self.ledger.next_id(taken=(name[len(prefix) :] for name in self._branches()))
 
     def _champion(self) -> Record:
         best = self.champion()

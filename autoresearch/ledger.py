@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,12 +92,13 @@ class Ledger:
                     self.problems.append(f"{self.path}:{number}: unreadable record skipped ({e})")
         return out
 
-    def next_id(self, prefix: str = "e") -> str:
-        """The next free id of the form e0001; ids are never reused."""
+    def next_id(self, prefix: str = "e", taken: Iterable[str] = ()) -> str:
+        """The next free id of the form e0001, past every recorded (and `taken`) one."""
+        ids = [r.id for r in self.records()] + list(taken)
         numbers = [
-            int(r.id[len(prefix) :])
-            for r in self.records()
-            if r.id.startswith(prefix) and r.id[len(prefix) :].isdigit()
+            int(i[len(prefix) :])
+            for i in ids
+            if i.startswith(prefix) and i[len(prefix) :].isdigit()
         ]
         return f"{prefix}{max(numbers, default=0) + 1:04d}"
 

@@ -201,3 +201,37 @@ def test_parent_selection_prefers_good_parents_with_few_children(research_repo):
     engine.records += [rec(10 + i, None, status="crash", parent="e0002") for i in range(5)]
     picks = [engine._choose()[0].id for _ in range(3000)]
     assert picks.count("e0002") < picks.count("e0003")  # 3/6 against 2/1
+
+
+def test_hanging_proposer_is_given_up_and_the_run_goes_on(research_repo):
+    base = committed(research_repo, FROZEN)
+
+    def hang(request):
+        time.sleep(60)
+
+    proposer = ScriptedProposer([hang, (LEARNS, "ok")])
+    t0 = time.monotonic()
+    records = make_engine(research_repo, proposer, max_experiments=2, proposal_timeout=1.0).run(
+        base
+    )
+    assert [r.status for r in records] == ["keep", "invalid", "keep"]
+    assert "no proposal after 1 s" in records[1].reason
+    assert time.monotonic() - t0 < 50  # long before the hung proposer would have answered
+
+
+def test_a_cut_off_candidate_keeps_its_id(research_repo):
+    """A candidate committed but never recorded is trained again under its own id."""
+    from autoresearch.workspace import commit_candidate, set_branch
+
+    base = committed(research_repo, FROZEN)
+    engine = make_engine(research_repo, ScriptedProposer(), max_experiments=1)
+    engine.run(base)  # the baseline, e0001
+    message = "try LR 0.2\n\nParent: e0001\nProposer: scripted\nDescription: try LR 0.2\n"
+    sha = commit_candidate(research_repo, base, LEARNS, message)
+    set_branch(research_repo, candidate_branch("t", "e0002"), sha)  # as if killed mid-run
+    records = make_engine(research_repo, ScriptedProposer(), max_experiments=3, calibrate=1).run(
+        base
+    )
+    by_id = {r.id: r for r in records}
+    assert by_id["e0002"].commit == sha and by_id["e0002"].description == "try LR 0.2"
+    assert by_id["e0003"].proposer == "calibrate"  # calibration did not take e0002
