@@ -52,7 +52,10 @@ ENV_ALLOWLIST = (
 )
 KILL_GRACE_SECONDS = 5.0  # SIGTERM, then SIGKILL for a group that has not gone
 HANDOVER_GRACE_SECONDS = 30.0  # after the hand-over the process has this long to exit
-BUDGET_TOLERANCE = 1.05  # training may overrun the budget by 5% (one last step)
+# The last step starts before the deadline and ends after it: training may overrun the
+# budget by 5% + 1 s, plus one mean step, but never by more than 10% for the step.
+BUDGET_TOLERANCE = 1.05
+LAST_STEP_SHARE = 0.10
 EVAL_TIMEOUT_SECONDS = 900.0
 POLL_SECONDS = 0.05
 PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
@@ -290,7 +293,9 @@ def run_experiment(
         if returncode == 0:
             return failed("crash", "train.py exited without calling harness.handover(model)")
         return failed("crash", f"exit code {returncode}: {last.strip()[:200] or 'no output'}")
-    if training > config.run.budget_seconds * BUDGET_TOLERANCE + 1.0:
+    budget = config.run.budget_seconds
+    mean_step = training / max(common["num_steps"], 1)
+    if training > budget * BUDGET_TOLERANCE + 1.0 + min(mean_step, budget * LAST_STEP_SHARE):
         return failed(
             "timeout",
             f"trained {training:.1f} s, over the {config.run.budget_seconds:.0f} s budget",
