@@ -1,0 +1,43 @@
+"""Both baselines through the real harness: a real subprocess trains, the evaluator scores.
+
+The tiny baseline must learn for real in a few seconds; the GPU baseline runs
+with its size constants shrunk (the same code otherwise), so a broken GPU
+baseline cannot land unnoticed on a machine without a GPU.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from autoresearch.config import load_config
+from autoresearch.constants import rewrite_constants
+from autoresearch.runner import run_experiment
+
+BASELINES = Path(__file__).resolve().parents[1] / "baselines"
+UNIFORM_BPB = 8.0  # a byte-level model that knows nothing: log2(256) bits per byte
+GPT_ON_A_CPU = {
+    "DEPTH": 2, "ASPECT_RATIO": 32, "HEAD_DIM": 32, "DEVICE_BATCH_SIZE": 4,
+    "TOTAL_BATCH_SIZE": 512, "VE_GATE_CHANNELS": 8,
+}  # fmt: skip
+
+
+def train(repo: Path, source: str, budget: float):
+    (repo / "train.py").write_text(source)
+    config = load_config(repo, {"run.budget_seconds": budget})
+    return run_experiment(repo / "train.py", config, repo / ".autoresearch/runs/b")
+
+
+def test_tiny_baseline_learns_in_seconds(research_repo):
+    out = train(research_repo, (BASELINES / "tiny/train.py").read_text(), budget=8)
+    assert out.status == "keep", out.reason
+    assert out.val_bpb < UNIFORM_BPB - 3, out.val_bpb  # clearly learnt something
+    assert out.num_steps > 10
+
+
+def test_gpt_baseline_runs_on_cpu_when_shrunk(research_repo):
+    source = rewrite_constants((BASELINES / "gpt/train.py").read_text(), GPT_ON_A_CPU)
+    out = train(research_repo, source, budget=6)
+    assert out.status == "keep", out.reason
+    assert math.isfinite(out.val_bpb) and out.val_bpb < UNIFORM_BPB + 1
+    assert out.num_steps >= 2 and out.num_params > 0
