@@ -58,6 +58,7 @@ from autoresearch.workspace import (
     PROGRAM_FILE,
     RESULTS_FILE,
     STATUS_FILE,
+    branch_sha,
     candidate_branch,
     commit_candidate,
     commit_message,
@@ -175,7 +176,7 @@ class Engine:
         if pop.champion(self.records):
             return
         # On resume of a run cut off during its baseline, the research branch names it.
-        sha = self._branch_sha(research_branch(self.tag)) or base_commit
+        sha = branch_sha(self.repo, research_branch(self.tag)) or base_commit
         set_branch(self.repo, research_branch(self.tag), sha)
         source = read_train(self.repo, sha)
         record = self._train(source, sha, parent=None, spec=BASELINE, description=BASELINE)
@@ -525,21 +526,13 @@ class Engine:
     def _reconcile_research_branch(self) -> None:
         """After a kill between recording a promotion and moving the branch, move it now."""
         best = self.champion()
-        if best and self._branch_sha(research_branch(self.tag)) != best.commit:
+        if best and branch_sha(self.repo, research_branch(self.tag)) != best.commit:
             set_branch(self.repo, research_branch(self.tag), best.commit)
 
     def _branches(self) -> dict[str, str]:
         from autoresearch.workspace import branches
 
         return branches(self.repo, candidate_branch(self.tag, "").rstrip("/"))
-
-    def _branch_sha(self, name: str) -> str | None:
-        import git
-
-        try:
-            return git.Repo(self.repo).heads[name].commit.hexsha
-        except (IndexError, AttributeError):
-            return None
 
     def _write_status(self, phase: str, experiment: str | None) -> None:
         best = self.champion()
@@ -638,13 +631,10 @@ def pick_tag(repo: Path, records: list[Record], requested: str, resume: bool) ->
     """The tag to run: the requested or latest one on --resume, else a new one."""
     import datetime
 
-    import git
-
-    heads = {h.name for h in git.Repo(repo).heads}
     known = list(dict.fromkeys(r.tag for r in records if r.tag))
 
     def exists(tag: str) -> bool:
-        return tag in known or research_branch(tag) in heads
+        return tag in known or branch_sha(repo, research_branch(tag)) is not None
 
     if resume:
         tag = requested or (known[-1] if known else "")

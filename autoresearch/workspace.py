@@ -126,40 +126,53 @@ def commit_candidate(repo: Path, parent_sha: str, source: str, message: str) -> 
     import git
     from gitdb.base import IStream
 
-    r = git.Repo(repo)
-    parent = r.commit(parent_sha)
-    data = source.encode("utf-8")
-    blob = r.odb.store(IStream(git.Blob.type, len(data), BytesIO(data)))
-    index = git.IndexFile.from_tree(r, parent.tree)  # a temporary index, not the repo's
-    index.add([git.BaseIndexEntry((0o100644, blob.binsha, 0, TRAIN_FILE))])
-    tree = index.write_tree()
-    commit = git.Commit.create_from_tree(r, tree, message, parent_commits=[parent], head=False)
-    return commit.hexsha
+    with git.Repo(repo) as r:
+        parent = r.commit(parent_sha)
+        data = source.encode("utf-8")
+        blob = r.odb.store(IStream(git.Blob.type, len(data), BytesIO(data)))
+        index = git.IndexFile.from_tree(r, parent.tree)  # a temporary index, not the repo's
+        index.add([git.BaseIndexEntry((0o100644, blob.binsha, 0, TRAIN_FILE))])
+        tree = index.write_tree()
+        commit = git.Commit.create_from_tree(r, tree, message, parent_commits=[parent], head=False)
+        return commit.hexsha
 
 
 def set_branch(repo: Path, name: str, sha: str) -> None:
     """Point branch `name` at `sha` (creating it); the previous tip stays in the reflog."""
     import git
 
-    git.Repo(repo).create_head(name, sha, force=True)
+    with git.Repo(repo) as r:
+        r.create_head(name, sha, force=True)
 
 
 def branches(repo: Path, prefix: str) -> dict[str, str]:
     """Branch name -> commit sha for every branch under `prefix/`."""
     import git
 
-    r = git.Repo(repo)
-    return {h.name: h.commit.hexsha for h in r.heads if h.name.startswith(prefix + "/")}
+    with git.Repo(repo) as r:
+        return {h.name: h.commit.hexsha for h in r.heads if h.name.startswith(prefix + "/")}
+
+
+def branch_sha(repo: Path, name: str) -> str | None:
+    """The commit branch `name` points at, or None when there is no such branch."""
+    import git
+
+    with git.Repo(repo) as r:
+        head = next((h for h in r.heads if h.name == name), None)
+        return head.commit.hexsha if head else None
 
 
 def read_train(repo: Path, sha: str) -> str:
     """train.py as committed in `sha`."""
     import git
 
-    return (git.Repo(repo).commit(sha).tree / TRAIN_FILE).data_stream.read().decode("utf-8")
+    # The blob streams from the repo's cat-file process: keep the repo open while reading.
+    with git.Repo(repo) as r:
+        return (r.commit(sha).tree / TRAIN_FILE).data_stream.read().decode("utf-8")
 
 
 def commit_message(repo: Path, sha: str) -> str:
     import git
 
-    return git.Repo(repo).commit(sha).message
+    with git.Repo(repo) as r:
+        return r.commit(sha).message

@@ -59,7 +59,9 @@ def test_greedy_loop_keeps_only_improvements(research_repo):
             ),
         ]
     )
-    engine = make_engine(research_repo, proposer, max_experiments=4, fix_attempts=0, max_invalid=3)
+    engine = make_engine(
+        research_repo, proposer, max_experiments=4, fix_attempts=0, max_invalid=3, prefetch=0
+    )
     records = engine.run(base)
 
     assert [(r.proposer, r.status, r.promoted) for r in records] == [
@@ -91,6 +93,20 @@ def test_greedy_loop_keeps_only_improvements(research_repo):
     assert any("promoted" in line for line in engine.lines)
 
 
+def test_greedy_drops_a_proposal_prepared_for_a_previous_champion(research_repo):
+    base = committed(research_repo, FROZEN)
+    stale = rewrite_constants(LEARNS, {"BATCH_SIZE": 8})
+    proposer = ScriptedProposer([(LEARNS, "better"), (stale, "stale"), (LEARNS_SLOWLY, "next")])
+    engine = make_engine(research_repo, proposer, max_experiments=3, prefetch=1)
+    records = engine.run(base)
+    # "stale" was prepared while "better" trained; "better" was promoted, so it was dropped.
+    assert [r.description for r in records] == ["baseline", "better", "next"]
+    assert any(
+        "dropped a proposal made for the previous champion e0001" in ln for ln in engine.lines
+    )
+    assert [rq.parent_id for rq in proposer.requests[:3]] == ["e0001", "e0001", "e0002"]
+
+
 def test_crashed_candidate_is_handed_back_with_its_log(research_repo):
     base = committed(research_repo, FROZEN)
     broken = LEARNS.replace(
@@ -98,7 +114,9 @@ def test_crashed_candidate_is_handed_back_with_its_log(research_repo):
         "    raise RuntimeError('shape mismatch 42')\n    harness.handover(",
     )
     proposer = ScriptedProposer([(broken, "bigger"), (LEARNS, "fixed")])
-    engine = make_engine(research_repo, proposer, max_experiments=3, fix_attempts=1)
+    # Serial, so the request right after the crash is the fix (with prefetch it comes one
+    # proposal later: the next one was already being prepared while the crash trained).
+    engine = make_engine(research_repo, proposer, max_experiments=3, fix_attempts=1, prefetch=0)
     records = engine.run(base)
     crashed, fixed = records[1], records[2]
     assert crashed.status == "crash"
