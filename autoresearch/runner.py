@@ -317,7 +317,7 @@ def run_experiment(
     if error:
         return failed("crash", f"evaluation failed: {error}")
     tokens = int(meta.get("tokens") or common["tokens"])
-    common |= {"tokens": tokens}
+    common |= {"tokens": tokens, "num_steps": int(meta.get("steps") or common["num_steps"])}
     return Outcome(
         "keep",
         "trained and evaluated",

@@ -57,7 +57,7 @@ def evaluate(spec: EvalSpec) -> EvalResult:
     import torch.nn.functional as F
 
     from autoresearch.harness.dataloader import eval_rows
-    from autoresearch.harness.model_io import load_exported
+    from autoresearch.harness.model_io import load_exported, precision
     from autoresearch.harness.tokenizer import Tokenizer
 
     t0 = time.monotonic()
@@ -74,10 +74,9 @@ def evaluate(spec: EvalSpec) -> EvalResult:
         raise EvalError(f"hand-over could not be loaded: {type(e).__name__}: {e}") from None
     model = program.module()
     num_params = sum(p.numel() for p in program.state_dict.values())
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
 
     def logits_of(x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad(), autocast:
+        with torch.no_grad(), precision(spec.device):
             out = model(x)
         if not isinstance(out, torch.Tensor) or out.shape[:2] != x.shape:
             raise EvalError(f"model must return logits [B, T, V], got {getattr(out, 'shape', out)}")

@@ -24,6 +24,7 @@ class _State:
     fd: int | None = int(os.environ[EVENTS_ENV]) if os.environ.get(EVENTS_ENV) else None
     last_step_event = 0.0
     tokens = 0  # tokens served by the harness's loaders
+    steps = 0  # steps reported (step events are throttled; this counts every one)
 
 
 def emit(event: str, **fields: object) -> None:
@@ -47,6 +48,7 @@ def report(step: int, loss: float) -> None:
     if not math.isfinite(loss) or loss > LOSS_LIMIT:
         emit("diverged", step=step, loss=loss if math.isfinite(loss) else str(loss))
         sys.exit(f"training diverged: loss {loss} at step {step}")
+    _State.steps = step + 1
     now = time.monotonic()
     if step == 0 or now - _State.last_step_event >= STEP_EVENT_INTERVAL:
         _State.last_step_event = now

@@ -15,7 +15,7 @@ from typing import Any
 
 from autoresearch.harness.context import context
 from autoresearch.harness.events import _State, emit
-from autoresearch.harness.model_io import save_exported
+from autoresearch.harness.model_io import export, save_exported
 
 META_FILE = "handover.json"
 
@@ -31,8 +31,7 @@ def handover(model: Any, flops_per_token: float | None = None) -> None:
     peak_vram_mb = torch.cuda.max_memory_allocated() / 2**20 if ctx.device == "cuda" else 0.0
     idx = torch.zeros(ctx.eval_batch_size, ctx.sequence_len, dtype=torch.long, device=ctx.device)
     try:
-        with torch.no_grad():
-            program = torch.export.export(module, (idx,))
+        program = export(module, idx, ctx.device)
     except Exception as e:
         sys.exit(
             f"handover failed: torch.export could not export the model ({type(e).__name__}: "
@@ -45,6 +44,7 @@ def handover(model: Any, flops_per_token: float | None = None) -> None:
         "flops_per_token": flops_per_token,
         "peak_vram_mb": peak_vram_mb,
         "tokens": _State.tokens,
+        "steps": _State.steps,
     }
     (folder / META_FILE).write_text(json.dumps(meta) + "\n")
     emit("handed_over", tokens=_State.tokens)

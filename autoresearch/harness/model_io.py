@@ -10,14 +10,35 @@ and nothing else.
 from __future__ import annotations
 
 import json
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import torch
     from torch.export import ExportedProgram
 
 GRAPH_FILE = "model.json"
 WEIGHTS_FILE = "weights.safetensors"
+
+
+def precision(device: str) -> AbstractContextManager:
+    """The numerics of evaluation: bf16 autocast on CUDA, full precision elsewhere.
+
+    The model is exported under the same context it is evaluated under: a graph
+    traced in fp32 records every `.float()` in `forward` with a dtype check, which
+    then fails when the evaluator runs it under autocast.
+    """
+    import torch
+
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else nullcontext()
+
+
+def export(module: torch.nn.Module, example: torch.Tensor, device: str) -> ExportedProgram:
+    import torch
+
+    with torch.no_grad(), precision(device):
+        return torch.export.export(module, (example,))
 
 
 def save_exported(program: ExportedProgram, folder: Path) -> None:

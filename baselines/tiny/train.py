@@ -30,7 +30,7 @@ from autoresearch import harness
 # ---------------------------------------------------------------------------
 # Hyperparameters (plain literals: tools rewrite them in place)
 # ---------------------------------------------------------------------------
-DEPTH = 4  # number of transformer blocks
+DEPTH = 1  # number of transformer blocks (deeper loses in a 60 s CPU budget)
 MODEL_DIM = 128  # width of the residual stream
 N_HEAD = 4  # attention heads (MODEL_DIM must be divisible by N_HEAD)
 MLP_RATIO = 4  # MLP hidden width as a multiple of MODEL_DIM
