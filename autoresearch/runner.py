@@ -21,12 +21,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from autoresearch.config import Config
 from autoresearch.harness.context import CONTEXT_ENV, EVENTS_ENV, build_context
-from autoresearch.harness.evaluate import EvalSpec
+from autoresearch.harness.evaluate import GO, EvalSpec
 from autoresearch.harness.events import LOSS_LIMIT
 from autoresearch.harness.fingerprint import harness_fingerprint, sha256_file
 from autoresearch.harness.handover import META_FILE
@@ -51,7 +51,6 @@ ENV_ALLOWLIST = (
     "MKL_NUM_THREADS",
 )
 KILL_GRACE_SECONDS = 5.0  # SIGTERM, then SIGKILL for a group that has not gone
-HANDOVER_GRACE_SECONDS = 30.0  # after the hand-over the process has this long to exit
 # The last step starts before the deadline and ends after it: training may overrun the
 # budget by 5% + 1 s, plus one mean step, but never by more than 10% for the step.
 BUDGET_TOLERANCE = 1.05
@@ -166,18 +165,33 @@ def minimal_env(extra: dict[str, str]) -> dict[str, str]:
 
 def kill_group(pgid: int) -> None:
     """Stop every process in the group: the candidate and anything it started."""
-    for sig, wait in ((signal.SIGTERM, KILL_GRACE_SECONDS), (signal.SIGKILL, 0.0)):
+    for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(pgid, sig)
         except (ProcessLookupError, PermissionError):
             return
-        deadline = time.monotonic() + wait
+        deadline = time.monotonic() + KILL_GRACE_SECONDS
         while time.monotonic() < deadline:
+            # Our own dead children stay zombies, which still count as members: reap them.
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(-pgid, os.WNOHANG)
             try:
                 os.killpg(pgid, 0)
             except (ProcessLookupError, PermissionError):
                 return
             time.sleep(POLL_SECONDS)
+
+
+def _reap(pid: int, timeout: float) -> tuple[int | None, object]:
+    """(exit code, rusage) of child `pid` once it has exited, or (None, None) after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done, status, rusage = os.wait4(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status), rusage
+        if time.monotonic() >= deadline:
+            return None, None
+        time.sleep(POLL_SECONDS)
 
 
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
@@ -207,12 +221,79 @@ def run_experiment(
         "tokenizer": manifest.tokenizer_fingerprint,
         "train": sha256_file(train_py),
     }
-    log_path = run_dir / "run.log"
-    limit = config.run.budget_seconds + config.run.startup_seconds
+    spec = EvalSpec(
+        model_dir=ctx.handover_dir,
+        tokenizer_path=str(manifest.tokenizer_path),
+        val_tokens_path=str(manifest.val_path),
+        sequence_len=config.data.sequence_len,
+        eval_tokens=config.eval.tokens,
+        batch_size=config.eval.batch_size,
+        device=ctx.device,
+    )
+    evaluator = Evaluator(spec, run_dir / "eval.log")  # loads its data while the candidate trains
+    try:
+        limit = config.run.budget_seconds + config.run.startup_seconds
+        run = _supervise(train_py, run_dir, limit, on_event)
+        t_end = time.monotonic()
+        events = run.events
+        t_start = events.times.get("start", t_spawn)
+        t_handover = events.times.get("handover")
+        training = (t_handover or t_end) - t_start
+        timings = {"startup": t_start - t_spawn, "training": training}
+        if t_handover and "handed_over" in events.times:
+            timings["export"] = events.times["handed_over"] - t_handover
+            timings["exit"] = t_end - events.times["handed_over"]
+        meta = _read_meta(Path(ctx.handover_dir) / META_FILE)
+        common = dict(
+            training_seconds=training,
+            peak_rss_mb=_peak_rss_mb(run.rusage),
+            num_steps=int(meta.get("steps") or events.last_step.get("step", -1) + 1),
+            tokens=int(meta.get("tokens") or events.last_step.get("tokens", 0)),
+            device=ctx.device,
+            fingerprints=fingerprints,
+            timings=timings,
+        )
+        failure = _training_failure(run, config, training, common["num_steps"], run_dir)
+        if failure:
+            return Outcome(*failure, total_seconds=time.monotonic() - t_spawn, **common)
+        t_eval = time.monotonic()
+        result, error = evaluator.score()
+        timings["evaluation"] = time.monotonic() - t_eval
+        if error:
+            reason = f"evaluation failed: {error}"
+            return Outcome("crash", reason, total_seconds=time.monotonic() - t_spawn, **common)
+        return Outcome(
+            "keep",
+            "trained and evaluated",
+            val_bpb=result["val_bpb"],
+            total_seconds=time.monotonic() - t_spawn,
+            peak_vram_mb=float(meta.get("peak_vram_mb") or 0.0),
+            mfu_percent=_mfu(
+                meta.get("flops_per_token"), common["tokens"], training, result["device_name"]
+            ),
+            num_params=int(result["num_params"]),
+            **common,
+        )
+    finally:
+        evaluator.cancel()
 
+
+@dataclass
+class TrainingRun:
+    events: Events
+    returncode: int | None
+    rusage: object
+    why_stopped: str  # "", "timeout", "diverged" or "handed_over"
+
+
+def _supervise(
+    train_py: Path, run_dir: Path, limit: float, on_event: Callable[[dict], None] | None
+) -> TrainingRun:
+    """Run train.py in its own process group until it exits, hands over, diverges or times out."""
+    t_spawn = time.monotonic()
     read_fd, write_fd = os.pipe()
     env = minimal_env({CONTEXT_ENV: str(run_dir / "context.json"), EVENTS_ENV: str(write_fd)})
-    with open(log_path, "wb") as log:
+    with open(run_dir / "run.log", "wb") as log:
         proc = subprocess.Popen(
             [sys.executable, train_py.name],
             cwd=train_py.parent,
@@ -230,104 +311,97 @@ def run_experiment(
     returncode, rusage, why_stopped = None, None, ""
     try:
         while True:
-            pid, status, rusage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                returncode = os.waitstatus_to_exitcode(status)
-                proc.returncode = returncode  # reaped here, so Popen must not wait again
+            returncode, rusage = _reap(proc.pid, 0)
+            if returncode is not None:
                 break
-            now = time.monotonic()
-            if now - t_spawn > limit:
+            if time.monotonic() - t_spawn > limit:
                 why_stopped = "timeout"
             elif events.diverged:
                 why_stopped = "diverged"
-            elif (
-                "handed_over" in events.times
-                and now - events.times["handed_over"] > HANDOVER_GRACE_SECONDS
-            ):
-                why_stopped = "lingered"
+            elif "handed_over" in events.times:
+                why_stopped = "handed_over"  # nothing the process does from here on counts
             if why_stopped:
                 break
             time.sleep(POLL_SECONDS)
     finally:
-        kill_group(proc.pid)
-        if returncode is None:
-            proc.wait()
+        if returncode is None:  # stop it, but reap it ourselves: its rusage has the peak memory
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            returncode, rusage = _reap(proc.pid, KILL_GRACE_SECONDS)
+        kill_group(proc.pid)  # grandchildren, and a process that ignored SIGTERM
+        # Reaped here or by kill_group (then it died of SIGKILL): Popen must not wait again.
+        proc.returncode = -signal.SIGKILL if returncode is None else returncode
         (run_dir / PGID_FILE).unlink(missing_ok=True)
     events.join(timeout=KILL_GRACE_SECONDS)
-    t_end = time.monotonic()
+    return TrainingRun(events, returncode, rusage, why_stopped)
 
-    t_start = events.times.get("start", t_spawn)
-    t_handover = events.times.get("handover")
-    training = (t_handover or t_end) - t_start
-    timings = {"startup": t_start - t_spawn, "training": training}
-    if t_handover and "handed_over" in events.times:
-        timings["export"] = events.times["handed_over"] - t_handover
-        timings["exit"] = t_end - events.times["handed_over"]
-    common = dict(
-        training_seconds=training,
-        peak_rss_mb=(
-            rusage.ru_maxrss / 1024
-            if rusage and sys.platform != "darwin"
-            else (rusage.ru_maxrss / 2**20 if rusage else 0.0)
-        ),
-        num_steps=int(events.last_step.get("step", -1)) + 1,
-        tokens=int(events.last_step.get("tokens", 0)),
-        device=ctx.device,
-        fingerprints=fingerprints,
-        timings=timings,
-    )
 
-    def failed(status: str, reason: str) -> Outcome:
-        return Outcome(status, reason, total_seconds=time.monotonic() - t_spawn, **common)
-
-    if why_stopped == "diverged":
-        return failed("crash", events.diverged or "loss diverged")
-    if why_stopped == "timeout" and "handed_over" not in events.times:
-        return failed(
-            "timeout",
-            f"no hand-over within {limit:.0f} s (budget {config.run.budget_seconds:.0f} s"
-            f" + start-up allowance {config.run.startup_seconds:.0f} s)",
-        )
+def _training_failure(
+    run: TrainingRun, config: Config, training: float, steps: int, run_dir: Path
+) -> tuple[str, str] | None:
+    """(status, reason) when the training went wrong, else None."""
+    events = run.events
+    if run.why_stopped == "diverged":
+        return "crash", events.diverged or "loss diverged"
     if "handed_over" not in events.times:
-        last = next((ln for ln in reversed(log_tail(log_path).splitlines()) if ln.strip()), "")
-        if returncode == 0:
-            return failed("crash", "train.py exited without calling harness.handover(model)")
-        return failed("crash", f"exit code {returncode}: {last.strip()[:200] or 'no output'}")
+        if run.why_stopped == "timeout":
+            limit = config.run.budget_seconds + config.run.startup_seconds
+            return "timeout", (
+                f"no hand-over within {limit:.0f} s (budget {config.run.budget_seconds:.0f} s"
+                f" + start-up allowance {config.run.startup_seconds:.0f} s)"
+            )
+        if run.returncode == 0:
+            return "crash", "train.py exited without calling harness.handover(model)"
+        lines = log_tail(run_dir / "run.log").splitlines()
+        last = next((ln.strip() for ln in reversed(lines) if ln.strip()), "no output")
+        return "crash", f"exit code {run.returncode}: {last[:200]}"
     budget = config.run.budget_seconds
-    mean_step = training / max(common["num_steps"], 1)
+    mean_step = training / max(steps, 1)
     if training > budget * BUDGET_TOLERANCE + 1.0 + min(mean_step, budget * LAST_STEP_SHARE):
-        return failed(
-            "timeout",
-            f"trained {training:.1f} s, over the {config.run.budget_seconds:.0f} s budget",
-        )
+        return "timeout", f"trained {training:.1f} s, over the {budget:.0f} s budget"
+    return None
 
-    meta = _read_meta(Path(ctx.handover_dir) / META_FILE)
-    spec = EvalSpec(
-        model_dir=ctx.handover_dir,
-        tokenizer_path=str(manifest.tokenizer_path),
-        val_tokens_path=str(manifest.val_path),
-        sequence_len=config.data.sequence_len,
-        eval_tokens=config.eval.tokens,
-        batch_size=config.eval.batch_size,
-        device=ctx.device,
-    )
-    t_eval = time.monotonic()
-    result, error = _evaluate(spec, run_dir / "eval.log")
-    timings["evaluation"] = time.monotonic() - t_eval
-    if error:
-        return failed("crash", f"evaluation failed: {error}")
-    tokens = int(meta.get("tokens") or common["tokens"])
-    common |= {"tokens": tokens, "num_steps": int(meta.get("steps") or common["num_steps"])}
-    return Outcome(
-        "keep",
-        "trained and evaluated",
-        val_bpb=result["val_bpb"],
-        total_seconds=time.monotonic() - t_spawn,
-        peak_vram_mb=float(meta.get("peak_vram_mb") or 0.0),
-        mfu_percent=_mfu(meta.get("flops_per_token"), tokens, training, result["device_name"]),
-        num_params=int(result["num_params"]),
-        **common,
-    )
+
+class Evaluator:
+    """The trusted evaluator process, started early: it imports torch and loads the validation
+    rows while the candidate trains, and loads the model only when told the hand-over is done."""
+
+    def __init__(self, spec: EvalSpec, log_path: Path):
+        self._log = open(log_path, "wb")  # noqa: SIM115 - closed by score() or cancel()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "autoresearch.harness.evaluate", json.dumps(asdict(spec))],
+            env=minimal_env({}),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
+        )
+        self._log_path = log_path
+
+    def score(self) -> tuple[dict, str]:
+        """(result, "") or ({}, error)."""
+        try:
+            out, _ = self.proc.communicate(f"{GO}\n".encode(), timeout=EVAL_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            return {}, f"the evaluator took over {EVAL_TIMEOUT_SECONDS:.0f} s"
+        finally:
+            self.cancel()
+        lines = out.decode(errors="replace").strip().splitlines()
+        try:
+            result = json.loads(lines[-1])
+        except (IndexError, ValueError):
+            tail = log_tail(self._log_path, 3).replace("\n", " | ")
+            return {}, f"no result (exit code {self.proc.returncode}): {tail[-300:]}"
+        if "error" in result:
+            return {}, str(result["error"])
+        return result, ""
+
+    def cancel(self) -> None:
+        """Stop the evaluator (a no-op once it has finished)."""
+        kill_group(self.proc.pid)
+        self.proc.wait()
+        self._log.close()
 
 
 def _read_meta(path: Path) -> dict:
@@ -339,38 +413,11 @@ def _read_meta(path: Path) -> dict:
         return {}
 
 
-def _evaluate(spec: EvalSpec, log_path: Path) -> tuple[dict, str]:
-    """Run the trusted evaluator in its own process; (result, "") or ({}, error)."""
-    import dataclasses
-
-    with open(log_path, "wb") as log:
-        try:
-            done = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "autoresearch.harness.evaluate",
-                    json.dumps(dataclasses.asdict(spec)),
-                ],
-                env=minimal_env({}),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=log,
-                timeout=EVAL_TIMEOUT_SECONDS,
-                start_new_session=True,
-                preexec_fn=die_with_parent,
-            )
-        except subprocess.TimeoutExpired:
-            return {}, f"the evaluator took over {EVAL_TIMEOUT_SECONDS:.0f} s"
-    lines = done.stdout.decode(errors="replace").strip().splitlines()
-    try:
-        result = json.loads(lines[-1])
-    except (IndexError, ValueError):
-        tail = log_tail(log_path, 3).replace("\n", " | ")
-        return {}, f"no result (exit code {done.returncode}): {tail[-300:]}"
-    if "error" in result:
-        return {}, str(result["error"])
-    return result, ""
+def _peak_rss_mb(rusage) -> float:
+    """Peak resident memory of the training process (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    if rusage is None:
+        return 0.0
+    return rusage.ru_maxrss / (2**20 if sys.platform == "darwin" else 1024)
 
 
 def _mfu(flops_per_token, tokens: int, seconds: float, device_name: str) -> float | None:

@@ -1,8 +1,10 @@
 """The trusted evaluation: val_bpb of a handed-over model, in its own process.
 
-    python -m autoresearch.harness.evaluate '<spec json>'
+    python -m autoresearch.harness.evaluate '<spec json>'     # then "go" on stdin
 
-The runner starts this after the training process has exited. It loads the
+The runner starts this while the candidate trains: it imports torch and loads
+the validation rows meanwhile, then waits. Once the training process has
+handed over and exited, the runner writes "go" and this process loads the
 exported graph (no candidate Python runs here), scores a fixed number of
 tokens of the pinned validation split, and prints one JSON line. Before
 scoring, two probes catch models that cheat through their forward pass:
@@ -18,11 +20,21 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from autoresearch.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+
+    from autoresearch.harness.tokenizer import Tokenizer
+
+GO = "go"  # the runner's signal on stdin: the hand-over is complete, score it
 PROBE_TOLERANCE = 1e-3  # max logit change allowed at positions before the edited ones
 EVAL_SEED = 1234  # for the probe's random edits only; the data order is fixed
 
@@ -51,23 +63,40 @@ class EvalError(Exception):
     """The hand-over cannot be scored; the message says why (it becomes the crash reason)."""
 
 
-def evaluate(spec: EvalSpec) -> EvalResult:
+@dataclass(frozen=True)
+class EvalData:
+    """Everything the score needs except the model: loaded before the model exists."""
+
+    tokenizer: Tokenizer
+    token_bytes: torch.Tensor  # UTF-8 bytes per token id, on the device
+    rows: torch.Tensor  # [n_rows, T + 1] validation rows, on the CPU
+
+
+def load_data(spec: EvalSpec) -> EvalData:
     import numpy as np
+    import torch
+
+    from autoresearch.harness.dataloader import eval_rows
+    from autoresearch.harness.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.load(Path(spec.tokenizer_path))
+    token_bytes = torch.from_numpy(tokenizer.token_bytes().astype(np.int64)).to(spec.device)
+    n_rows = spec.eval_tokens // spec.sequence_len
+    rows = eval_rows(Path(spec.val_tokens_path), spec.sequence_len, n_rows, tokenizer.bos_id)
+    return EvalData(tokenizer, token_bytes, torch.from_numpy(rows))
+
+
+def evaluate(spec: EvalSpec, data: EvalData | None = None) -> EvalResult:
     import torch
     import torch.nn.functional as F
 
-    from autoresearch.harness.dataloader import eval_rows
     from autoresearch.harness.model_io import load_exported, precision
-    from autoresearch.harness.tokenizer import Tokenizer
 
+    data = data or load_data(spec)
     t0 = time.monotonic()
     device = torch.device(spec.device)
-    tokenizer = Tokenizer.load(Path(spec.tokenizer_path))
-    token_bytes = torch.from_numpy(tokenizer.token_bytes().astype(np.int64)).to(device)
-    n_rows = spec.eval_tokens // spec.sequence_len
-    rows = torch.from_numpy(
-        eval_rows(Path(spec.val_tokens_path), spec.sequence_len, n_rows, tokenizer.bos_id)
-    )
+    tokenizer, token_bytes, rows = data.tokenizer, data.token_bytes, data.rows
+    n_rows = len(rows)
     try:
         program = load_exported(Path(spec.model_dir), spec.device)
     except Exception as e:
@@ -96,13 +125,12 @@ def evaluate(spec: EvalSpec) -> EvalResult:
     for start in range(0, n_rows, B):
         batch = _batch(rows, start, B).to(device)
         real = min(B, n_rows - start)  # the last batch is padded to the exported batch size
-        x, y = batch[:real, :-1], batch[:real, 1:]
+        y = batch[:real, 1:]
         logits = logits_of(batch[:, :-1])[:real]
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none")
         weight = token_bytes[y.reshape(-1)]
         nats += (loss * (weight > 0)).sum(dtype=torch.float64)
         nbytes += weight.sum()
-        del x
     if not torch.equal(logits_of(first[:, :-1]), reference):
         raise EvalError(
             "model gives different logits for the same batch: it depends on evaluation order"
@@ -141,11 +169,15 @@ def _probe_causality(logits_of, x, reference, vocab_size: int) -> None:
 def main() -> None:
     spec = EvalSpec(**json.loads(sys.argv[1]))
     try:
-        result = evaluate(spec)
-    except EvalError as e:
+        data = load_data(spec)
+        if sys.stdin.readline().strip() != GO:
+            return  # the candidate failed: nothing to score
+        result = evaluate(spec, data)
+    except (EvalError, UserError) as e:
         print(json.dumps({"error": str(e)}))
         sys.exit(1)
-    print(json.dumps(asdict(result)))
+    print(json.dumps(asdict(result)), flush=True)
+    os._exit(0)  # the result is out; tearing torch down would only delay the next experiment
 
 
 if __name__ == "__main__":
