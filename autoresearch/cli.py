@@ -180,9 +180,12 @@ def evolve(
     records = runner.run(commit.sha)
     best = runner.champion()
     if best and records:
-        baseline = records[0]
+        from autoresearch.report import format_table, leaderboard_rows, select
+
+        selection = select(records, tag=run_tag, population_size=config.evolve.population)
+        click.echo(format_table(leaderboard_rows(records, selection.records)))
         click.echo(
-            f"best: {best.id} val_bpb {best.val_bpb:.6f} ({best.val_bpb - baseline.val_bpb:+.6f}"
+            f"best: {best.id} val_bpb {best.val_bpb:.6f} ({best.val_bpb - records[0].val_bpb:+.6f}"
             f" against the baseline) on branch autoresearch/{run_tag}; {len(records)} experiments,"
             f" device idle {runner.idle_seconds:.0f} s waiting for proposals"
         )

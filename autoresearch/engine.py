@@ -179,7 +179,13 @@ class Engine:
         sha = branch_sha(self.repo, research_branch(self.tag)) or base_commit
         set_branch(self.repo, research_branch(self.tag), sha)
         source = read_train(self.repo, sha)
-        record = self._train(source, sha, parent=None, spec=BASELINE, description=BASELINE)
+        cid = self._next_id()
+        # Its id and commit are all a proposal needs: the first proposals are prepared while
+        # the baseline trains, so the device never waits for a proposer, not even at the start.
+        self._fill_pipeline(self.settings.prefetch, first_parent=Record(cid, "keep", commit=sha))
+        record = self._train(
+            source, sha, parent=None, spec=BASELINE, description=BASELINE, candidate_id=cid
+        )
         if record.status != "keep":
             raise UserError(
                 f"the baseline failed ({record.status}: {record.reason}); fix train.py, the budget"
@@ -230,12 +236,17 @@ class Engine:
 
     # -- proposals -----------------------------------------------------------------------------
 
-    def _fill_pipeline(self, ahead: int) -> None:
+    def _fill_pipeline(self, ahead: int, first_parent: Record | None = None) -> None:
+        """Start proposals until `ahead` are being prepared; `first_parent`: the baseline-to-be."""
         while len(self._in_flight) < ahead:
-            parent, spec = self._choose()
+            if first_parent:
+                parent, spec = first_parent, self._choose_proposer()
+            else:
+                parent, spec = self._choose()
+            champion_id = first_parent.id if first_parent else self._champion().id
             self._jobs_made += 1
             job = Job(
-                number=self._jobs_made, parent=parent, champion_id=self._champion().id,
+                number=self._jobs_made, parent=parent, champion_id=champion_id,
                 spec=spec, work_dir=self.state / PROPOSALS_DIR / f"p{self._jobs_made:05d}",
                 started=time.monotonic(),
             )  # fmt: skip
@@ -305,9 +316,11 @@ class Engine:
         parent = self.rng.choices(members, weights=weights)[0]
         if self.settings.population == 1:
             parent = self._champion()
+        return parent, self._choose_proposer()
+
+    def _choose_proposer(self) -> str:
         specs = list(self.proposers)
-        spec = self.rng.choices(specs, weights=[self.proposers[s][1] for s in specs])[0]
-        return parent, spec
+        return self.rng.choices(specs, weights=[self.proposers[s][1] for s in specs])[0]
 
     def _history(self) -> tuple[HistoryEntry, ...]:
         """Everything tried in this run: scored results best first, then failures newest first."""

@@ -55,7 +55,8 @@ def arm(name: str, delay: float, prefetch: int, args) -> list:
     }  # fmt: skip
     config = load_config(repo, overrides)
     proposer = Sleepy(make_proposer("random"), delay) if delay else make_proposer("random")
-    engine = Engine(repo, config, name, {proposer.name: (proposer, 1.0)}, say=lambda line: None)
+    # One tag for every arm: the same seed, so the arms draw the same proposals.
+    engine = Engine(repo, config, "bench", {proposer.name: (proposer, 1.0)}, say=lambda line: None)
 
     engine_started = time.monotonic()
     records = engine.run(git.Repo(repo).head.commit.hexsha)

@@ -122,3 +122,25 @@ def test_evolve_bad_input_gets_one_clear_line(research_repo, args, setup, expect
             cli(*EVOLVE, "--tag", "x", "--max-experiments", "1", cwd=research_repo).returncode == 0
         )
     assert expected in one_line_error(cli(*args, cwd=research_repo))
+
+
+def test_first_ctrl_c_finishes_the_experiment_then_stops_with_a_leaderboard(research_repo):
+    committed(research_repo, LEARNS)
+    cmd = [sys.executable, "-m", "autoresearch", *EVOLVE, "--tag", "c"]
+    proc = subprocess.Popen(
+        cmd, cwd=research_repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 120
+    while not ledger(research_repo) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)  # the next candidate is training now
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "finishing the current experiment" in out and "stopping: stopped by Ctrl-C" in out
+    assert "best: e0001" in out or "best: e0" in out
+    assert "val_bpb" in out.split("stopping:")[1]  # the leaderboard after stopping
+    records = ledger(research_repo)
+    assert len(records) >= 2  # the experiment in progress was finished and recorded
+    assert not list((research_repo / ".autoresearch/runs").glob("*/pgid"))
+    assert processes_in(research_repo / ".autoresearch/runs") == []
