@@ -15,6 +15,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -57,6 +58,7 @@ BUDGET_TOLERANCE = 1.05
 LAST_STEP_SHARE = 0.10
 EVAL_TIMEOUT_SECONDS = 900.0
 POLL_SECONDS = 0.05
+EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b.*")
 PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
 PGID_FILE = "pgid"  # in the run folder while its process group may be alive
 MEASURED_FIELDS = (
@@ -180,6 +182,17 @@ def kill_group(pgid: int) -> None:
             except (ProcessLookupError, PermissionError):
                 return
             time.sleep(POLL_SECONDS)
+
+
+def error_line(log: str) -> str:
+    """The line of a log that says what went wrong: the last exception, else the last line.
+
+    Libraries print hints after a traceback (torch: "Set TORCHDYNAMO_VERBOSE=1 ..."),
+    so the last line is often not the error.
+    """
+    lines = [ln.strip() for ln in log.splitlines() if ln.strip()]
+    error = next((ln for ln in reversed(lines) if EXCEPTION_LINE.match(ln)), None)
+    return (error or (lines[-1] if lines else "no output"))[:200]
 
 
 def _reap(pid: int, timeout: float) -> tuple[int | None, object]:
@@ -352,9 +365,7 @@ def _training_failure(
             )
         if run.returncode == 0:
             return "crash", "train.py exited without calling harness.handover(model)"
-        lines = log_tail(run_dir / "run.log").splitlines()
-        last = next((ln.strip() for ln in reversed(lines) if ln.strip()), "no output")
-        return "crash", f"exit code {run.returncode}: {last[:200]}"
+        return "crash", f"exit code {run.returncode}: {error_line(log_tail(run_dir / 'run.log'))}"
     budget = config.run.budget_seconds
     mean_step = training / max(steps, 1)
     if training > budget * BUDGET_TOLERANCE + 1.0 + min(mean_step, budget * LAST_STEP_SHARE):

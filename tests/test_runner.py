@@ -11,7 +11,7 @@ import candidates
 import pytest
 
 from autoresearch.config import load_config
-from autoresearch.runner import run_experiment
+from autoresearch.runner import error_line, run_experiment
 
 
 def run(repo: Path, source: str, **overrides):
@@ -91,3 +91,24 @@ def test_training_seconds_measured_by_the_runner(research_repo):
     out = run(research_repo, candidates.HONEST, **{"run.budget_seconds": 3})
     assert out.status == "keep"
     assert math.isclose(out.training_seconds, 3.0, abs_tol=0.8)
+
+
+@pytest.mark.parametrize(
+    ("log", "expected"),
+    [
+        (
+            "Traceback (most recent call last):\n  File 'x'\nValueError: bad shape\n",
+            "ValueError: bad shape",
+        ),
+        # torch prints a hint after its exception: the exception is the reason, not the hint.
+        (
+            "torch._dynamo.exc.TorchRuntimeError: fake tensor call failed\n\n"
+            'Set TORCHDYNAMO_VERBOSE=1 for the internal stack trace (set TORCH_LOGS="+dynamo")\n',
+            "torch._dynamo.exc.TorchRuntimeError: fake tensor call failed",
+        ),
+        ("step 10 loss 2.3\nno luck\n", "no luck"),
+        ("", "no output"),
+    ],
+)
+def test_crash_reason_is_the_error_line_of_the_log(log, expected):
+    assert error_line(log) == expected
