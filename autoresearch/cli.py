@@ -70,8 +70,10 @@ def run(
     budget: float | None, seed: int | None, device: str | None, description: str | None
 ) -> None:
     """Run one experiment of the research repo's current train.py and record it."""
+    from autoresearch.engine import RunLock
     from autoresearch.harness.prepare import load_manifest
     from autoresearch.ledger import Ledger
+    from autoresearch.plugins import notify_experiment_finished
     from autoresearch.progress import LiveProgress
     from autoresearch.runner import run_experiment
     from autoresearch.workspace import TRAIN_FILE, current_commit, state_dir
@@ -84,25 +86,29 @@ def run(
     _check_compiles(train_py)
     load_manifest(config)  # no data prepared: say so before anything starts
     state = state_dir(repo)
-    ledger = Ledger(state / LEDGER_FILE)
-    exp_id = ledger.next_id()
-    commit = current_commit(repo)
-    click.echo(f"{exp_id}: training {TRAIN_FILE} for {config.run.budget_seconds:.0f} s", err=True)
-    progress = LiveProgress(config.run.budget_seconds, label=exp_id)
-    outcome = run_experiment(train_py, config, state / "runs" / exp_id, on_event=progress)
-    progress.close()
-    depth = _constants(train_py).get("DEPTH")
-    record = outcome.to_record(
-        id=exp_id,
-        commit=commit.sha,
-        depth=depth if isinstance(depth, int) else None,
-        seed=config.run.seed,
-        proposer="manual",
-        description=description
-        or ("uncommitted train.py" if commit.dirty else commit.subject or "train.py"),
-    )
-    ledger.append(record)
-    ledger.export_tsv(state / RESULTS_FILE)
+    with RunLock(state):  # experiments never share the device, not even with an evolve
+        ledger = Ledger(state / LEDGER_FILE)
+        exp_id = ledger.next_id()
+        commit = current_commit(repo)
+        click.echo(
+            f"{exp_id}: training {TRAIN_FILE} for {config.run.budget_seconds:.0f} s", err=True
+        )
+        progress = LiveProgress(config.run.budget_seconds, label=exp_id)
+        outcome = run_experiment(train_py, config, state / "runs" / exp_id, on_event=progress)
+        progress.close()
+        depth = _constants(train_py).get("DEPTH")
+        record = outcome.to_record(
+            id=exp_id,
+            commit=commit.sha,
+            depth=depth if isinstance(depth, int) else None,
+            seed=config.run.seed,
+            proposer="manual",
+            description=description
+            or ("uncommitted train.py" if commit.dirty else commit.subject or "train.py"),
+        )
+        ledger.append(record)
+        ledger.export_tsv(state / RESULTS_FILE)
+    notify_experiment_finished(record)
     click.echo(format_summary(record, outcome.peak_vram_mb))
     if outcome.status != "keep":
         click.echo(

@@ -92,7 +92,8 @@ class StopNow(Exception):
 
 
 class RunLock:
-    """One `evolve` per research repo: an exclusive flock, released by the OS if we die."""
+    """One experiment process (`evolve` or `run`) per research repo: experiments never share
+    the device. An exclusive flock, released by the OS if the holder dies."""
 
     def __init__(self, state: Path):
         self.path = state / LOCK_FILE
@@ -108,7 +109,7 @@ class RunLock:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
             os.close(fd)
             raise UserError(
-                f"another `autoresearch evolve` (pid {holder}) is running in this repo:"
+                f"another `autoresearch evolve` or `run` (pid {holder}) is training in this repo:"
                 " wait for it, or stop it first"
             ) from None
         os.ftruncate(fd, 0)

@@ -153,3 +153,13 @@ def test_failed_run_exits_non_zero_and_is_recorded(research_repo):
     assert result.returncode == 1
     assert "crash: exit code 1: no luck" in result.stderr
     assert '"status": "crash"' in (research_repo / ".autoresearch/ledger.jsonl").read_text()
+
+
+def test_run_is_refused_while_another_experiment_trains(research_repo):
+    from autoresearch.engine import RunLock
+    from autoresearch.workspace import state_dir
+
+    with RunLock(state_dir(research_repo)):
+        line = one_line_error(cli("run", cwd=research_repo))
+    assert "is training in this repo" in line
+    assert not (research_repo / ".autoresearch/ledger.jsonl").exists()
