@@ -70,6 +70,7 @@ def run(
     budget: float | None, seed: int | None, device: str | None, description: str | None
 ) -> None:
     """Run one experiment of the research repo's current train.py and record it."""
+    from autoresearch.constants import depth_of
     from autoresearch.engine import RunLock
     from autoresearch.harness.prepare import load_manifest
     from autoresearch.ledger import Ledger
@@ -96,11 +97,10 @@ def run(
         progress = LiveProgress(config.run.budget_seconds, label=exp_id)
         outcome = run_experiment(train_py, config, state / "runs" / exp_id, on_event=progress)
         progress.close()
-        depth = _constants(train_py).get("DEPTH")
         record = outcome.to_record(
             id=exp_id,
             commit=commit.sha,
-            depth=depth if isinstance(depth, int) else None,
+            depth=depth_of(train_py.read_text(encoding="utf-8")),
             seed=config.run.seed,
             proposer="manual",
             description=description
@@ -393,15 +393,6 @@ def _check_compiles(train_py: Path) -> None:
         compile(source, str(train_py), "exec")
     except SyntaxError as e:
         raise UserError(f"train.py line {e.lineno}: {e.msg}: fix it and run again") from None
-
-
-def _constants(train_py: Path) -> dict:
-    from autoresearch.constants import read_constants
-
-    try:
-        return read_constants(train_py.read_text(encoding="utf-8"))
-    except (SyntaxError, ValueError):
-        return {}
 
 
 @cli.command("plugins")

@@ -52,6 +52,15 @@ def read_constants(source: str) -> dict[str, Value]:
     return {name: c.value for name, c in _constants(ast.parse(source)).items()}
 
 
+def depth_of(source: str) -> int | None:
+    """The `DEPTH` constant, for the summary's `depth`; None when there is none (never raises)."""
+    try:
+        depth = read_constants(source).get("DEPTH")
+    except (SyntaxError, ValueError):
+        return None
+    return depth if isinstance(depth, int) and not isinstance(depth, bool) else None
+
+
 def rewrite_constants(source: str, values: Mapping[str, Value]) -> str:
     """`source` with the named constants set to `values`, everything else untouched.
 

@@ -46,6 +46,7 @@ from pathlib import Path
 from autoresearch import population as pop
 from autoresearch.atomic import write_text
 from autoresearch.config import Config
+from autoresearch.constants import depth_of
 from autoresearch.errors import UserError
 from autoresearch.ledger import Ledger, Record
 from autoresearch.progress import LiveProgress
@@ -306,6 +307,8 @@ class Engine:
             crashed = self._fixes.pop(0)
             if crashed.proposer in self.proposers:
                 return crashed, crashed.proposer
+        if self.settings.population == 1:  # greedy: always the champion
+            return self._champion(), self._choose_proposer()
         members = pop.population(self.records, self.settings.population)
         children = {}
         for r in self.records:
@@ -314,10 +317,7 @@ class Engine:
             children[job.parent.id] = children.get(job.parent.id, 0) + 1
         n = len(members)
         weights = [(n - rank) / (1 + children.get(m.id, 0)) for rank, m in enumerate(members)]
-        parent = self.rng.choices(members, weights=weights)[0]
-        if self.settings.population == 1:
-            parent = self._champion()
-        return parent, self._choose_proposer()
+        return self.rng.choices(members, weights=weights)[0], self._choose_proposer()
 
     def _choose_proposer(self) -> str:
         specs = list(self.proposers)
@@ -425,12 +425,9 @@ class Engine:
         if on_event is not None:
             on_event.close()  # a crash leaves the bar open: end it before the result line
         status, promoted = self._judge(outcome, spec)
-        from autoresearch.constants import read_constants
-
-        depth = read_constants(source).get("DEPTH")
         record = outcome.to_record(
             id=cid, status=status, commit=sha, parent=parent.id if parent else None,
-            depth=depth if isinstance(depth, int) else None, seed=self.config.run.seed,
+            depth=depth_of(source), seed=self.config.run.seed,
             proposer=spec, description=description, tag=self.tag, promoted=promoted,
             usage=dataclasses.asdict(usage) if dataclasses.is_dataclass(usage) else {},
             fingerprints=outcome.fingerprints | {"source": source_hash(source)},

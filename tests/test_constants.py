@@ -131,3 +131,13 @@ def test_crlf_line_endings_are_kept():
 def test_floats_are_written_compactly_and_exactly(value, text):
     assert format_float(value) == text
     assert float(text) == value
+
+
+def test_depth_of_reads_an_int_depth_or_none():
+    from autoresearch.constants import depth_of
+
+    assert depth_of("DEPTH = 8  # blocks\nLR = 0.1\n") == 8
+    assert depth_of("LR = 0.1\n") is None
+    assert depth_of("DEPTH = 2.5\n") is None
+    assert depth_of("DEPTH = True\n") is None
+    assert depth_of("def broken(:\n") is None
