@@ -61,13 +61,20 @@ def prepare(source: str | None) -> None:
 
 @cli.command()
 @click.option("--budget", type=float, help="Training seconds (overrides run.budget_seconds).")
+@click.option(
+    "--budget-tokens", type=int, help="Train on this many tokens instead (run.budget_tokens)."
+)
 @click.option("--seed", type=int, help="Random seed (overrides run.seed).")
 @click.option("--device", type=click.Choice(DEVICES), help="Device (overrides run.device).")
 @click.option(
     "-m", "--description", help="What this experiment tries (default: the commit subject)."
 )
 def run(
-    budget: float | None, seed: int | None, device: str | None, description: str | None
+    budget: float | None,
+    budget_tokens: int | None,
+    seed: int | None,
+    device: str | None,
+    description: str | None,
 ) -> None:
     """Run one experiment of the research repo's current train.py and record it."""
     from autoresearch.constants import depth_of
@@ -80,9 +87,13 @@ def run(
     from autoresearch.workspace import TRAIN_FILE, current_commit, state_dir
 
     repo = find_repo()
-    config = load_config(
-        repo, {"run.budget_seconds": budget, "run.seed": seed, "run.device": device}
-    )
+    overrides = {
+        "run.budget_seconds": budget,
+        "run.budget_tokens": budget_tokens,
+        "run.seed": seed,
+        "run.device": device,
+    }
+    config = load_config(repo, overrides)
     train_py = repo / TRAIN_FILE
     _check_compiles(train_py)
     load_manifest(config)  # no data prepared: say so before anything starts
@@ -92,7 +103,7 @@ def run(
         exp_id = ledger.next_id()
         commit = current_commit(repo)
         click.echo(
-            f"{exp_id}: training {TRAIN_FILE} for {config.run.budget_seconds:.0f} s", err=True
+            f"{exp_id}: training {TRAIN_FILE} for {config.run.describe_budget()}", err=True
         )
         progress = LiveProgress(config.run.budget_seconds, label=exp_id)
         outcome = run_experiment(train_py, config, state / "runs" / exp_id, on_event=progress)
@@ -130,6 +141,9 @@ def run(
 )
 @click.option("--tag", help="Names the branches autoresearch/<tag>... (default: today's date).")
 @click.option("--budget", type=float, help="Training seconds per experiment.")
+@click.option(
+    "--budget-tokens", type=int, help="Train on this many tokens instead (run.budget_tokens)."
+)
 @click.option("--max-experiments", type=int, help="Stop after this many experiments in the tag.")
 @click.option("--hours", type=float, help="Stop after this many hours.")
 @click.option("--max-cost-usd", type=float, help="Stop when proposers have spent this much.")
@@ -140,6 +154,7 @@ def evolve(
     proposers: tuple[str, ...],
     tag: str | None,
     budget: float | None,
+    budget_tokens: int | None,
     max_experiments: int | None,
     hours: float | None,
     max_cost_usd: float | None,
@@ -160,6 +175,7 @@ def evolve(
         "evolve.proposers": list(proposers) or None,
         "evolve.tag": tag,
         "run.budget_seconds": budget,
+        "run.budget_tokens": budget_tokens,
         "evolve.max_experiments": max_experiments,
         "evolve.hours": hours,
         "evolve.max_cost_usd": max_cost_usd,
@@ -176,7 +192,7 @@ def evolve(
     made = engine.make_proposers(config, specs)
     click.echo(
         f"evolve {run_tag}: population {config.evolve.population}, proposers {', '.join(made)},"
-        f" {config.run.budget_seconds:.0f} s per experiment; branches autoresearch/{run_tag}*",
+        f" {config.run.describe_budget()} per experiment; branches autoresearch/{run_tag}*",
         err=True,
     )
     runner = engine.Engine(

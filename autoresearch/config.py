@@ -40,8 +40,17 @@ class RunSettings:
     startup_seconds: float = (
         180.0  # allowance for imports, compile and hand-over before a hard kill
     )
+    # Training tokens per experiment (0: off). When set, training ends after this many tokens
+    # from the harness loader, and budget_seconds is only the cap: results no longer depend on
+    # how fast or how loaded the machine is, so they compare across machines.
+    budget_tokens: int = 0
     seed: int = 42
     device: str = "auto"  # auto picks cuda when available, else cpu
+
+    def describe_budget(self) -> str:
+        if self.budget_tokens:
+            return f"{self.budget_tokens:,} tokens (at most {self.budget_seconds:.0f} s)"
+        return f"{self.budget_seconds:.0f} s"
 
 
 @dataclass(frozen=True)
@@ -206,6 +215,8 @@ def _validate(c: Config) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"'{key}' must be positive, got {value}")
+    if c.run.budget_tokens < 0:
+        raise ConfigError(f"'run.budget_tokens' must be 0 (off) or more, got {c.run.budget_tokens}")
     for key in ("max_experiments", "hours", "max_cost_usd", "calibrate", "min_improvement",
                 "noise_k", "fix_attempts", "prefetch", "proposal_timeout"):  # fmt: skip
         if getattr(c.evolve, key) < 0:

@@ -266,7 +266,9 @@ def run_experiment(
             fingerprints=fingerprints,
             timings=timings,
         )
-        failure = _training_failure(run, config, training, common["num_steps"], run_dir)
+        failure = _training_failure(
+            run, config, training, common["num_steps"], common["tokens"], run_dir
+        )
         if failure:
             return Outcome(*failure, total_seconds=time.monotonic() - t_spawn, **common)
         t_eval = time.monotonic()
@@ -350,7 +352,7 @@ def _supervise(
 
 
 def _training_failure(
-    run: TrainingRun, config: Config, training: float, steps: int, run_dir: Path
+    run: TrainingRun, config: Config, training: float, steps: int, tokens: int, run_dir: Path
 ) -> tuple[str, str] | None:
     """(status, reason) when the training went wrong, else None."""
     events = run.events
@@ -370,6 +372,11 @@ def _training_failure(
     mean_step = training / max(steps, 1)
     if training > budget * BUDGET_TOLERANCE + 1.0 + min(mean_step, budget * LAST_STEP_SHARE):
         return "timeout", f"trained {training:.1f} s, over the {budget:.0f} s budget"
+    # A token budget counts the harness loader's tokens (as the candidate reports them): the
+    # last step may draw one more batch than needed, a loop that ignores the budget many more.
+    budget_tokens = config.run.budget_tokens
+    if budget_tokens and tokens > budget_tokens + 2 * tokens / max(steps, 1):
+        return "timeout", f"trained on {tokens:,} tokens, over the {budget_tokens:,} token budget"
     return None
 
 

@@ -41,3 +41,35 @@ def test_gpt_baseline_runs_on_cpu_when_shrunk(research_repo):
     assert out.status == "keep", out.reason
     assert math.isfinite(out.val_bpb) and out.val_bpb < UNIFORM_BPB + 1
     assert out.num_steps >= 2 and out.num_params > 0
+
+
+def test_token_budget_trains_a_fixed_amount_and_repeats_exactly(research_repo):
+    """With run.budget_tokens the result does not depend on the machine's speed or load."""
+    (research_repo / "train.py").write_text((BASELINES / "tiny/train.py").read_text())
+    tokens = 40 * 16 * 64  # 40 steps of the tiny baseline's 16 rows of 64 tokens
+    config = load_config(research_repo, {"run.budget_tokens": tokens, "run.budget_seconds": 60})
+    runs = [
+        run_experiment(
+            research_repo / "train.py", config, research_repo / f".autoresearch/runs/{i}"
+        )
+        for i in range(2)
+    ]
+    for out in runs:
+        assert out.status == "keep", out.reason
+        assert out.num_steps == 40 and out.tokens == tokens
+        assert out.training_seconds < 30  # the tokens ended training, not the 60 s cap
+    assert runs[0].val_bpb == runs[1].val_bpb  # same tokens, same seed: the same model
+
+
+def test_a_loop_that_ignores_the_token_budget_times_out(research_repo):
+    source = (
+        (BASELINES / "tiny/train.py")
+        .read_text()
+        .replace("while not budget.done:", "while budget.elapsed < 3:")
+    )
+    (research_repo / "train.py").write_text(source)
+    config = load_config(
+        research_repo, {"run.budget_tokens": 4 * 16 * 64, "run.budget_seconds": 60}
+    )
+    out = run_experiment(research_repo / "train.py", config, research_repo / ".autoresearch/runs/t")
+    assert out.status == "timeout" and "token budget" in out.reason, out.reason

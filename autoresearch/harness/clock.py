@@ -1,8 +1,10 @@
-"""The training time budget, as `train.py` sees it.
+"""The training budget, as `train.py` sees it.
 
-The budget is wall-clock training time. The runner checks it independently
-(from the arrival of the `start` and `handover` events), so a clock patched
-inside the candidate changes nothing but the candidate's own schedule.
+The budget is wall-clock training time (`run.budget_seconds`), or a number of
+training tokens served by `harness.train_loader` (`run.budget_tokens`), with the
+seconds then only a cap. The runner checks the time independently (from the
+arrival of the `start` and `handover` events), so a clock patched inside the
+candidate changes nothing but the candidate's own schedule.
 """
 
 from __future__ import annotations
@@ -10,29 +12,40 @@ from __future__ import annotations
 import time
 
 from autoresearch.harness.context import context
-from autoresearch.harness.events import emit
+from autoresearch.harness.events import _State, emit
 
 
 class Budget:
     """`start()` it when training starts; train while not `done`; schedule by `progress`."""
 
-    def __init__(self, seconds: float | None = None):
-        self.seconds = context().budget_seconds if seconds is None else seconds
+    def __init__(self, seconds: float | None = None, tokens: int | None = None):
+        ctx = context()
+        self.seconds = ctx.budget_seconds if seconds is None else seconds
+        self.tokens = ctx.budget_tokens if tokens is None else tokens
         self._start: float | None = None
+        self._start_tokens = 0
 
     def start(self) -> None:
         self._start = time.monotonic()
-        emit("start", budget_seconds=self.seconds)
+        self._start_tokens = _State.tokens
+        emit("start", budget_seconds=self.seconds, budget_tokens=self.tokens)
 
     @property
     def elapsed(self) -> float:
         return 0.0 if self._start is None else time.monotonic() - self._start
 
     @property
+    def tokens_trained(self) -> int:
+        """Tokens served by `harness.train_loader` since `start()`."""
+        return 0 if self._start is None else _State.tokens - self._start_tokens
+
+    @property
     def progress(self) -> float:
         """Fraction of the budget used, in [0, 1]: drive LR schedules with this."""
+        if self.tokens:
+            return min(1.0, self.tokens_trained / self.tokens)
         return min(1.0, self.elapsed / self.seconds)
 
     @property
     def done(self) -> bool:
-        return self._start is not None and self.elapsed >= self.seconds
+        return self._start is not None and self.progress >= 1.0

@@ -28,6 +28,7 @@ class RunContext:
     device: str  # resolved: cuda | cpu | mps
     seed: int
     budget_seconds: float
+    budget_tokens: int  # 0: the budget is budget_seconds of training
     sequence_len: int
     vocab_size: int  # including BOS
     bos_id: int
@@ -60,6 +61,7 @@ def build_context(config: Config, handover_dir: Path) -> RunContext:
         device=resolve_device(config.run.device),
         seed=config.run.seed,
         budget_seconds=config.run.budget_seconds,
+        budget_tokens=config.run.budget_tokens,
         sequence_len=config.data.sequence_len,
         vocab_size=manifest.vocab_size,
         bos_id=manifest.bos_id,
