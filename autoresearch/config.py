@@ -8,6 +8,7 @@ out-of-range values are refused with a message that names the key.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import sys
 from dataclasses import dataclass, field
@@ -23,7 +24,9 @@ else:  # pragma: no cover - exercised only on Python 3.10
 
 CONFIG_FILE = "autoresearch.toml"
 DEVICES = ("auto", "cuda", "cpu", "mps")
+ISOLATION_MODES = ("auto", "on", "off")
 TOKENIZER_KINDS = ("bpe", "byte")
+SELECTIONS = ("rank", "none")
 TAG_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 TYPE_NAMES = {
     int: "an integer",
@@ -46,6 +49,10 @@ class RunSettings:
     budget_tokens: int = 0
     seed: int = 42
     device: str = "auto"  # auto picks cuda when available, else cpu
+    # Linux namespaces around the candidate (see docs/threat-model.md): auto uses them where
+    # the system allows unprivileged user namespaces; on requires them; off never uses them.
+    isolation: str = "auto"
+    network: bool = True  # false: the candidate runs without network access (needs isolation)
 
     def describe_budget(self) -> str:
         if self.budget_tokens:
@@ -81,6 +88,9 @@ class EvalSettings:
 @dataclass(frozen=True)
 class EvolveSettings:
     population: int = 4  # candidates kept alive; 1 is the original greedy loop
+    # how parents are chosen: rank (the population rule), or none (always the baseline:
+    # candidates are independent changes of it, random search with the random proposer)
+    selection: str = "rank"
     proposers: tuple = ()  # e.g. ["llm:anthropic/claude-sonnet-4-5", "optuna"]; empty: automatic
     tag: str = ""  # names the branches autoresearch/<tag>/...; empty: today's date
     max_experiments: int = 0  # stop after this many experiments in the tag (0: no limit)
@@ -131,7 +141,7 @@ def load_config(repo: Path | None = None, overrides: dict[str, Any] | None = Non
         path = repo / CONFIG_FILE
         try:
             raw = tomllib.loads(path.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as e:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:  # not TOML, or not even text
             raise ConfigError(f"{path} is not valid TOML: {e}; fix the file and retry") from None
     for dotted, value in (overrides or {}).items():
         if value is None:
@@ -180,7 +190,8 @@ def _parse_proposers(table: dict[str, Any]) -> dict[str, dict[str, Any]]:
         if not isinstance(options, dict):
             raise ConfigError(f"'proposers.{name}' must be a table like [proposers.{name}]")
         weight = options.get("weight", 1.0)
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
+        number = isinstance(weight, (int, float)) and not isinstance(weight, bool)
+        if not (number and math.isfinite(weight) and weight >= 0):
             raise ConfigError(f"'proposers.{name}.weight' must be a number >= 0, got {weight!r}")
     return table
 
@@ -192,6 +203,9 @@ def _coerce(key: str, default: Any, value: Any) -> Any:
         return tuple(value)
     if want is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if want is float and isinstance(value, float) and not math.isfinite(value):
+        # TOML has inf and nan, and click parses them: no budget or limit means either.
+        raise ConfigError(f"'{key}' must be a finite number, got {value}")
     if isinstance(value, want) and not (want is int and isinstance(value, bool)):
         return value
     raise ConfigError(
@@ -215,17 +229,30 @@ def _validate(c: Config) -> None:
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"'{key}' must be positive, got {value}")
+    if not 0 <= c.run.seed < 2**32:  # numpy's generators refuse negative seeds
+        raise ConfigError(f"'run.seed' must be from 0 to {2**32 - 1}, got {c.run.seed}")
     if c.run.budget_tokens < 0:
         raise ConfigError(f"'run.budget_tokens' must be 0 (off) or more, got {c.run.budget_tokens}")
     for key in ("max_experiments", "hours", "max_cost_usd", "calibrate", "min_improvement",
                 "noise_k", "fix_attempts", "prefetch", "proposal_timeout"):  # fmt: skip
         if getattr(c.evolve, key) < 0:
             raise ConfigError(f"'evolve.{key}' must be 0 or more, got {getattr(c.evolve, key)}")
+    if c.evolve.selection not in SELECTIONS:
+        raise ConfigError(
+            f"'evolve.selection' must be one of {', '.join(SELECTIONS)},"
+            f" got {c.evolve.selection!r}"
+        )
     if c.evolve.tag and not TAG_PATTERN.fullmatch(c.evolve.tag):
         raise ConfigError(
             f"'evolve.tag' {c.evolve.tag!r} cannot name a git branch: use letters, digits, '.', '_'"
             " or '-', starting with a letter or digit"
         )
+    if c.run.isolation not in ISOLATION_MODES:
+        raise ConfigError(
+            f"'run.isolation' must be one of {', '.join(ISOLATION_MODES)}, got {c.run.isolation!r}"
+        )
+    if not c.run.network and c.run.isolation == "off":
+        raise ConfigError("'run.network = false' needs 'run.isolation' auto or on, not off")
     if c.run.device not in DEVICES:
         raise ConfigError(f"'run.device' must be one of {', '.join(DEVICES)}, got {c.run.device!r}")
     if c.tokenizer.kind not in TOKENIZER_KINDS:

@@ -16,7 +16,9 @@ Rules (documented in docs/evolve.md):
   chosen with weight (n - r) / (1 + its children so far): good parents are
   preferred, and a parent that already has many children gives way to others.
   A crashed candidate is handed back to its proposer with its log tail, up to
-  `evolve.fix_attempts` times, before anything else.
+  `evolve.fix_attempts` times, before anything else. With `evolve.selection =
+  "none"` the parent is always the baseline, and nothing is handed back: the
+  candidates are independent draws (random search, the control of a benchmark).
 - **Judging.** threshold = max(evolve.min_improvement, evolve.noise_k × the
   standard deviation of the baseline's repeated val_bpb). A candidate beating the
   champion by more than the threshold is promoted. With population 1 a candidate
@@ -32,9 +34,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import queue
 import random
+import shutil
 import signal
 import statistics
 import threading
@@ -50,9 +54,10 @@ from autoresearch.constants import depth_of
 from autoresearch.errors import UserError
 from autoresearch.ledger import Ledger, Record
 from autoresearch.progress import LiveProgress
-from autoresearch.proposal import HistoryEntry, Proposal, ProposalRequest, Proposer
+from autoresearch.proposal import HistoryEntry, Proposal, ProposalRequest, Proposer, Usage
+from autoresearch.redact import redact
 from autoresearch.runner import Outcome, kill_leftovers, log_tail, run_experiment
-from autoresearch.validation import source_hash, validate_proposal
+from autoresearch.validation import MAX_SOURCE_BYTES, source_hash, validate_proposal
 from autoresearch.workspace import (
     LEDGER_FILE,
     LOCK_FILE,
@@ -70,6 +75,9 @@ from autoresearch.workspace import (
 )
 
 PROPOSALS_DIR = "proposals"  # a proposer's scratch folder, moved into the run folder later
+# A scratch file is kept whole up to this size; a bigger one (a runaway reply) keeps its head
+# and tail. An LLM reply of max_tokens is ~30 KB, a prompt with a 200 KB train.py ~250 KB.
+SCRATCH_FILE_BYTES = 512 * 2**10
 FAILED = ("crash", "timeout", "invalid")
 BASELINE, CALIBRATE = "baseline", "calibrate"  # proposer names of the non-proposed runs
 
@@ -162,6 +170,9 @@ class Engine:
         """Run until a limit or Ctrl-C; returns this tag's records."""
         with RunLock(self.state), self._signals():
             kill_leftovers(self.state / "runs")
+            # Proposals in flight when an earlier run was killed left their scratch folders;
+            # this run numbers its proposals from 1 again and must not adopt their files.
+            shutil.rmtree(self.state / PROPOSALS_DIR, ignore_errors=True)
             try:
                 self._reconcile_research_branch()
                 self._baseline(base_commit)
@@ -231,7 +242,7 @@ class Engine:
             if job is None:
                 continue
             self._fill_pipeline(self.settings.prefetch)  # prepared while this one trains
-            if self.settings.population == 1 and job.champion_id != self._champion().id:
+            if self._greedy() and job.champion_id != self._champion().id:
                 self.say(f"dropped a proposal made for the previous champion {job.champion_id}")
                 continue
             self._take(job)
@@ -303,6 +314,9 @@ class Engine:
 
     def _choose(self) -> tuple[Record, str]:
         """The next parent and proposer (see the module docstring for the rule)."""
+        if self.settings.selection == "none":  # random search: results choose no parent
+            baseline = next(r for r in self.records if r.proposer == BASELINE)
+            return baseline, self._choose_proposer()
         if self._fixes:
             crashed = self._fixes.pop(0)
             if crashed.proposer in self.proposers:
@@ -318,6 +332,10 @@ class Engine:
         n = len(members)
         weights = [(n - rank) / (1 + children.get(m.id, 0)) for rank, m in enumerate(members)]
         return self.rng.choices(members, weights=weights)[0], self._choose_proposer()
+
+    def _greedy(self) -> bool:
+        """The original loop: one lineage, every proposal a change of the champion."""
+        return self.settings.population == 1 and self.settings.selection == "rank"
 
     def _choose_proposer(self) -> str:
         specs = list(self.proposers)
@@ -354,10 +372,18 @@ class Engine:
             self._invalid(job, None, "", reason)
             return
         proposal = job.proposal
-        if not isinstance(proposal, Proposal) or not isinstance(proposal.source, str):
+        if not isinstance(proposal, Proposal):
             self._invalid(
                 job, None, "", f"proposer returned {type(proposal).__name__}, not a Proposal"
             )
+            return
+        if not isinstance(proposal.source, str):
+            reason = f"the proposal's source is {type(proposal.source).__name__}, not str"
+            self._invalid(job, proposal, "", reason)
+            return
+        if redact(proposal.source) != proposal.source:  # it would be committed and trained
+            reason = "the proposal contains the value of a secret environment variable"
+            self._invalid(job, proposal, redact(proposal.source), reason)
             return
         seen = {r.fingerprints.get("source") for r in self.records if r.status != "invalid"}
         reason = validate_proposal(parent_source, proposal.source, seen)
@@ -382,10 +408,13 @@ class Engine:
         cid = self._next_id()
         run_dir = self.state / "runs" / cid
         run_dir.mkdir(parents=True, exist_ok=True)
-        if source:
-            (run_dir / "train.py").write_text(source, encoding="utf-8")
+        # The rejected source is kept as evidence, unless it is too big to be one (the reason
+        # says so); whatever it holds, as text that can be written.
+        data = source.encode("utf-8", "backslashreplace")
+        if 0 < len(data) <= MAX_SOURCE_BYTES:
+            (run_dir / "train.py").write_bytes(data)
         _adopt(job.work_dir, run_dir)
-        usage = dataclasses.asdict(proposal.usage) if proposal else {}
+        usage = _usage(proposal.usage) if proposal else {}
         description = _one_line(proposal.description) if proposal else ""
         record = Record(
             id=cid, status="invalid", reason=reason, parent=job.parent.id, proposer=job.spec,
@@ -429,10 +458,15 @@ class Engine:
             id=cid, status=status, commit=sha, parent=parent.id if parent else None,
             depth=depth_of(source), seed=self.config.run.seed,
             proposer=spec, description=description, tag=self.tag, promoted=promoted,
-            usage=dataclasses.asdict(usage) if dataclasses.is_dataclass(usage) else {},
+            usage=_usage(usage) if usage is not None else {},
             fingerprints=outcome.fingerprints | {"source": source_hash(source)},
         )  # fmt: skip
         self._record(record)
+        if outcome.fatal:
+            raise UserError(
+                f"{cid} {outcome.reason}; restore them (git checkout, or delete the prepared data"
+                " and run `autoresearch prepare`), then `autoresearch evolve --resume`"
+            )
         if promoted:
             set_branch(self.repo, research_branch(self.tag), sha)
         elif outcome.status in ("crash", "timeout") and self._fix_budget(record):
@@ -587,7 +621,24 @@ def _adopt(work_dir: Path, run_dir: Path) -> None:
     if work_dir.is_dir():
         for item in work_dir.iterdir():
             os.replace(item, run_dir / item.name)
+            if (run_dir / item.name).is_file():
+                _shorten(run_dir / item.name, SCRATCH_FILE_BYTES)
         work_dir.rmdir()
+
+
+def _shorten(path: Path, limit: int) -> None:
+    """Cut a file over `limit` bytes to its first and last `limit / 2` bytes."""
+    size = path.stat().st_size
+    if size <= limit:
+        return
+    half = limit // 2
+    with open(path, "r+b") as f:
+        head = f.read(half)
+        f.seek(size - half)
+        tail = f.read(half)
+        f.seek(0)
+        f.write(head + f"\n[... {size - 2 * half} bytes cut ...]\n".encode() + tail)
+        f.truncate()
 
 
 def _trailers(message: str) -> dict[str, str]:
@@ -599,8 +650,26 @@ def _trailers(message: str) -> dict[str, str]:
     return out
 
 
-def _one_line(value: object) -> str:
-    return " ".join(str(value).split())[:300]
+def _one_line(value: object, limit: int = 300) -> str:
+    """`value` as one short line of printable text: what a proposer sends is printed and
+    recorded, so never megabytes, control characters, lone surrogates or a secret."""
+    try:
+        text = str(value)[: limit * 10]  # room for the whitespace that collapses below
+    except Exception:  # an exception whose __str__ itself fails
+        text = type(value).__name__
+    text = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    return redact(text)[:limit]
+
+
+def _usage(usage: object) -> dict[str, float]:
+    """A proposal's `Usage` as recorded; a field that is not a finite number >= 0 counts 0
+    (a garbage cost would otherwise break the spend limit)."""
+    recorded = {}
+    for f in dataclasses.fields(Usage):
+        value = getattr(usage, f.name, f.default)
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        recorded[f.name] = value if number and math.isfinite(value) and value >= 0 else f.default
+    return recorded
 
 
 # -- setting a run up ------------------------------------------------------------------------------

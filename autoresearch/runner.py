@@ -16,6 +16,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,14 +26,19 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from autoresearch.config import Config
+import autoresearch
+from autoresearch.config import CONFIG_FILE, Config
+from autoresearch.errors import UserError
+from autoresearch.harness.cache import cache_root
 from autoresearch.harness.context import CONTEXT_ENV, EVENTS_ENV, build_context
 from autoresearch.harness.evaluate import GO, EvalSpec
 from autoresearch.harness.events import LOSS_LIMIT
 from autoresearch.harness.fingerprint import harness_fingerprint, sha256_file
 from autoresearch.harness.handover import META_FILE
-from autoresearch.harness.prepare import load_manifest
+from autoresearch.harness.prepare import Manifest, load_manifest
+from autoresearch.harness.sandbox import SandboxSpec, isolation_works
 from autoresearch.ledger import Record
+from autoresearch.workspace import LEDGER_FILE, PROTECTED_FILES, STATE_DIR, TRAIN_FILE
 
 # Only these variables reach the candidate: never API keys, tokens or credentials.
 ENV_ALLOWLIST = (
@@ -59,13 +65,18 @@ LAST_STEP_SHARE = 0.10
 EVAL_TIMEOUT_SECONDS = 900.0
 POLL_SECONDS = 0.05
 EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b.*")
-PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE = 1, 4  # prctl options (linux/prctl.h)
 PGID_FILE = "pgid"  # in the run folder while its process group may be alive
+HANDOVER_DIR = "handover"  # in the run folder: the model as the candidate handed it over
+SANDBOX_SPEC = "sandbox.json"  # in the run folder: what the sandbox did for this run
+SANDBOX_LOG = "sandbox.log"  # the sandbox's own errors (the candidate's output is in run.log)
+PACKAGE_DIR = Path(autoresearch.__file__).resolve().parent  # the harness and the orchestrator
 MEASURED_FIELDS = (
     "status", "reason", "val_bpb", "training_seconds", "total_seconds", "tokens", "num_steps",
     "num_params", "mfu_percent", "device", "fingerprints", "timings",
 )  # fmt: skip
 LOG_TAIL_LINES = 40
+MIN_FREE_BYTES = 64 * 2**20  # a run that failed with less free disk than this failed for that
 # bf16 dense peak FLOP/s by device name, for MFU; unknown devices report no MFU.
 PEAK_FLOPS = {
     "H100": 989.5e12,
@@ -80,7 +91,7 @@ PEAK_FLOPS = {
 
 @dataclass(frozen=True)
 class Outcome:
-    status: str  # keep | crash | timeout
+    status: str  # keep | crash | timeout | invalid
     reason: str
     val_bpb: float | None = None
     training_seconds: float = 0.0
@@ -94,6 +105,8 @@ class Outcome:
     device: str = ""
     fingerprints: dict[str, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase, see `_timings`
+    isolated: bool = False  # ran inside the sandbox's namespaces
+    fatal: bool = False  # the run changed files that every later run depends on: stop the search
 
     @property
     def memory_gb(self) -> float:
@@ -109,10 +122,14 @@ class Outcome:
 class Events:
     """Reads the candidate's event pipe in a thread; every event stamped on arrival."""
 
-    def __init__(self, fd: int, on_event: Callable[[dict], None] | None):
+    def __init__(self, fd: int, handover_dir: Path, on_event: Callable[[dict], None] | None):
         self.times: dict[str, float] = {}  # first arrival of each event kind
+        self.handover_dir = handover_dir
+        self.handed_over: dict[str, tuple[int, ...] | None] = {}  # its files, as handed over
         self.last_step: dict = {}
+        self.start: dict = {}  # the first `start` event
         self.diverged: str | None = None
+        self.violation: str | None = None  # the first thing the guard refused
         self._on_event = on_event
         self._thread = threading.Thread(target=self._read, args=(fd,), daemon=True)
         self._thread.start()
@@ -126,13 +143,19 @@ class Events:
                 except (ValueError, KeyError, TypeError):
                     continue  # garbage on the pipe is ignored, never trusted
                 self.times.setdefault(kind, time.monotonic())
-                if kind == "step":
+                if kind == "start" and not self.start:
+                    self.start = event
+                elif kind == "handed_over" and not self.handed_over:
+                    self.handed_over = self.handover_files()
+                elif kind == "step":
                     self.last_step = event
                     loss = event.get("loss")
                     if isinstance(loss, (int, float)) and not (
                         math.isfinite(loss) and loss <= LOSS_LIMIT
                     ):
                         self.diverged = f"loss diverged ({loss}) at step {event.get('step')}"
+                elif kind == "violation":
+                    self.violation = self.violation or str(event.get("reason"))[:300]
                 elif kind == "diverged":
                     self.diverged = (
                         f"loss diverged ({event.get('loss')}) at step {event.get('step')}"
@@ -142,6 +165,10 @@ class Events:
 
     def join(self, timeout: float) -> None:
         self._thread.join(timeout)
+
+    def handover_files(self) -> dict[str, tuple[int, ...] | None]:
+        folder = self.handover_dir
+        return file_states(sorted(folder.iterdir()) if folder.is_dir() else [])
 
 
 def die_with_parent() -> None:
@@ -222,11 +249,20 @@ def run_experiment(
     run_dir: Path,
     on_event: Callable[[dict], None] | None = None,
 ) -> Outcome:
-    """Train `train_py` for the budget and score it; candidate faults become statuses."""
+    """Train `train_py` for the budget and score it; candidate faults become statuses.
+
+    The candidate runs in `run_dir` (a copy of `train_py` is put there), the only folder of
+    the research repo it may write to.
+    """
     t_spawn = time.monotonic()
     manifest = load_manifest(config)
+    isolate = _isolate(config)
+    hide_environment()
     run_dir.mkdir(parents=True, exist_ok=True)
-    ctx = build_context(config, run_dir / "handover")
+    if train_py.resolve() != (run_dir / TRAIN_FILE).resolve():
+        shutil.copyfile(train_py, run_dir / TRAIN_FILE)
+        train_py = run_dir / TRAIN_FILE
+    ctx = build_context(config, run_dir / HANDOVER_DIR)
     ctx.save(run_dir / "context.json")
     fingerprints = {
         "harness": harness_fingerprint(),
@@ -243,10 +279,14 @@ def run_experiment(
         batch_size=config.eval.batch_size,
         device=ctx.device,
     )
+    root = research_root(train_py)
+    protected = protected_files(root, manifest)
+    before = file_states(protected)
     evaluator = Evaluator(spec, run_dir / "eval.log")  # loads its data while the candidate trains
     try:
         limit = config.run.budget_seconds + config.run.startup_seconds
-        run = _supervise(train_py, run_dir, limit, on_event)
+        sandbox = sandbox_spec(train_py, config, run_dir, root, manifest, isolate)
+        run = _supervise(sandbox, run_dir, limit, on_event)
         t_end = time.monotonic()
         events = run.events
         t_start = events.times.get("start", t_spawn)
@@ -265,10 +305,20 @@ def run_experiment(
             device=ctx.device,
             fingerprints=fingerprints,
             timings=timings,
+            isolated=isolate,
         )
+        changed = [path for path, state in file_states(protected).items() if before[path] != state]
+        if changed:
+            reason = f"changed protected files while it ran: {', '.join(changed)[:300]}"
+            total = time.monotonic() - t_spawn
+            return Outcome("invalid", reason, total_seconds=total, fatal=True, **common)
         failure = _training_failure(
             run, config, training, common["num_steps"], common["tokens"], run_dir
         )
+        if failure and shutil.disk_usage(run_dir).free < MIN_FREE_BYTES:
+            raise UserError(  # the machine's fault, not the candidate's: stop, record nothing
+                f"disk full while {run_dir.name} ran ({failure[1]}): free space, then resume"
+            )
         if failure:
             return Outcome(*failure, total_seconds=time.monotonic() - t_spawn, **common)
         t_eval = time.monotonic()
@@ -293,26 +343,108 @@ def run_experiment(
         evaluator.cancel()
 
 
+def hide_environment() -> None:
+    """Keep a candidate of the same user from reading our API keys in /proc/<pid>/environ.
+
+    A process that is not dumpable has its /proc files owned by root. This stops a candidate
+    run by an ordinary user even without isolation; root needs the sandbox's namespaces.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+
+
+def research_root(train_py: Path) -> Path:
+    """The research repo a candidate belongs to: the nearest folder with autoresearch.toml."""
+    folder = train_py.resolve().parent
+    return next((p for p in (folder, *folder.parents) if (p / CONFIG_FILE).exists()), folder)
+
+
+def protected_files(root: Path, manifest: Manifest) -> list[Path]:
+    """Files no run may change: every later score depends on them."""
+    files = [root / name for name in PROTECTED_FILES] + [root / STATE_DIR / LEDGER_FILE]
+    files += Path(manifest.folder).iterdir()
+    # Sources only: any Python process may (re)write the byte-code caches beside them.
+    files += (PACKAGE_DIR / "harness").glob("*.py")
+    return files
+
+
+def file_states(paths: list[Path]) -> dict[str, tuple[int, ...] | None]:
+    """What changes when a file is written, replaced or touched: ctime cannot be set back."""
+    states: dict[str, tuple[int, ...] | None] = {}
+    for path in paths:
+        try:
+            st = path.stat()
+            states[str(path)] = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        except FileNotFoundError:
+            states[str(path)] = None
+    return states
+
+
+def _isolate(config: Config) -> bool:
+    """Whether to run the candidate in the sandbox's namespaces; refuses what cannot be had."""
+    if config.run.isolation == "off":
+        return False
+    if isolation_works():
+        return True
+    if config.run.isolation == "on" or not config.run.network:
+        raise UserError(
+            "run.isolation = \"on\" and run.network = false need unprivileged user namespaces,"
+            " which this system does not allow; enable them (Linux: sysctl"
+            " kernel.unprivileged_userns_clone=1) or set run.isolation = \"auto\""
+            " and run.network = true"
+        )
+    return False
+
+
+def sandbox_spec(
+    train_py: Path, config: Config, run_dir: Path, root: Path, manifest: Manifest, isolate: bool
+) -> SandboxSpec:
+    """How the sandbox runs `train_py`: its command, environment and what it may touch."""
+    spec_path = run_dir / SANDBOX_SPEC
+    hidden = [manifest.val_path, cache_root() / "data"]  # raw shards hold the validation text
+    if config.data.source == "folder" and config.data.path:
+        hidden.append((root / config.data.path).resolve())
+    env = minimal_env({
+        CONTEXT_ENV: str(run_dir / "context.json"),
+        "PYTHONDONTWRITEBYTECODE": "1",  # no .pyc written next to the harness by anyone
+    })  # fmt: skip
+    spec = SandboxSpec(
+        argv=[sys.executable, "-m", "autoresearch.harness.guard", str(spec_path), train_py.name],
+        cwd=str(train_py.parent),
+        env=env,
+        log=str(run_dir / "run.log"),
+        isolate=isolate,
+        network=config.run.network,
+        hidden=[str(p) for p in hidden],
+        readonly=[str(p) for p in (root, cache_root(), PACKAGE_DIR)],
+        writable=[str(run_dir.resolve())],
+    )
+    spec.save(spec_path)
+    return spec
+
+
 @dataclass
 class TrainingRun:
     events: Events
     returncode: int | None
     rusage: object
-    why_stopped: str  # "", "timeout", "diverged" or "handed_over"
+    why_stopped: str  # "", "timeout", "diverged", "violation" or "handed_over"
 
 
 def _supervise(
-    train_py: Path, run_dir: Path, limit: float, on_event: Callable[[dict], None] | None
+    sandbox: SandboxSpec, run_dir: Path, limit: float, on_event: Callable[[dict], None] | None
 ) -> TrainingRun:
-    """Run train.py in its own process group until it exits, hands over, diverges or times out."""
+    """Run the sandbox until the candidate exits, hands over, diverges, cheats or times out."""
     t_spawn = time.monotonic()
     read_fd, write_fd = os.pipe()
-    env = minimal_env({CONTEXT_ENV: str(run_dir / "context.json"), EVENTS_ENV: str(write_fd)})
-    with open(run_dir / "run.log", "wb") as log:
+    sandbox.env[EVENTS_ENV] = str(write_fd)
+    sandbox.save(run_dir / SANDBOX_SPEC)
+    with open(run_dir / SANDBOX_LOG, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, train_py.name],
-            cwd=train_py.parent,
-            env=env,
+            [sys.executable, "-m", "autoresearch.harness.sandbox", str(run_dir / SANDBOX_SPEC)],
+            env=minimal_env({"PYTHONDONTWRITEBYTECODE": "1"}),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -322,7 +454,7 @@ def _supervise(
         )
     os.close(write_fd)
     (run_dir / PGID_FILE).write_text(str(proc.pid))
-    events = Events(read_fd, on_event)
+    events = Events(read_fd, run_dir / HANDOVER_DIR, on_event)
     returncode, rusage, why_stopped = None, None, ""
     try:
         while True:
@@ -333,17 +465,19 @@ def _supervise(
                 why_stopped = "timeout"
             elif events.diverged:
                 why_stopped = "diverged"
+            elif events.violation:
+                why_stopped = "violation"
             elif "handed_over" in events.times:
                 why_stopped = "handed_over"  # nothing the process does from here on counts
             if why_stopped:
                 break
             time.sleep(POLL_SECONDS)
     finally:
-        if returncode is None:  # stop it, but reap it ourselves: its rusage has the peak memory
+        if returncode is None:  # the sandbox kills the candidate and all it started, then exits
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
+                os.kill(proc.pid, signal.SIGTERM)
             returncode, rusage = _reap(proc.pid, KILL_GRACE_SECONDS)
-        kill_group(proc.pid)  # grandchildren, and a process that ignored SIGTERM
+        kill_group(proc.pid)  # in case the sandbox itself was killed before it could sweep
         # Reaped here or by kill_group (then it died of SIGKILL): Popen must not wait again.
         proc.returncode = -signal.SIGKILL if returncode is None else returncode
         (run_dir / PGID_FILE).unlink(missing_ok=True)
@@ -356,6 +490,16 @@ def _training_failure(
 ) -> tuple[str, str] | None:
     """(status, reason) when the training went wrong, else None."""
     events = run.events
+    if events.violation:
+        return "invalid", events.violation
+    if events.handed_over and events.handover_files() != events.handed_over:
+        return "invalid", "the hand-over files changed after the hand-over was complete"
+    early = events.start.get("tokens")
+    if isinstance(early, int) and early > 0:
+        return "invalid", (
+            f"drew {early:,} training tokens before budget.start(): training happens on the clock"
+            " (warm up compilation on made-up tokens such as torch.zeros)"
+        )
     if run.why_stopped == "diverged":
         return "crash", events.diverged or "loss diverged"
     if "handed_over" not in events.times:
@@ -367,7 +511,8 @@ def _training_failure(
             )
         if run.returncode == 0:
             return "crash", "train.py exited without calling harness.handover(model)"
-        return "crash", f"exit code {run.returncode}: {error_line(log_tail(run_dir / 'run.log'))}"
+        log = log_tail(run_dir / "run.log") or log_tail(run_dir / SANDBOX_LOG)
+        return "crash", f"exit code {run.returncode}: {error_line(log)}"
     budget = config.run.budget_seconds
     mean_step = training / max(steps, 1)
     if training > budget * BUDGET_TOLERANCE + 1.0 + min(mean_step, budget * LAST_STEP_SHARE):

@@ -20,12 +20,19 @@ from collections.abc import Callable, Collection
 MAX_SOURCE_BYTES = 200_000  # a real train.py is ~30 KB; more is a runaway reply
 HARNESS = "autoresearch.harness"
 HANDOVER = "handover"
-# Parts of the harness a candidate must never touch: the trusted scorer.
-FORBIDDEN_HARNESS_PARTS = frozenset({"evaluate"})
+# Parts of the harness a candidate must never touch: the scorer, the data it scores on, and
+# the machinery that guards both.
+FORBIDDEN_HARNESS_PARTS = frozenset({
+    "evaluate", "prepare", "cache", "sources", "download", "fingerprint", "sandbox", "guard",
+    "model_io",
+})  # fmt: skip
 SEED_WORD = "seed"  # compared case-insensitively: SEED, TRAIN_SEED, manual_seed, seed=
-# A dotted name inside a string that reaches past the harness (importlib, sys.modules).
+# A dotted name inside a string that reaches past the harness (importlib, sys.modules), or
+# the validation split's file: a candidate never needs to name either.
 FORBIDDEN_STRING = re.compile(
-    r"\bautoresearch\.(?!harness\b)\w+|\bautoresearch\.harness\.(?:evaluate\b|_\w+)"
+    r"\bautoresearch\.(?!harness\b)\w+|\bautoresearch\.harness\.(?:"
+    + "|".join(sorted(FORBIDDEN_HARNESS_PARTS))
+    + r"|_\w+)\b|\bval\.npy\b"
 )
 
 ProtectedCheck = Callable[[str], "str | None"]
@@ -140,8 +147,8 @@ def check_harness_contract(tree: ast.Module) -> str | None:
             found = FORBIDDEN_STRING.search(node.value)
             if found and id(node) not in docstrings:  # a docstring may talk about anything
                 return (
-                    f"line {node.lineno} names {found.group()}; only autoresearch.harness is"
-                    " available to train.py"
+                    f"line {node.lineno} names {found.group()}; train.py may use the public"
+                    " autoresearch.harness and its training data only"
                 )
         elif isinstance(node, ast.Call):
             calls_handover = calls_handover or _is_handover(node.func, modules, handovers)
@@ -158,7 +165,7 @@ def _forbidden_module(dotted: str) -> str | None:
     if parts[1] != "harness":
         return "only autoresearch.harness is available to train.py"
     if len(parts) > 2 and parts[2] in FORBIDDEN_HARNESS_PARTS:
-        return "the evaluation is the harness's, not the candidate's"
+        return "the evaluation, its data and its guards are the harness's, not the candidate's"
     if any(part.startswith("_") for part in parts[2:]):
         return "private harness names are not part of the contract"
     return None

@@ -20,6 +20,7 @@ nothing in the prompt or the model's output can become shell syntax.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import difflib
 import fnmatch
@@ -39,11 +40,13 @@ from autoresearch import hookimpl
 from autoresearch.errors import UserError
 from autoresearch.plugins import check_option_names
 from autoresearch.proposal import Proposal, ProposalRequest, Usage
+from autoresearch.redact import redact
+from autoresearch.runner import die_with_parent
 
 from . import prompt
-from .redact import redact
 
 NAME = "agent"
+_LIVE_SCRATCH: set[Path] = set()  # scratch folders of proposals in flight
 DESCRIPTION = "an external coding agent (any command) editing train.py in a scratch repo"
 TARGET = "train.py"
 PROGRAM = "program.md"
@@ -179,6 +182,7 @@ class AgentProposer:
         if workdir:
             Path(workdir).mkdir(parents=True, exist_ok=True)
         scratch = Path(tempfile.mkdtemp(prefix="autoresearch-agent-", dir=workdir))
+        _LIVE_SCRATCH.add(scratch)
         try:
             originals = _init_scratch(scratch, request, text)
             with _log_file(request.work_dir) as log_path:
@@ -187,6 +191,7 @@ class AgentProposer:
             description = _description(scratch / DESCRIPTION_FILE, request.parent_source, source)
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+            _LIVE_SCRATCH.discard(scratch)
         return Proposal(source, description, Usage(seconds=time.monotonic() - started))
 
     def _run(self, scratch: Path, text: str, log_path: Path) -> None:
@@ -208,6 +213,7 @@ class AgentProposer:
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,  # its own process group
+                    preexec_fn=die_with_parent,  # evolve may end while a proposal is in flight
                 )
             except OSError as e:
                 raise UserError(
@@ -227,6 +233,13 @@ class AgentProposer:
         _redact_file(log_path, [os.environ[k] for k in o.env if k in os.environ])
         if code != 0:
             raise AgentError(f"the agent command exited with status {code}: {_last_line(log_path)}")
+
+
+@atexit.register
+def _remove_live_scratch() -> None:
+    """A proposal still in flight when evolve ends never reaches its `finally`."""
+    for scratch in list(_LIVE_SCRATCH):
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def create(options: dict[str, Any]) -> AgentProposer:

@@ -36,10 +36,10 @@ from autoresearch import hookimpl
 from autoresearch.errors import UserError
 from autoresearch.plugins import check_option_names
 from autoresearch.proposal import Proposal, ProposalRequest, Usage
+from autoresearch.redact import redact
 
 from . import prompt
 from .edits import EditError, apply_reply
-from .redact import redact
 
 NAME = "llm"
 DESCRIPTION = "any litellm model (OpenAI, Anthropic, Gemini, Ollama, vLLM, ...) editing train.py"
@@ -356,11 +356,15 @@ def _retry_after(error: Exception) -> float | None:
 
 
 def _content(response: Any) -> tuple[str, str | None]:
+    """The reply's text, with lone surrogates (valid JSON escapes, not text) made visible:
+    the text is saved, quoted back in a re-ask and maybe committed, all as UTF-8."""
     try:
         choice = response.choices[0]
-        return choice.message.content or "", getattr(choice, "finish_reason", None)
+        text = str(choice.message.content or "")
     except (AttributeError, IndexError):
         return "", None
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text, getattr(choice, "finish_reason", None)
 
 
 def _cost(litellm: Any, response: Any, model: str) -> float:

@@ -55,9 +55,8 @@ def test_token_budget_trains_a_fixed_amount_and_repeats_exactly(research_repo):
         for i in range(2)
     ]
     for out in runs:
-        assert out.status == "keep", out.reason
+        assert out.status == "keep", out.reason  # the tokens ended training, not the 60 s cap
         assert out.num_steps == 40 and out.tokens == tokens
-        assert out.training_seconds < 30  # the tokens ended training, not the 60 s cap
     assert runs[0].val_bpb == runs[1].val_bpb  # same tokens, same seed: the same model
 
 
@@ -65,11 +64,11 @@ def test_a_loop_that_ignores_the_token_budget_times_out(research_repo):
     source = (
         (BASELINES / "tiny/train.py")
         .read_text()
-        .replace("while not budget.done:", "while budget.elapsed < 3:")
+        .replace("while not budget.done:", "while step < 12:")
     )
     (research_repo / "train.py").write_text(source)
     config = load_config(
-        research_repo, {"run.budget_tokens": 4 * 16 * 64, "run.budget_seconds": 60}
+        research_repo, {"run.budget_tokens": 2 * 16 * 64, "run.budget_seconds": 60}
     )
     out = run_experiment(research_repo / "train.py", config, research_repo / ".autoresearch/runs/t")
     assert out.status == "timeout" and "token budget" in out.reason, out.reason

@@ -28,7 +28,8 @@ class Budget:
     def start(self) -> None:
         self._start = time.monotonic()
         self._start_tokens = _State.tokens
-        emit("start", budget_seconds=self.seconds, budget_tokens=self.tokens)
+        # Batches drawn before the clock starts would be training the runner cannot time.
+        emit("start", budget_seconds=self.seconds, budget_tokens=self.tokens, tokens=_State.tokens)
 
     @property
     def elapsed(self) -> float:
