@@ -13,7 +13,7 @@ import click
 
 from autoresearch import __version__
 from autoresearch.config import DEVICES, load_config
-from autoresearch.errors import UserError
+from autoresearch.errors import UserError, os_error_message
 from autoresearch.plugins import add_plugin_commands
 from autoresearch.workspace import BASELINES, LEDGER_FILE, RESULTS_FILE, find_repo
 
@@ -79,7 +79,6 @@ def run(
     """Run one experiment of the research repo's current train.py and record it."""
     from autoresearch.constants import depth_of
     from autoresearch.engine import RunLock
-    from autoresearch.harness.prepare import load_manifest
     from autoresearch.ledger import Ledger
     from autoresearch.plugins import notify_experiment_finished
     from autoresearch.progress import LiveProgress
@@ -96,11 +95,12 @@ def run(
     config = load_config(repo, overrides)
     train_py = repo / TRAIN_FILE
     _check_compiles(train_py)
-    load_manifest(config)  # no data prepared: say so before anything starts
+    _check_ready(config)
     state = state_dir(repo)
     with RunLock(state):  # experiments never share the device, not even with an evolve
         ledger = Ledger(state / LEDGER_FILE)
         exp_id = ledger.next_id()
+        _warn(ledger)
         commit = current_commit(repo)
         click.echo(
             f"{exp_id}: training {TRAIN_FILE} for {config.run.describe_budget()}", err=True
@@ -163,7 +163,6 @@ def evolve(
 ) -> None:
     """Search for a better train.py: a population of candidates on git branches, overnight."""
     from autoresearch import engine
-    from autoresearch.harness.prepare import load_manifest
     from autoresearch.ledger import Ledger
     from autoresearch.plugins import notify_experiment_finished
     from autoresearch.progress import LiveProgress
@@ -182,11 +181,18 @@ def evolve(
         "evolve.calibrate": calibrate,
     }
     config = load_config(repo, overrides)
-    load_manifest(config)
+    _check_ready(config)
     commit = current_commit(repo)
-    if not resume and (commit.dirty or not commit.sha):
+    if not commit.sha:
+        raise UserError(
+            f"{repo} has no git commit, and evolve keeps candidates on git branches: commit"
+            " train.py first (git init; git add -A; git commit -m baseline)"
+        )
+    if commit.dirty and not resume:
         raise UserError("train.py has uncommitted changes: commit or stash them, then evolve")
-    records = Ledger(state_dir(repo) / LEDGER_FILE).records()
+    ledger = Ledger(state_dir(repo) / LEDGER_FILE)
+    records = ledger.records()
+    _warn(ledger)
     run_tag = engine.pick_tag(repo, records, config.evolve.tag, resume)
     specs = config.evolve.proposers or engine.default_proposers()
     made = engine.make_proposers(config, specs)
@@ -199,7 +205,11 @@ def evolve(
         repo, config, run_tag, made, say=click.echo, progress=LiveProgress,
         notify=notify_experiment_finished,
     )  # fmt: skip
-    records = runner.run(commit.sha)
+    try:
+        records = runner.run(commit.sha)
+    except OSError as e:  # a full disk, say: everything recorded so far is safe, so resume
+        retry = f"`autoresearch evolve --resume --tag {run_tag}`"  # the tag may have no record yet
+        raise UserError(os_error_message(e, retry)) from e
     best = runner.champion()
     if best and records:
         from autoresearch.report import format_table, leaderboard_rows, select
@@ -219,10 +229,10 @@ def evolve(
 def _read_ledger():
     """(repo, state folder, ledger) of the research repo here; torn lines reported on stderr."""
     from autoresearch.ledger import Ledger
-    from autoresearch.workspace import state_dir
+    from autoresearch.workspace import STATE_DIR
 
     repo = find_repo()
-    state = state_dir(repo)
+    state = repo / STATE_DIR  # not created: reading must work in a repo it cannot write to
     return repo, state, Ledger(state / LEDGER_FILE)
 
 
@@ -230,9 +240,14 @@ def _records(ledger) -> list:
     from autoresearch.report import load_records
 
     records = load_records(ledger)
+    _warn(ledger)
+    return records
+
+
+def _warn(ledger) -> None:
+    """Report the ledger lines the last read skipped (each names its line number)."""
     for problem in ledger.problems:
         click.echo(f"warning: {problem}", err=True)
-    return records
 
 
 def _population_size(repo: Path) -> int:
@@ -356,6 +371,7 @@ def export(fmt: str, output: Path | None) -> None:
     _, _, ledger = _read_ledger()
     path = None if str(output) == "-" else (output or Path(DEFAULT_EXPORT_NAMES[fmt]))
     count = export_ledger(ledger, fmt, path)
+    _warn(ledger)
     if path is not None:
         click.echo(f"wrote {count} experiments to {path}", err=True)
 
@@ -374,6 +390,7 @@ def status(as_json: bool) -> None:
         click.echo(json.dumps({"running": current.running, "pid": current.pid, **current.state}))
         return
     records = ledger.records()
+    _warn(ledger)
     click.echo(format_status(current, records))
 
 
@@ -396,6 +413,24 @@ def format_summary(record, peak_vram_mb: float) -> str:
         ("depth", num(record.depth, "d")),
     ]
     return "---\n" + "\n".join(f"{k + ':':<18}{v}" for k, v in rows)
+
+
+def _check_ready(config) -> None:
+    """Refuse before anything starts what would make every experiment fail: data that is
+    missing or damaged, or a device this machine does not have."""
+    from autoresearch.harness.prepare import load_manifest
+
+    load_manifest(config)  # checks the tokenizer and token files too
+    device = config.run.device
+    if device in ("cuda", "mps"):
+        import torch
+
+        found = torch.cuda.is_available() if device == "cuda" else torch.backends.mps.is_available()
+        if not found:
+            raise UserError(
+                f"'run.device' is {device!r} but this machine has no {device} device:"
+                " use --device auto (or cpu)"
+            )
 
 
 def _check_compiles(train_py: Path) -> None:
@@ -447,6 +482,11 @@ def main() -> None:
             raise
         click.echo(f"error: {e}", err=True)
         sys.exit(e.exit_code)
+    except OSError as e:  # the machine's fault, not the input's: a full disk, a permission
+        if debug:
+            raise
+        click.echo(f"error: {os_error_message(e)}", err=True)
+        sys.exit(1)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)

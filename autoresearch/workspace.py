@@ -7,6 +7,7 @@ leaves the user's checkout dirty.
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass
 from importlib import resources
@@ -91,8 +92,17 @@ def find_repo(start: Path | None = None) -> Path:
 
 
 def state_dir(repo: Path) -> Path:
+    """`.autoresearch/` in `repo`, created if need be; a `UserError` unless it can be written."""
     path = repo / STATE_DIR
-    path.mkdir(exist_ok=True)
+    try:
+        path.mkdir(exist_ok=True)
+    except FileExistsError:
+        raise UserError(f"{path} is not a folder: move it away, then run again") from None
+    except PermissionError:
+        raise UserError(f"cannot create {path}: make {repo} writable, then run again") from None
+    # Checked before anything starts: the first failing write could come mid-experiment.
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write to {path}: make it writable (chmod u+w), then run again")
     return path
 
 

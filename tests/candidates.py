@@ -1,7 +1,8 @@
 """Small `train.py` candidates for runner tests: one honest, the rest misbehaving.
 
 HONEST is a bigram model that really trains through the harness in a couple
-of seconds on CPU; each other candidate breaks one rule the runner enforces.
+of seconds on CPU; each other candidate breaks one rule the runner enforces,
+or is one of the faults of tests/test_faults.py.
 """
 
 HONEST = """
@@ -73,9 +74,43 @@ NO_HANDOVER = "print('trained nothing')\n"
 GRANDCHILD = """
 import subprocess, sys, time
 child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
-open("grandchild.pid", "w").write(str(child.pid))
 time.sleep(3600)
 """
+
+# Ignores SIGTERM, and so does the child it starts: only SIGKILL ends them.
+IGNORES_SIGTERM = """
+import signal, subprocess, sys, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(3600)"
+child = subprocess.Popen([sys.executable, "-c", stubborn])
+time.sleep(3600)
+"""
+
+# The classic daemon: fork, setsid (a session and process group of its own, out of the
+# candidate's), fork again, chdir to /. Killing the candidate's process group misses it.
+# The candidate exits once the daemon runs, without handing anything over.
+DAEMON = """
+import os, time
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        os.chdir("/")
+        time.sleep(3600)
+    os._exit(0)
+os.wait()
+"""
+
+# About 200 MB of output as fast as it can, then honest training and a hand-over.
+LOG_FLOOD = honest_with(
+    at_start="    block = ('flood ' * 16 + '\\n') * 10_000\n"
+    "    for _ in range(200):\n"
+    "        print(block, end='')\n"
+)
+
+# An allocation no machine can satisfy (1 PiB), as a model far too big for the device makes:
+# Python's MemoryError, and torch's on the run device (torch.OutOfMemoryError on CUDA).
+OOM_PYTHON = "weights = bytearray(1 << 50)\n"
+OOM_TORCH = honest_with(at_start="    torch.empty(1 << 50, dtype=torch.uint8, device=ctx.device)\n")
 
 NAN = honest_with(in_loop="        harness.report(step, float('nan'))\n")
 

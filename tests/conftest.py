@@ -7,15 +7,20 @@ litellm is told to use its bundled price map: no test may reach the network.
 
 from __future__ import annotations
 
+import atexit
 import os
 import random
+import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
-os.environ.setdefault("AUTORESEARCH_CACHE", tempfile.mkdtemp(prefix="autoresearch-test-cache-"))
+if "AUTORESEARCH_CACHE" not in os.environ:  # a session cache, removed when the session ends
+    _cache = tempfile.mkdtemp(prefix="autoresearch-test-cache-")
+    os.environ["AUTORESEARCH_CACHE"] = _cache
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 
 CORPUS_DOCS = 800  # small enough to prepare in a second, big enough to learn from
 
@@ -59,15 +64,21 @@ def corpus(tmp_path_factory) -> Path:
     return write_corpus(tmp_path_factory.mktemp("corpus"))
 
 
-@pytest.fixture
-def research_repo(tmp_path, corpus, monkeypatch) -> Path:
-    """A real research repo (git, tiny baseline) on the small corpus, prepared, as cwd."""
+def make_research_repo(folder: Path, corpus: Path) -> Path:
+    """A real research repo (git, tiny baseline) in `folder`, on `corpus`, prepared."""
     from autoresearch.config import load_config
     from autoresearch.harness.prepare import prepare
     from autoresearch.workspace import init_repo
 
-    repo = init_repo(tmp_path / "research", "tiny")
+    repo = init_repo(folder, "tiny")
     (repo / "autoresearch.toml").write_text(SMALL_CONFIG.format(budget=2, corpus=corpus))
     prepare(load_config(repo), log=lambda line: None)
+    return repo
+
+
+@pytest.fixture
+def research_repo(tmp_path, corpus, monkeypatch) -> Path:
+    """A real research repo (git, tiny baseline) on the small corpus, prepared, as cwd."""
+    repo = make_research_repo(tmp_path / "research", corpus)
     monkeypatch.chdir(repo)
     return repo

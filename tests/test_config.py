@@ -44,6 +44,7 @@ def test_file_values_and_cli_overrides(tmp_path):
         ("[tokenizer]\nvocab_size = 100", "at least 257"),
         ("[eval]\ntokens = 10\n[data]\nsequence_len = 64", "at least one row"),
         ("run = 3", "'run' in autoresearch.toml must be a table"),
+        ('[evolve]\nselection = "best"', "'evolve.selection' must be one of rank, none"),
     ],
 )
 def test_bad_config_names_the_problem(tmp_path, text, expected):

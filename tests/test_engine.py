@@ -27,9 +27,9 @@ LEARNS_SLOWLY = rewrite_constants(candidates.HONEST, {"LR": 0.001})  # barely mo
 
 def committed(repo, source: str) -> str:
     (repo / "train.py").write_text(source)
-    r = git.Repo(repo)
-    r.index.add(["train.py", "autoresearch.toml"])
-    return r.index.commit("baseline for the test").hexsha
+    with git.Repo(repo) as r:  # closed: no git process is left to look like a run's orphan
+        r.index.add(["train.py", "autoresearch.toml"])
+        return r.index.commit("baseline for the test").hexsha
 
 
 def make_engine(repo, proposer, *, budget=1.5, **evolve):
@@ -108,6 +108,32 @@ def test_greedy_drops_a_proposal_prepared_for_a_previous_champion(research_repo)
     assert [rq.parent_id for rq in proposer.requests[:3]] == ["e0001", "e0001", "e0002"]
 
 
+def test_selection_none_makes_every_candidate_a_change_of_the_baseline(research_repo):
+    """Random search: results choose no parent, not even a promotion or a crash."""
+    base = committed(research_repo, FROZEN)
+    broken = LEARNS_SLOWLY.replace(
+        "    harness.handover(", "    raise SystemExit(3)\n    harness.handover("
+    )
+    proposer = ScriptedProposer(
+        [(LEARNS, "better"), (LEARNS_SLOWLY, "slower"), (broken, "broken"),
+         (rewrite_constants(LEARNS, {"LR": 0.1}), "after the crash")]
+    )  # fmt: skip
+    engine = make_engine(
+        research_repo, proposer, selection="none", max_experiments=5, fix_attempts=1
+    )
+    records = engine.run(base)
+    baseline = records[0]
+    assert [r.description for r in records] == [
+        "baseline", "better", "slower", "broken", "after the crash"
+    ]  # fmt: skip
+    assert records[1].promoted and records[3].status == "crash"
+    # "slower" was prepared while "better" trained, and is trained although "better" won.
+    assert {rq.parent_id for rq in proposer.requests} == {baseline.id}
+    assert all(rq.crash_log is None for rq in proposer.requests)  # no fix attempt
+    assert all(r.parent == baseline.id for r in records[1:])
+    assert not any("dropped" in line for line in engine.lines)
+
+
 def test_crashed_candidate_is_handed_back_with_its_log(research_repo):
     base = committed(research_repo, FROZEN)
     broken = LEARNS.replace(
@@ -124,14 +150,6 @@ def test_crashed_candidate_is_handed_back_with_its_log(research_repo):
     assert proposer.requests[1].parent_id == crashed.id
     assert "shape mismatch 42" in proposer.requests[1].crash_log
     assert fixed.parent == crashed.id and fixed.status == "keep"
-
-
-def test_proposer_errors_are_recorded_and_the_run_goes_on(research_repo):
-    base = committed(research_repo, FROZEN)
-    proposer = ScriptedProposer([RuntimeError("model said nonsense"), (LEARNS, "ok")])
-    records = make_engine(research_repo, proposer, max_experiments=2).run(base)
-    assert [r.status for r in records] == ["keep", "invalid", "keep"]
-    assert "model said nonsense" in records[1].reason
 
 
 def test_unusable_proposer_stops_with_its_message(research_repo):
@@ -221,22 +239,6 @@ def test_parent_selection_prefers_good_parents_with_few_children(research_repo):
     engine.records += [rec(10 + i, None, status="crash", parent="e0002") for i in range(5)]
     picks = [engine._choose()[0].id for _ in range(3000)]
     assert picks.count("e0002") < picks.count("e0003")  # 3/6 against 2/1
-
-
-def test_hanging_proposer_is_given_up_and_the_run_goes_on(research_repo):
-    base = committed(research_repo, FROZEN)
-
-    def hang(request):
-        time.sleep(60)
-
-    proposer = ScriptedProposer([hang, (LEARNS, "ok")])
-    t0 = time.monotonic()
-    records = make_engine(research_repo, proposer, max_experiments=2, proposal_timeout=1.0).run(
-        base
-    )
-    assert [r.status for r in records] == ["keep", "invalid", "keep"]
-    assert "no proposal after 1 s" in records[1].reason
-    assert time.monotonic() - t0 < 50  # long before the hung proposer would have answered
 
 
 def test_a_cut_off_candidate_keeps_its_id(research_repo):

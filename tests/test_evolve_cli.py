@@ -1,91 +1,20 @@
-"""`autoresearch evolve` as a user runs it: real subprocesses, SIGKILL, --resume."""
+"""`autoresearch evolve` as a user runs it: real subprocesses, Ctrl-C, bad input.
+
+SIGKILL and SIGINT at random instants followed by --resume are in test_faults.py."""
 
 from __future__ import annotations
 
-import dataclasses
-import os
-import random
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-import git
 import pytest
+from kill_resume import EVOLVE, ledger, wait_gone
 from test_cli import cli, one_line_error
 from test_engine import LEARNS, committed
 
 from autoresearch.constants import rewrite_constants
-from autoresearch.ledger import Ledger
-from autoresearch.workspace import research_branch
-
-EVOLVE = (
-    "evolve",
-    "--population",
-    "2",
-    "--proposer",
-    "random",
-    "--budget",
-    "1",
-    "--calibrate",
-    "0",
-)
-
-
-def ledger(repo: Path) -> list[dict]:
-    """Finished records (a torn last line from the kill is skipped by the reader)."""
-    return [dataclasses.asdict(r) for r in Ledger(repo / ".autoresearch/ledger.jsonl").records()]
-
-
-def processes_in(folder: Path) -> list[int]:
-    """Live processes whose working directory is inside `folder`."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            if os.readlink(f"/proc/{pid}/cwd").startswith(str(folder)):
-                found.append(int(pid))
-        except OSError:
-            continue
-    return found
-
-
-def kill_and_resume_once(repo: Path, seed: int) -> None:
-    """SIGKILL evolve at a random instant after its first record, then --resume to the end."""
-    rng = random.Random(seed)
-    cmd = [sys.executable, "-m", "autoresearch", *EVOLVE, "--tag", "k", "--max-experiments", "4"]
-    proc = subprocess.Popen(cmd, cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not ledger(repo) and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.1)
-    time.sleep(rng.uniform(0, 6))
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    before = ledger(repo)
-    time.sleep(0.5)  # the kernel delivers the parent-death signals
-    runs = repo / ".autoresearch/runs"
-    assert processes_in(runs) == [], "a training or evaluation process outlived evolve"
-
-    result = cli(
-        "evolve", "--resume", "--tag", "k", "--budget", "1", "--max-experiments", "4", cwd=repo
-    )
-    assert result.returncode == 0, result.stderr
-    after = ledger(repo)
-    assert after[: len(before)] == before  # nothing finished was lost or rewritten
-    ids = [r["id"] for r in after]
-    assert len(ids) == len(set(ids))  # no duplicate record
-    trained = [r for r in after if r["status"] != "invalid"]
-    assert len(trained) == 4
-    best = [r for r in after if r["promoted"]][-1]
-    repo_git = git.Repo(repo)
-    assert repo_git.heads[research_branch("k")].commit.hexsha == best["commit"]
-    assert not repo_git.is_dirty() and repo_git.active_branch.name == "main"
-    assert not list(runs.glob("*/pgid")) and processes_in(runs) == []
-
-
-def test_sigkill_at_a_random_instant_then_resume(research_repo):
-    committed(research_repo, LEARNS)
-    kill_and_resume_once(research_repo, seed=int(os.environ.get("AUTORESEARCH_TEST_SEED", "1")))
 
 
 def test_evolve_runs_out_of_the_box_and_prints_a_line_per_experiment(research_repo):
@@ -143,4 +72,4 @@ def test_first_ctrl_c_finishes_the_experiment_then_stops_with_a_leaderboard(rese
     records = ledger(research_repo)
     assert len(records) >= 2  # the experiment in progress was finished and recorded
     assert not list((research_repo / ".autoresearch/runs").glob("*/pgid"))
-    assert processes_in(research_repo / ".autoresearch/runs") == []
+    assert wait_gone(research_repo) == []

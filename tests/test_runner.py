@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-import time
 from pathlib import Path
 
 import candidates
@@ -37,45 +35,19 @@ def test_honest_candidate_is_scored_by_the_harness(research_repo):
     [
         # Whatever it prints, a candidate that hands nothing over has no score.
         (candidates.FAKE_SCORE, "crash", "without calling harness.handover"),
-        (candidates.CRASH, "crash", "boom: the candidate is broken"),  # the last log line
-        (candidates.NO_HANDOVER, "crash", "without calling harness.handover"),
         # Its own clock patched to train 3x longer: the runner's clock decides.
         (candidates.OVER_BUDGET, "timeout", "over the 2 s budget"),
         # Logits that see the next token would score near zero: the evaluator's probe refuses.
         (candidates.PEEKING, "crash", "not causal"),
     ],
-    ids=["fake-score", "crash", "no-handover", "patched-clock", "peeking-model"],
+    ids=["fake-score", "patched-clock", "peeking-model"],
 )
 def test_a_misbehaving_candidate_gets_no_score(research_repo, source, status, reason):
+    """Candidates that try to get a score they did not earn; faults (crashes, hangs, NaN,
+    stray processes, ...) are in test_faults.py."""
     out = run(research_repo, source)
     assert (out.status, out.val_bpb) == (status, None)
     assert reason in out.reason
-
-
-def test_hang_is_killed_at_the_hard_limit(research_repo):
-    t0 = time.monotonic()
-    out = run(research_repo, candidates.HANG, **{"run.budget_seconds": 1, "run.startup_seconds": 2})
-    assert out.status == "timeout"
-    assert time.monotonic() - t0 < 15
-
-
-def test_grandchildren_are_killed(research_repo):
-    out = run(
-        research_repo, candidates.GRANDCHILD, **{"run.budget_seconds": 1, "run.startup_seconds": 2}
-    )
-    assert out.status == "timeout"
-    pid = int((research_repo / "grandchild.pid").read_text())
-    time.sleep(0.2)
-    with pytest.raises(ProcessLookupError):
-        os.kill(pid, 0)
-
-
-def test_nan_loss_fails_fast(research_repo):
-    t0 = time.monotonic()
-    out = run(research_repo, candidates.NAN, **{"run.budget_seconds": 30})
-    assert out.status == "crash"
-    assert "diverged" in out.reason
-    assert time.monotonic() - t0 < 20  # long before the 30 s budget
 
 
 def test_candidate_environment_has_no_secrets(research_repo, monkeypatch):

@@ -56,7 +56,7 @@ def load_manifest(config: Config) -> Manifest:
     get_source(config.data.source)  # an unknown source is the error to report, not missing data
     path = prepared_dir(config) / MANIFEST
     try:
-        return Manifest(**json.loads(path.read_text()))
+        manifest = Manifest(**json.loads(path.read_text()))
     except FileNotFoundError:
         raise UserError(
             f"no prepared data for source '{config.data.source}' with a {config.tokenizer.kind}"
@@ -64,6 +64,30 @@ def load_manifest(config: Config) -> Manifest:
         ) from None
     except (ValueError, TypeError) as e:
         raise UserError(f"{path} is corrupt ({e}): run `autoresearch prepare` again") from None
+    check_prepared(manifest)
+    return manifest
+
+
+def check_prepared(manifest: Manifest) -> None:
+    """Raise a `UserError` unless the tokenizer and token files of `manifest` are intact.
+
+    Damaged data must stop a run before it starts: found inside the candidate's
+    process, it would be recorded as the candidate's crash.
+    """
+    from autoresearch.harness.dataloader import load_token_file
+    from autoresearch.harness.tokenizer import Tokenizer
+
+    hint = "run `autoresearch prepare`"
+    tokenizer = Tokenizer.load(manifest.tokenizer_path)  # missing or corrupt: a UserError
+    if tokenizer.fingerprint != manifest.tokenizer_fingerprint:
+        raise UserError(f"tokenizer {manifest.tokenizer_path} is not the prepared one; {hint}")
+    for path, count in (
+        (manifest.train_path, manifest.train_tokens),
+        (manifest.val_path, manifest.val_tokens),
+    ):
+        found = len(load_token_file(path))  # missing or corrupt: a UserError
+        if found != count:
+            raise UserError(f"token file {path} holds {found:,} tokens, not {count:,}; {hint}")
 
 
 def prepare(config: Config, log: Callable[[str], None]) -> Manifest:
@@ -77,7 +101,10 @@ def prepare(config: Config, log: Callable[[str], None]) -> Manifest:
     train_shards = sorted(shards.glob("train_*.parquet"))
     val_shards = sorted(shards.glob("val_*.parquet"))
     if not train_shards or not val_shards:
-        raise UserError(f"source '{source.name}' made no train or no val shards in {shards}")
+        raise UserError(
+            f"source '{source.name}' made no train or no val shards in {shards}: delete that"
+            " folder and run `autoresearch prepare` again"
+        )
     data_fp = sha256_files(train_shards + val_shards)
 
     out = prepared_dir(config)
@@ -85,10 +112,13 @@ def prepare(config: Config, log: Callable[[str], None]) -> Manifest:
     try:
         manifest = Manifest(**json.loads((out / MANIFEST).read_text()))
         if manifest.data_fingerprint == data_fp:
+            check_prepared(manifest)
             log(f"prepared already: {out}")
             return manifest
     except (FileNotFoundError, ValueError, TypeError):
         pass
+    except UserError as e:  # a damaged tokenizer or token file: make them again
+        log(f"damaged: {e}")
     (out / MANIFEST).unlink(missing_ok=True)  # the data changed: nothing here is valid any more
 
     tokenizer = _make_tokenizer(config, train_shards, out / "tokenizer.json", log)
@@ -131,18 +161,28 @@ def _make_tokenizer(config: Config, train_shards: list[Path], path: Path, log):
 
 
 def _texts(shards: list[Path], max_chars: int | None = None) -> Iterator[str]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     seen = 0
     for shard in shards:
-        for batch in pq.ParquetFile(shard).iter_batches(
-            columns=["text"], batch_size=ENCODE_BATCH_DOCS
-        ):
-            for text in batch.column(0).to_pylist():
-                if max_chars is not None and seen >= max_chars:
-                    return
-                seen += len(text)
-                yield text
+        try:
+            for batch in pq.ParquetFile(shard).iter_batches(
+                columns=["text"], batch_size=ENCODE_BATCH_DOCS
+            ):
+                for text in batch.column(0).to_pylist():
+                    if max_chars is not None and seen >= max_chars:
+                        return
+                    seen += len(text)
+                    yield text
+        except (OSError, pa.ArrowException) as e:  # arrow reports bad compressed data as OSError
+            if isinstance(e, OSError) and e.errno is not None:
+                raise  # the machine's error (permissions, I/O), not the file's content
+            # Deleting the folder works for every source: each rebuilds or fetches what is missing.
+            raise UserError(
+                f"data shard {shard} is damaged ({' '.join(str(e).split())}): delete the folder"
+                f" {shard.parent} and run `autoresearch prepare` again"
+            ) from None
 
 
 def _encoded_docs(tokenizer, shards: list[Path]) -> Iterator[list[int]]:
