@@ -166,6 +166,7 @@ def evolve(
     from autoresearch.ledger import Ledger
     from autoresearch.plugins import notify_experiment_finished
     from autoresearch.progress import LiveProgress
+    from autoresearch.runner import describe_isolation
     from autoresearch.workspace import current_commit, state_dir
 
     repo = find_repo()
@@ -198,7 +199,8 @@ def evolve(
     made = engine.make_proposers(config, specs)
     click.echo(
         f"evolve {run_tag}: population {config.evolve.population}, proposers {', '.join(made)},"
-        f" {config.run.describe_budget()} per experiment; branches autoresearch/{run_tag}*",
+        f" {config.run.describe_budget()} per experiment; branches autoresearch/{run_tag}*;"
+        f" candidates {describe_isolation(config)}",
         err=True,
     )
     runner = engine.Engine(

@@ -256,7 +256,7 @@ def run_experiment(
     """
     t_spawn = time.monotonic()
     manifest = load_manifest(config)
-    isolate = _isolate(config)
+    isolate = use_isolation(config)
     hide_environment()
     run_dir.mkdir(parents=True, exist_ok=True)
     if train_py.resolve() != (run_dir / TRAIN_FILE).resolve():
@@ -382,7 +382,7 @@ def file_states(paths: list[Path]) -> dict[str, tuple[int, ...] | None]:
     return states
 
 
-def _isolate(config: Config) -> bool:
+def use_isolation(config: Config) -> bool:
     """Whether to run the candidate in the sandbox's namespaces; refuses what cannot be had."""
     if config.run.isolation == "off":
         return False
@@ -396,6 +396,15 @@ def _isolate(config: Config) -> bool:
             " and run.network = true"
         )
     return False
+
+
+def describe_isolation(config: Config) -> str:
+    """How candidates will run, in a few words for the start of a search."""
+    if config.run.isolation == "off":
+        return "not isolated (run.isolation = off)"
+    if not use_isolation(config):
+        return "not isolated (no user namespaces here; see docs/threat-model.md)"
+    return "isolated" + ("" if config.run.network else ", without network")
 
 
 def sandbox_spec(

@@ -84,3 +84,26 @@ def test_training_seconds_measured_by_the_runner(research_repo):
 )
 def test_crash_reason_is_the_error_line_of_the_log(log, expected):
     assert error_line(log) == expected
+
+
+@pytest.mark.parametrize(
+    ("settings", "refused"),
+    [
+        ({"run.isolation": "on"}, True),
+        ({"run.network": False}, True),
+        ({"run.isolation": "auto"}, False),  # falls back to the guard and the file states
+    ],
+)
+def test_isolation_that_cannot_be_had_is_refused_up_front(
+    research_repo, monkeypatch, settings, refused
+):
+    import autoresearch.runner as runner
+    from autoresearch.errors import UserError
+
+    monkeypatch.setattr(runner, "isolation_works", lambda: False)
+    config = load_config(research_repo, settings)
+    if refused:
+        with pytest.raises(UserError, match="unprivileged user namespaces"):
+            runner.use_isolation(config)
+    else:
+        assert runner.use_isolation(config) is False
