@@ -32,7 +32,7 @@ def test_tiny_baseline_learns_in_seconds(research_repo):
     out = train(research_repo, (BASELINES / "tiny/train.py").read_text(), budget=8)
     assert out.status == "keep", out.reason
     assert out.val_bpb < UNIFORM_BPB - 3, out.val_bpb  # clearly learnt something
-    assert out.num_steps > 10
+    assert out.num_steps > 3  # a busy machine may manage only a few steps in 8 s
 
 
 def test_gpt_baseline_runs_on_cpu_when_shrunk(research_repo):
