@@ -14,13 +14,10 @@ baseline). Target: slow reaches at least 90% of instant's duty cycle.
 from __future__ import annotations
 
 import argparse
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import git
+from common import tiny_repo
 from tabulate import tabulate
 
 from autoresearch.config import load_config
@@ -41,14 +38,7 @@ class Sleepy:
 
 
 def arm(name: str, delay: float, prefetch: int, args) -> list:
-    root = Path(tempfile.mkdtemp(prefix=f"bench-duty-{name}-"))
-    subprocess.run(
-        [sys.executable, "-m", "autoresearch", "init", str(root / "r"), "--baseline", "tiny"],
-        check=True, stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    repo = root / "r"
-    subprocess.run([sys.executable, "-m", "autoresearch", "prepare"], cwd=repo, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    repo = tiny_repo(f"bench-duty-{name}-")
     overrides = {
         "run.budget_seconds": args.budget, "evolve.calibrate": 0, "evolve.population": 4,
         "evolve.prefetch": prefetch, "evolve.max_experiments": args.experiments + 1,

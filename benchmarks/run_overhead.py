@@ -18,13 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import autoresearch
 from tabulate import tabulate
 
 PHASES = ("startup", "training", "export", "exit", "evaluation")
-
-
-def autoresearch(*args: str, cwd: Path) -> None:
-    subprocess.run([sys.executable, "-m", "autoresearch", *args], cwd=cwd, check=True)
 
 
 def main() -> None:

@@ -4,12 +4,16 @@ It is the control every other proposer is judged against, so it is kept
 simple and blind: it reads nothing but the parent's `ALL_CAPS = literal`
 constants and the request's seeded generator, which also makes it
 deterministic for a seed and safe to call from several threads at once.
+`include` and `exclude` (as for the optuna proposer) say which constants it
+may change: leave out the ones that must stay consistent with each other
+(N_HEAD must divide MODEL_DIM) or that change nothing but the speed.
 """
 
 from __future__ import annotations
 
 import math
 import random
+from typing import Any
 
 from autoresearch import hookimpl
 from autoresearch.constants import Value, format_value, read_constants, rewrite_constants
@@ -18,7 +22,12 @@ from autoresearch.plugins import check_option_names
 from autoresearch.proposal import Proposal, ProposalRequest
 
 NAME = "random"
-DEFAULTS = {"max_changes": 3, "sigma": 0.3}  # sigma 0.3: a typical float moves by ~30%
+DEFAULTS: dict[str, Any] = {
+    "max_changes": 3,
+    "sigma": 0.3,  # a typical float moves by ~30%
+    "include": None,  # only these constants (default: every numeric or bool one)
+    "exclude": (),  # never these constants
+}
 INT_SCALE = 0.25  # the larger of the two int steps: ±25%
 POW2_MIN = 16  # powers of two from here are sizes: double or halve, keep divisibility
 SIGNIFICANT = 3  # floats are written with three significant digits: tidy diffs
@@ -35,13 +44,26 @@ class RandomProposer:
 
     name = NAME
 
-    def __init__(self, max_changes: int = 3, sigma: float = 0.3) -> None:
+    def __init__(
+        self,
+        max_changes: int = 3,
+        sigma: float = 0.3,
+        include: list[str] | None = None,
+        exclude: list[str] | tuple[str, ...] = (),
+    ) -> None:
         if isinstance(max_changes, bool) or not isinstance(max_changes, int) or max_changes < 1:
             raise UserError(f"random proposer: max_changes must be an int >= 1: {max_changes!r}")
         if not isinstance(sigma, (int, float)) or not 0 < sigma <= 3:
             raise UserError(f"random proposer: sigma must be a number in (0, 3]: {sigma!r}")
+        for option, names in (("include", include), ("exclude", exclude)):
+            if names is not None and (
+                isinstance(names, str) or not all(isinstance(n, str) for n in names)
+            ):
+                raise UserError(f"random proposer: {option} must be a list of constant names")
         self.max_changes = max_changes
         self.sigma = float(sigma)
+        self.include = None if include is None else set(include)
+        self.exclude = set(exclude)
 
     @classmethod
     def from_options(cls, options: dict) -> RandomProposer:
@@ -51,9 +73,16 @@ class RandomProposer:
     def propose(self, request: ProposalRequest) -> Proposal:
         rng = request.rng
         constants = read_constants(request.parent_source)
-        candidates = [name for name, value in constants.items() if _tunable(name, value)]
+        candidates = [
+            name for name, value in constants.items()
+            if _tunable(name, value) and self._wanted(name)
+        ]  # fmt: skip
         if not candidates:
-            raise UserError("random proposer: train.py has no numeric or bool constants to change")
+            limited = self.include is not None or self.exclude
+            raise UserError(
+                "random proposer: train.py has no numeric or bool constants to change"
+                + (" among those its include and exclude options allow" if limited else "")
+            )
         count = rng.randint(1, min(self.max_changes, len(candidates)))
         chosen = rng.sample(candidates, count)
         changes = {name: perturb(constants[name], rng, self.sigma) for name in chosen}
@@ -63,6 +92,9 @@ class RandomProposer:
             for name, new in changes.items()
         )
         return Proposal(source=source, description=description)
+
+    def _wanted(self, name: str) -> bool:
+        return name not in self.exclude and (self.include is None or name in self.include)
 
 
 def _tunable(name: str, value: Value) -> bool:

@@ -137,6 +137,26 @@ def test_random_refuses_a_file_without_constants():
         RandomProposer().propose(make_request("from autoresearch import harness\nNAME = 'x'\n"))
 
 
+def test_random_changes_only_what_include_and_exclude_allow():
+    old = read_constants(SOURCE)
+    limited = {
+        RandomProposer(include=["LR", "DEPTH", "NOT_THERE"]): {"LR", "DEPTH"},
+        RandomProposer(exclude=["LR", "DEPTH", "USE_BIAS"]): {"WARMUP_RATIO", "DEVICE_BATCH_SIZE"},
+    }
+    for proposer, allowed in limited.items():
+        changed = set()
+        for seed in range(30):
+            new = read_constants(proposer.propose(make_request(SOURCE, seed=seed)).source)
+            changed |= {k for k in old if old[k] != new[k]}
+        assert changed == allowed
+    pm = build_plugin_manager(allowed="")
+    assert make_proposer("random", {"include": ["LR"]}, pm).include == {"LR"}
+    with pytest.raises(UserError, match="include must be a list of constant names"):
+        make_proposer("random", {"include": "LR"}, pm)
+    with pytest.raises(UserError, match="among those its include and exclude options allow"):
+        RandomProposer(include=["ACTIVATION", "SEED"]).propose(make_request(SOURCE))
+
+
 # ---------------------------------------------------------------------------
 # optuna
 # ---------------------------------------------------------------------------
