@@ -355,16 +355,18 @@ def hide_environment() -> None:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
 
 
-def research_root(train_py: Path) -> Path:
-    """The research repo a candidate belongs to: the nearest folder with autoresearch.toml."""
+def research_root(train_py: Path) -> Path | None:
+    """The research repo a candidate belongs to (the nearest folder with autoresearch.toml),
+    or None for a run folder outside any (a benchmark's, a library user's)."""
     folder = train_py.resolve().parent
-    return next((p for p in (folder, *folder.parents) if (p / CONFIG_FILE).exists()), folder)
+    return next((p for p in (folder, *folder.parents) if (p / CONFIG_FILE).exists()), None)
 
 
-def protected_files(root: Path, manifest: Manifest) -> list[Path]:
+def protected_files(root: Path | None, manifest: Manifest) -> list[Path]:
     """Files no run may change: every later score depends on them."""
-    files = [root / name for name in PROTECTED_FILES] + [root / STATE_DIR / LEDGER_FILE]
-    files += Path(manifest.folder).iterdir()
+    files = list(Path(manifest.folder).iterdir())
+    if root:
+        files += [root / name for name in PROTECTED_FILES] + [root / STATE_DIR / LEDGER_FILE]
     # Sources only: any Python process may (re)write the byte-code caches beside them.
     files += (PACKAGE_DIR / "harness").glob("*.py")
     return files
@@ -408,13 +410,18 @@ def describe_isolation(config: Config) -> str:
 
 
 def sandbox_spec(
-    train_py: Path, config: Config, run_dir: Path, root: Path, manifest: Manifest, isolate: bool
+    train_py: Path,
+    config: Config,
+    run_dir: Path,
+    root: Path | None,
+    manifest: Manifest,
+    isolate: bool,
 ) -> SandboxSpec:
     """How the sandbox runs `train_py`: its command, environment and what it may touch."""
     spec_path = run_dir / SANDBOX_SPEC
     hidden = [manifest.val_path, cache_root() / "data"]  # raw shards hold the validation text
     if config.data.source == "folder" and config.data.path:
-        hidden.append((root / config.data.path).resolve())
+        hidden.append(((root or Path.cwd()) / config.data.path).resolve())
     env = minimal_env({
         CONTEXT_ENV: str(run_dir / "context.json"),
         "PYTHONDONTWRITEBYTECODE": "1",  # no .pyc written next to the harness by anyone
@@ -427,7 +434,7 @@ def sandbox_spec(
         isolate=isolate,
         network=config.run.network,
         hidden=[str(p) for p in hidden],
-        readonly=[str(p) for p in (root, cache_root(), PACKAGE_DIR)],
+        readonly=[str(p) for p in (root, cache_root(), PACKAGE_DIR) if p],
         writable=[str(run_dir.resolve())],
     )
     spec.save(spec_path)

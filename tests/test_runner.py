@@ -107,3 +107,13 @@ def test_isolation_that_cannot_be_had_is_refused_up_front(
             runner.use_isolation(config)
     else:
         assert runner.use_isolation(config) is False
+
+
+def test_a_run_folder_outside_any_research_repo_still_runs(research_repo, tmp_path):
+    """Library users and benchmarks may run a train.py from anywhere: its run folder stays
+    writable and the score is the harness's."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "train.py").write_text(candidates.HONEST)
+    out = run_experiment(elsewhere / "train.py", load_config(research_repo), elsewhere / "run")
+    assert out.status == "keep", out.reason
