@@ -36,7 +36,13 @@ from autoresearch.harness.events import LOSS_LIMIT
 from autoresearch.harness.fingerprint import harness_fingerprint, sha256_file
 from autoresearch.harness.handover import META_FILE
 from autoresearch.harness.prepare import Manifest, load_manifest
-from autoresearch.harness.sandbox import SandboxSpec, isolation_works
+from autoresearch.harness.sandbox import (
+    PR_SET_DUMPABLE,
+    PR_SET_PDEATHSIG,
+    SandboxSpec,
+    isolation_works,
+    prctl,
+)
 from autoresearch.ledger import Record
 from autoresearch.workspace import LEDGER_FILE, PROTECTED_FILES, STATE_DIR, TRAIN_FILE
 
@@ -65,7 +71,6 @@ LAST_STEP_SHARE = 0.10
 EVAL_TIMEOUT_SECONDS = 900.0
 POLL_SECONDS = 0.05
 EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b.*")
-PR_SET_PDEATHSIG, PR_SET_DUMPABLE = 1, 4  # prctl options (linux/prctl.h)
 PGID_FILE = "pgid"  # in the run folder while its process group may be alive
 HANDOVER_DIR = "handover"  # in the run folder: the model as the candidate handed it over
 SANDBOX_SPEC = "sandbox.json"  # in the run folder: what the sandbox did for this run
@@ -173,10 +178,7 @@ class Events:
 
 def die_with_parent() -> None:
     """In the child, before exec: the kernel SIGKILLs it if the runner dies, even by SIGKILL."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def kill_leftovers(runs: Path) -> None:
@@ -262,7 +264,7 @@ def run_experiment(
     if train_py.resolve() != (run_dir / TRAIN_FILE).resolve():
         shutil.copyfile(train_py, run_dir / TRAIN_FILE)
         train_py = run_dir / TRAIN_FILE
-    ctx = build_context(config, run_dir / HANDOVER_DIR)
+    ctx = build_context(config, run_dir / HANDOVER_DIR, manifest)
     ctx.save(run_dir / "context.json")
     fingerprints = {
         "harness": harness_fingerprint(),
@@ -349,10 +351,7 @@ def hide_environment() -> None:
     A process that is not dumpable has its /proc files owned by root. This stops a candidate
     run by an ordinary user even without isolation; root needs the sandbox's namespaces.
     """
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    prctl(PR_SET_DUMPABLE, 0)
 
 
 def research_root(train_py: Path) -> Path | None:
@@ -426,7 +425,7 @@ def sandbox_spec(
         CONTEXT_ENV: str(run_dir / "context.json"),
         "PYTHONDONTWRITEBYTECODE": "1",  # no .pyc written next to the harness by anyone
     })  # fmt: skip
-    spec = SandboxSpec(
+    return SandboxSpec(
         argv=[sys.executable, "-m", "autoresearch.harness.guard", str(spec_path), train_py.name],
         cwd=str(train_py.parent),
         env=env,
@@ -437,8 +436,6 @@ def sandbox_spec(
         readonly=[str(p) for p in (root, cache_root(), PACKAGE_DIR) if p],
         writable=[str(run_dir.resolve())],
     )
-    spec.save(spec_path)
-    return spec
 
 
 @dataclass
@@ -456,7 +453,7 @@ def _supervise(
     t_spawn = time.monotonic()
     read_fd, write_fd = os.pipe()
     sandbox.env[EVENTS_ENV] = str(write_fd)
-    sandbox.save(run_dir / SANDBOX_SPEC)
+    sandbox.save(run_dir / SANDBOX_SPEC)  # read by the sandbox, and by the guard it starts
     with open(run_dir / SANDBOX_LOG, "wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "autoresearch.harness.sandbox", str(run_dir / SANDBOX_SPEC)],

@@ -16,8 +16,12 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from autoresearch.config import Config, load_config
+
+if TYPE_CHECKING:
+    from autoresearch.harness.prepare import Manifest
 
 CONTEXT_ENV = "AUTORESEARCH_CONTEXT"  # path of context.json, set by the runner
 EVENTS_ENV = "AUTORESEARCH_EVENTS_FD"  # file descriptor for progress events, set by the runner
@@ -52,11 +56,14 @@ def resolve_device(name: str) -> str:
     return name
 
 
-def build_context(config: Config, handover_dir: Path) -> RunContext:
-    """The context for one run of `config`; needs `autoresearch prepare` to have run."""
+def build_context(
+    config: Config, handover_dir: Path, manifest: Manifest | None = None
+) -> RunContext:
+    """The context for one run of `config`; needs `autoresearch prepare` to have run
+    (`manifest`, where the caller has loaded and checked it already)."""
     from autoresearch.harness.prepare import load_manifest
 
-    manifest = load_manifest(config)
+    manifest = manifest or load_manifest(config)
     return RunContext(
         device=resolve_device(config.run.device),
         seed=config.run.seed,

@@ -57,7 +57,7 @@ MS_NOATIME, MS_NODIRATIME, MS_RELATIME = 1024, 2048, 1 << 21
 # statvfs f_flag bit -> mount flag: a remount in a user namespace must keep the locked ones.
 KEPT_FLAGS = {2: MS_NOSUID, 4: MS_NODEV, 8: MS_NOEXEC, 1024: MS_NOATIME, 2048: MS_NODIRATIME,
               4096: MS_RELATIME}  # fmt: skip
-PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 36, 38
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 4, 36, 38
 PR_CAPBSET_DROP, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 24, 47, 4
 # Run by the probe's candidate: it is init of its PID namespace, cannot write the read-only
 # folder and cannot unmount it.
@@ -93,7 +93,7 @@ class SandboxSpec:
 # ---------------------------------------------------------------------------
 def main(spec_path: str) -> int:
     spec = SandboxSpec.load(spec_path)
-    _prctl(PR_SET_CHILD_SUBREAPER, 1)  # orphans of the candidate come to us, not to init
+    prctl(PR_SET_CHILD_SUBREAPER, 1)  # orphans of the candidate come to us, not to init
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)  # a user's own lower limit stays
     soft = FILE_SIZE_LIMIT if hard == resource.RLIM_INFINITY else min(FILE_SIZE_LIMIT, hard)
@@ -105,7 +105,7 @@ def main(spec_path: str) -> int:
     pid = os.fork()
     if pid == 0:  # the candidate: pid 1 of its namespace when isolated
         try:
-            _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+            prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
             if spec.isolate:
                 mount_own_proc()
                 drop_capabilities()
@@ -244,9 +244,9 @@ def drop_capabilities() -> None:
     namespaces too, and could unmount what hides the validation data.
     """
     for cap in range(LAST_CAPABILITY + 1):
-        _libc().prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
-    _libc().prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
-    _libc().prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+        prctl(PR_CAPBSET_DROP, cap)
+    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
+    prctl(PR_SET_NO_NEW_PRIVS, 1)
 
 
 @functools.cache
@@ -296,7 +296,8 @@ def _check(result: int, what: str) -> None:
         raise OSError(errno, f"sandbox: {what}: {os.strerror(errno)}")
 
 
-def _prctl(option: int, value: int) -> None:
+def prctl(option: int, value: int) -> None:
+    """prctl(2) on Linux; elsewhere nothing (those protections are Linux's)."""
     if sys.platform.startswith("linux"):
         _libc().prctl(option, value, 0, 0, 0)
 
