@@ -15,7 +15,14 @@ from autoresearch import __version__
 from autoresearch.config import DEVICES, load_config
 from autoresearch.errors import UserError, os_error_message
 from autoresearch.plugins import add_plugin_commands
-from autoresearch.workspace import BASELINES, LEDGER_FILE, RESULTS_FILE, find_repo
+from autoresearch.workspace import (
+    BASELINES,
+    EXPORTS_DIR,
+    LEDGER_FILE,
+    PLOT_FILE,
+    RESULTS_FILE,
+    find_repo,
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -144,11 +151,19 @@ def run(
 @click.option(
     "--budget-tokens", type=int, help="Train on this many tokens instead (run.budget_tokens)."
 )
-@click.option("--max-experiments", type=int, help="Stop after this many experiments in the tag.")
-@click.option("--hours", type=float, help="Stop after this many hours.")
+@click.option(
+    "--max-experiments",
+    type=int,
+    help="Stop after this many trainings in the tag, the baseline and its repeats included.",
+)
+@click.option("--hours", type=float, help="Stop after this many hours (over all resumes).")
 @click.option("--max-cost-usd", type=float, help="Stop when proposers have spent this much.")
 @click.option("--calibrate", type=int, help="Extra baseline runs to measure the noise.")
-@click.option("--resume", is_flag=True, help="Continue the latest (or --tag) run where it stopped.")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue the latest (or --tag) run where it stopped, with the settings it started with.",
+)
 def evolve(
     population: int | None,
     proposers: tuple[str, ...],
@@ -162,12 +177,14 @@ def evolve(
     resume: bool,
 ) -> None:
     """Search for a better train.py: a population of candidates on git branches, overnight."""
-    from autoresearch import engine
+    from autoresearch import engine, tags
+    from autoresearch.engine import RunLock
     from autoresearch.ledger import Ledger
     from autoresearch.plugins import notify_experiment_finished
+    from autoresearch.population import champion, limit_reached, tag_records
     from autoresearch.progress import LiveProgress
     from autoresearch.runner import describe_isolation
-    from autoresearch.workspace import current_commit, state_dir
+    from autoresearch.workspace import TRAIN_FILE, current_commit, read_train, state_dir
 
     repo = find_repo()
     overrides = {
@@ -182,46 +199,82 @@ def evolve(
         "evolve.calibrate": calibrate,
     }
     config = load_config(repo, overrides)
-    _check_ready(config)
-    commit = current_commit(repo)
-    if not commit.sha:
-        raise UserError(
-            f"{repo} has no git commit, and evolve keeps candidates on git branches: commit"
-            " train.py first (git init; git add -A; git commit -m baseline)"
+    state = state_dir(repo)
+    with RunLock(state):  # a second evolve says only that one is running, before anything
+        commit = current_commit(repo)
+        if not commit.sha:
+            raise UserError(
+                f"{repo} has no git commit, and evolve keeps candidates on git branches: commit"
+                " train.py first (git init; git add -A; git commit -m baseline)"
+            )
+        if commit.dirty and not resume:
+            raise UserError("train.py has uncommitted changes: commit or stash them, then evolve")
+        ledger = Ledger(state / LEDGER_FILE)
+        records = ledger.records()
+        _warn(ledger)
+        run_tag = engine.pick_tag(repo, records, config.evolve.tag, resume)
+        remembered = tags.load(state, run_tag) if resume else None
+        if remembered:
+            explicit = {k: v for k, v in overrides.items() if v is not None}
+            measured = champion(tag_records(records, run_tag)) is not None
+            again, notes = tags.resume_overrides(
+                remembered.settings, tags.settings_of(config), explicit, run_tag, measured
+            )
+            for note in notes:
+                click.echo(note, err=True)
+            config = load_config(repo, overrides | again)
+        s = config.evolve
+        elapsed = remembered.elapsed_seconds if remembered else 0.0
+        reached = limit_reached(
+            tag_records(records, run_tag), elapsed, s.max_experiments, s.hours, s.max_cost_usd
         )
-    if commit.dirty and not resume:
-        raise UserError("train.py has uncommitted changes: commit or stash them, then evolve")
-    ledger = Ledger(state_dir(repo) / LEDGER_FILE)
-    records = ledger.records()
-    _warn(ledger)
-    run_tag = engine.pick_tag(repo, records, config.evolve.tag, resume)
-    specs = config.evolve.proposers or engine.default_proposers()
-    made = engine.make_proposers(config, specs)
-    click.echo(
-        f"evolve {run_tag}: population {config.evolve.population}, proposers {', '.join(made)},"
-        f" {config.run.describe_budget()} per experiment; branches autoresearch/{run_tag}*;"
-        f" candidates {describe_isolation(config)}",
-        err=True,
-    )
-    runner = engine.Engine(
-        repo, config, run_tag, made, say=click.echo, progress=LiveProgress,
-        notify=notify_experiment_finished,
-    )  # fmt: skip
-    try:
-        records = runner.run(commit.sha)
-    except OSError as e:  # a full disk, say: everything recorded so far is safe, so resume
-        retry = f"`autoresearch evolve --resume --tag {run_tag}`"  # the tag may have no record yet
-        raise UserError(os_error_message(e, retry)) from e
-    best = runner.champion()
-    if best and records:
-        from autoresearch.report import format_table, leaderboard_rows, select
+        if resume and reached:
+            click.echo(
+                f"tag {run_tag!r} already {reached}: nothing to do; to go on, raise the limit"
+                f" (`autoresearch evolve --resume --tag {run_tag} --max-experiments N`,"
+                " --hours or --max-cost-usd)"
+            )
+            return
+        _check_ready(config)
+        specs = config.evolve.proposers or engine.default_proposers()
+        made = engine.make_proposers(config, specs)
+        runner = engine.Engine(
+            repo, config, run_tag, made, say=click.echo, progress=LiveProgress,
+            notify=notify_experiment_finished,
+        )  # fmt: skip
+        start = runner.baseline_commit(commit.sha)
+        if start:
+            _check_compiles(repo / TRAIN_FILE, read_train(repo, start), committed=True)
+        limit = (
+            f"; stops after {s.max_experiments} experiments (the baseline and"
+            f" {s.calibrate} noise repeats included)"
+            if s.max_experiments
+            else ""
+        )
+        click.echo(
+            f"evolve {run_tag}: population {s.population}, proposers {', '.join(made)},"
+            f" {config.run.describe_budget()} per experiment{limit}; branches"
+            f" autoresearch/{run_tag}*; candidates {describe_isolation(config)}",
+            err=True,
+        )
+        try:
+            records = runner.run(commit.sha)
+        except OSError as e:  # a full disk, say: everything recorded so far is safe, so resume
+            retry = f"`{runner.resume_command()}`"  # the tag may have no record yet
+            raise UserError(os_error_message(e, retry)) from e
+    if records and runner.champion():
+        from autoresearch.report import evolve_summary, format_table, leaderboard_rows, select
 
-        selection = select(records, tag=run_tag, population_size=config.evolve.population)
+        selection = select(records, tag=run_tag, population_size=s.population)
         click.echo(format_table(leaderboard_rows(records, selection.records)))
         click.echo(
-            f"best: {best.id} val_bpb {best.val_bpb:.6f} ({best.val_bpb - records[0].val_bpb:+.6f}"
-            f" against the baseline) on branch autoresearch/{run_tag}; {len(records)} experiments,"
-            f" device idle {runner.idle_seconds:.0f} s waiting for proposals"
+            evolve_summary(
+                records,
+                threshold=runner.threshold(),
+                stop_reason=runner.stop_reason,
+                resume=runner.resume_command(),
+                idle_seconds=runner.idle_seconds,
+            )
         )
 
 
@@ -315,18 +368,17 @@ def leaderboard(
     "-o",
     "--output",
     type=click.Path(path_type=Path, dir_okay=False),
-    default="progress.png",
-    show_default=True,
-    help="Image file; .png, .svg or .pdf.",
+    help="Image file; .png, .svg or .pdf.  [default: .autoresearch/progress.png]",
 )
 @click.option("--tag", help='The evolve run to plot (default: the latest; "" for `run`).')
 @click.option("--all", "everything", is_flag=True, help="Every tag in one figure.")
-def plot(output: Path, tag: str | None, everything: bool) -> None:
+def plot(output: Path | None, tag: str | None, everything: bool) -> None:
     """Draw val_bpb of every experiment, the running best, failures and spend."""
     from autoresearch.plot import plot_progress
     from autoresearch.report import latest_tag, select
 
-    _, _, ledger = _read_ledger()
+    _, state, ledger = _read_ledger()
+    output = output or state / PLOT_FILE  # git-ignored: the research repo stays clean
     records = _records(ledger)
     if not everything and tag is None:
         tag = latest_tag(records)  # one run's story; --all for every tag
@@ -363,15 +415,21 @@ def show(candidate: str) -> None:
     "-o",
     "--output",
     type=click.Path(path_type=Path, dir_okay=False, allow_dash=True),
-    help="Where to write; - for stdout.  [default: results.tsv, ledger.parquet or ledger.jsonl]",
+    help="Where to write; - for stdout.  [default: .autoresearch/exports/results.tsv,"
+    " ledger.parquet or ledger.jsonl]",
 )
 def export(fmt: str, output: Path | None) -> None:
     """Write the ledger for other tools: results.tsv, parquet or JSONL."""
     from autoresearch.report import DEFAULT_EXPORT_NAMES
     from autoresearch.report import export as export_ledger
 
-    _, _, ledger = _read_ledger()
-    path = None if str(output) == "-" else (output or Path(DEFAULT_EXPORT_NAMES[fmt]))
+    _, state, ledger = _read_ledger()
+    default = state / EXPORTS_DIR / DEFAULT_EXPORT_NAMES[fmt]  # git-ignored, beside the ledger
+    path = None if str(output) == "-" else (output or default)
+    if path is not None and path.resolve() == ledger.path.resolve():
+        raise UserError(f"{path} is the ledger itself: choose another file with -o")
+    if path == default:
+        path.parent.mkdir(parents=True, exist_ok=True)
     count = export_ledger(ledger, fmt, path)
     _warn(ledger)
     if path is not None:
@@ -435,17 +493,24 @@ def _check_ready(config) -> None:
             )
 
 
-def _check_compiles(train_py: Path) -> None:
-    try:
-        source = train_py.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(
-            f"{train_py} is missing: restore it with `git checkout -- train.py`"
-        ) from None
+def _check_compiles(train_py: Path, source: str | None = None, committed: bool = False) -> None:
+    """Refuse a train.py that does not parse, with its line, before anything trains.
+    `source`: the text to check (the committed one for evolve), else the file's."""
+    if source is None:
+        try:
+            source = train_py.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            from autoresearch.workspace import current_commit
+
+            in_git = bool(current_commit(train_py.parent).sha)
+            how = "restore it with `git checkout -- train.py`" if in_git else "put one back"
+            raise UserError(f"{train_py} is missing: {how}") from None
     try:
         compile(source, str(train_py), "exec")
     except SyntaxError as e:
-        raise UserError(f"train.py line {e.lineno}: {e.msg}: fix it and run again") from None
+        what = "the committed train.py" if committed else "train.py"
+        fix = "fix it, commit it" if committed else "fix it"
+        raise UserError(f"{what} line {e.lineno}: {e.msg}: {fix} and run again") from None
 
 
 @cli.command("plugins")

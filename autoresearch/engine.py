@@ -40,7 +40,6 @@ import queue
 import random
 import shutil
 import signal
-import statistics
 import threading
 import time
 from collections.abc import Callable
@@ -48,11 +47,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from autoresearch import population as pop
+from autoresearch import tags
 from autoresearch.atomic import write_text
 from autoresearch.config import Config
 from autoresearch.constants import depth_of
 from autoresearch.errors import UserError
 from autoresearch.ledger import Ledger, Record
+from autoresearch.population import BASELINE, CALIBRATE
 from autoresearch.progress import LiveProgress
 from autoresearch.proposal import HistoryEntry, Proposal, ProposalRequest, Proposer, Usage
 from autoresearch.redact import redact
@@ -68,6 +69,7 @@ from autoresearch.workspace import (
     candidate_branch,
     commit_candidate,
     commit_message,
+    commit_result,
     read_train,
     research_branch,
     set_branch,
@@ -79,7 +81,9 @@ PROPOSALS_DIR = "proposals"  # a proposer's scratch folder, moved into the run f
 # and tail. An LLM reply of max_tokens is ~30 KB, a prompt with a 200 KB train.py ~250 KB.
 SCRATCH_FILE_BYTES = 512 * 2**10
 FAILED = ("crash", "timeout", "invalid")
-BASELINE, CALIBRATE = "baseline", "calibrate"  # proposer names of the non-proposed runs
+# Plain words when the baseline shows that results will be noise (docs/evolve.md).
+FEW_STEPS = 100  # optimizer steps of the baseline below which the machine is too slow or busy
+NOISY_FRACTION = 0.01  # a promotion threshold above 1% of the baseline's val_bpb
 
 
 @dataclass
@@ -102,15 +106,21 @@ class StopNow(Exception):
 
 class RunLock:
     """One experiment process (`evolve` or `run`) per research repo: experiments never share
-    the device. An exclusive flock, released by the OS if the holder dies."""
+    the device. An exclusive flock, released by the OS if the holder dies. Reentrant within
+    a process, so the command line can take it before it prints anything and the engine
+    still holds it when used on its own."""
+
+    _held: dict[Path, list[int]] = {}  # path -> [fd, depth] of the locks this process holds
 
     def __init__(self, state: Path):
-        self.path = state / LOCK_FILE
-        self._fd: int | None = None
+        self.path = (state / LOCK_FILE).resolve()
 
     def __enter__(self) -> RunLock:
         import fcntl
 
+        if self.path in self._held:
+            self._held[self.path][1] += 1
+            return self
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -123,13 +133,18 @@ class RunLock:
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._fd = fd
+        self._held[self.path] = [fd, 1]
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._fd is not None:
-            os.ftruncate(self._fd, 0)
-            os.close(self._fd)  # closing releases the flock
+        held = self._held.get(self.path)
+        if held is None:
+            return
+        held[1] -= 1
+        if held[1] == 0:
+            del self._held[self.path]
+            os.ftruncate(held[0], 0)
+            os.close(held[0])  # closing releases the flock
 
 
 class Engine:
@@ -154,6 +169,8 @@ class Engine:
         self.records = pop.tag_records(self.ledger.records(), tag)
         self.rng = random.Random(f"{config.run.seed}-{tag}")
         self.program = (repo / PROGRAM_FILE).read_text(encoding="utf-8")
+        remembered = tags.load(self.state, tag)
+        self.elapsed_before = remembered.elapsed_seconds if remembered else 0.0  # earlier sessions
         self.started = time.monotonic()
         self.stop_requested = False
         self.stop_reason = ""
@@ -169,27 +186,30 @@ class Engine:
     def run(self, base_commit: str) -> list[Record]:
         """Run until a limit or Ctrl-C; returns this tag's records."""
         with RunLock(self.state), self._signals():
+            self._save_tag()
             kill_leftovers(self.state / "runs")
             # Proposals in flight when an earlier run was killed left their scratch folders;
             # this run numbers its proposals from 1 again and must not adopt their files.
             shutil.rmtree(self.state / PROPOSALS_DIR, ignore_errors=True)
             try:
+                self._reconcile_results()
                 self._reconcile_research_branch()
                 self._baseline(base_commit)
                 self._rerun_interrupted()
                 self._calibrate()
                 self._search()
             except StopNow:
-                self.say("stopped")
+                self.stop_reason = self.stop_reason or "stopped at once (second Ctrl-C or SIGTERM)"
+                self.say(f"stopped: continue with `{self.resume_command()}`")
             finally:
                 self._write_status(phase="idle", experiment=None)
+                self._save_tag()
         return self.records
 
     def _baseline(self, base_commit: str) -> None:
-        if pop.champion(self.records):
+        sha = self.baseline_commit(base_commit)
+        if sha is None:
             return
-        # On resume of a run cut off during its baseline, the research branch names it.
-        sha = branch_sha(self.repo, research_branch(self.tag)) or base_commit
         set_branch(self.repo, research_branch(self.tag), sha)
         source = read_train(self.repo, sha)
         cid = self._next_id()
@@ -201,13 +221,31 @@ class Engine:
         )
         if record.status != "keep":
             raise UserError(
-                f"the baseline failed ({record.status}: {record.reason}); fix train.py, the budget"
-                f" or the data first (log: {self.state / 'runs' / record.id / 'run.log'})"
+                f"the baseline failed ({record.status}: {record.reason}); fix train.py (and commit"
+                f" it), the budget or the data, then `{self.resume_command()}`"
+                f" (log: {self.state / 'runs' / record.id / 'run.log'})"
             )
+        if record.num_steps < FEW_STEPS:
+            self.say(
+                f"warning: the baseline made only {record.num_steps} optimizer steps in"
+                f" {record.training_seconds:.0f} s: this machine is too slow or too busy for this"
+                " budget, and val_bpb will be mostly noise; give a longer --budget, or"
+                " --budget-tokens to compare on equal work"
+            )
+
+    def baseline_commit(self, head: str) -> str | None:
+        """The commit the baseline will train; None once it has trained. A run cut off during
+        its baseline trains what the research branch names; after a baseline that failed, the
+        user's fix: `head`, the commit checked out now."""
+        if pop.champion(self.records):
+            return None
+        failed_before = any(r.proposer == BASELINE for r in self.records)
+        return (None if failed_before else branch_sha(self.repo, research_branch(self.tag))) or head
 
     def _calibrate(self) -> None:
         """Repeat the baseline to measure how much val_bpb varies for the same code."""
-        baseline = self.records[0]
+        baseline = pop.baseline(self.records)
+        assert baseline is not None, "the baseline is recorded before the calibration"
         done = sum(r.proposer == CALIBRATE for r in self.records)
         for i in range(done, self.settings.calibrate):
             if self._should_stop():
@@ -217,7 +255,21 @@ class Engine:
                 source, baseline.commit, parent=baseline, spec=CALIBRATE,
                 description=f"repeat {i + 1} of the baseline, to measure noise",
             )  # fmt: skip
+            if i + 1 == self.settings.calibrate:
+                self._warn_if_noisy(baseline)
 
+    def _warn_if_noisy(self, baseline: Record) -> None:
+        """Say plainly when the measured noise is larger than the gains a search finds."""
+        threshold = self.threshold()
+        if baseline.val_bpb and threshold > NOISY_FRACTION * baseline.val_bpb:
+            share = threshold / baseline.val_bpb
+            self.say(
+                f"warning: repeats of the same train.py differ by {self.noise():.4f} val_bpb, so"
+                f" a promotion needs a gain over {threshold:.4f} ({share:.1%}"
+                " of the baseline), more than most single edits bring: this machine is contended"
+                " and results are noise; use --budget-tokens (same work per run) or a quieter"
+                " machine"
+            )
     def _rerun_interrupted(self) -> None:
         """Candidates committed but never recorded were cut off mid-run: train them again."""
         recorded = {r.id for r in self.records}
@@ -315,8 +367,7 @@ class Engine:
     def _choose(self) -> tuple[Record, str]:
         """The next parent and proposer (see the module docstring for the rule)."""
         if self.settings.selection == "none":  # random search: results choose no parent
-            baseline = next(r for r in self.records if r.proposer == BASELINE)
-            return baseline, self._choose_proposer()
+            return self._baseline_record(), self._choose_proposer()
         if self._fixes:
             crashed = self._fixes.pop(0)
             if crashed.proposer in self.proposers:
@@ -392,12 +443,12 @@ class Engine:
             return
         self._invalid_in_a_row = 0
         description = _one_line(proposal.description) or "no description"
+        cid = self._next_id()
         message = (
-            f"{description}\n\nParent: {job.parent.id}\nProposer: {job.spec}\n"
+            f"{cid}: {description}\n\nParent: {job.parent.id}\nProposer: {job.spec}\n"
             f"Description: {description}\n"
         )
-        sha = commit_candidate(self.repo, job.parent.commit, proposal.source, message)
-        cid = self._next_id()
+        sha = commit_candidate(self.repo, self._tip(job.parent), proposal.source, message)
         set_branch(self.repo, candidate_branch(self.tag, cid), sha)
         self._train(
             proposal.source, sha, parent=job.parent, spec=job.spec, description=description,
@@ -425,7 +476,7 @@ class Engine:
         if self._invalid_in_a_row >= self.settings.max_invalid:
             raise UserError(
                 f"{self._invalid_in_a_row} invalid proposals in a row (last: {reason});"
-                " check the proposers and program.md, then `autoresearch evolve --resume`"
+                f" check the proposers and program.md, then `{self.resume_command()}`"
             )
 
     def _train(
@@ -462,13 +513,14 @@ class Engine:
             fingerprints=outcome.fingerprints | {"source": source_hash(source)},
         )  # fmt: skip
         self._record(record)
+        self._commit_result(record)
         if outcome.fatal:
             raise UserError(
                 f"{cid} {outcome.reason}; restore them (git checkout, or delete the prepared data"
-                " and run `autoresearch prepare`), then `autoresearch evolve --resume`"
+                f" and run `autoresearch prepare`), then `{self.resume_command()}`"
             )
         if promoted:
-            set_branch(self.repo, research_branch(self.tag), sha)
+            set_branch(self.repo, research_branch(self.tag), self._tip(record))
         elif outcome.status in ("crash", "timeout") and self._fix_budget(record):
             self._fixes.append(record)
         return record
@@ -490,17 +542,10 @@ class Engine:
         return ("keep" if enters or promoted else "discard"), promoted
 
     def noise(self) -> float | None:
-        """Standard deviation of val_bpb over the baseline and its calibration repeats."""
-        samples = [
-            r.val_bpb for r in self.records
-            if r.proposer in (BASELINE, CALIBRATE) and r.val_bpb is not None
-        ]  # fmt: skip
-        return statistics.stdev(samples) if len(samples) >= 2 else None
+        return pop.noise(self.records)
 
     def threshold(self) -> float:
-        """How much a candidate must beat the champion by to be promoted."""
-        noise = self.noise() or 0.0
-        return max(self.settings.min_improvement, self.settings.noise_k * noise)
+        return pop.threshold(self.records, self.settings.min_improvement, self.settings.noise_k)
 
     def _fix_budget(self, crashed: Record) -> bool:
         """Whether a crashed candidate gets (another) fix attempt: its fix-chain is short enough."""
@@ -518,8 +563,49 @@ class Engine:
         self.ledger.append(record)
         self.records.append(record)
         self.ledger.export_tsv(self.state / RESULTS_FILE)
+        self._save_tag()
         self.notify(record)
         self.say(self._line(record))
+
+    # A candidate's branch ends in a result commit (same tree, the score in its subject), made
+    # right after its record: `git log --graph --all --oneline` then reads as the lineage.
+    def _commit_result(self, record: Record) -> None:
+        branch = candidate_branch(self.tag, record.id)
+        if branch_sha(self.repo, branch) != record.commit:
+            return  # no branch of its own (the baseline, a repeat), or its result is committed
+        parent = next((r for r in self.records if r.id == record.parent), None)
+        score = f"val_bpb {record.val_bpb:.4f}" if record.val_bpb is not None else record.status
+        if record.val_bpb is not None and parent and parent.val_bpb is not None:
+            score += f" ({record.val_bpb - parent.val_bpb:+.4f})"
+        if record.val_bpb is not None:
+            score += f" {record.status}"
+        message = (
+            f"{record.id} {score}: {record.description}\n\nResult: {record.status}\n"
+            + (f"Reason: {record.reason}\n" if record.reason else "")
+        )
+        set_branch(self.repo, branch, commit_result(self.repo, record.commit, message))
+
+    def _reconcile_results(self) -> None:
+        """After a kill between a record and its result commit, make the commit now."""
+        tips = self._branches()
+        for record in self.records:
+            if tips.get(candidate_branch(self.tag, record.id)) == record.commit:
+                self._commit_result(record)
+
+    def _tip(self, record: Record) -> str:
+        """The commit a child of `record` is made on: its result commit, else what it trained."""
+        return branch_sha(self.repo, candidate_branch(self.tag, record.id)) or record.commit
+
+    def elapsed(self) -> float:
+        """Seconds this tag has been running, over all its sessions."""
+        return self.elapsed_before + time.monotonic() - self.started
+
+    def _save_tag(self) -> None:
+        remembered = tags.TagState(tags.settings_of(self.config), self.elapsed())
+        tags.save(self.state, self.tag, remembered)
+
+    def resume_command(self) -> str:
+        return f"autoresearch evolve --resume --tag {self.tag}"
 
     def _line(self, r: Record) -> str:
         by_id = {x.id: x for x in self.records}
@@ -539,17 +625,9 @@ class Engine:
 
     def _should_stop(self) -> bool:
         s = self.settings
-        trained = [r for r in self.records if r.status != "invalid"]
-        spent = sum(float(r.usage.get("cost_usd", 0.0)) for r in self.records)
-        reasons = [
-            (self.stop_requested, "stopped by Ctrl-C"),
-            (s.max_experiments and len(trained) >= s.max_experiments,
-             f"reached {s.max_experiments} experiments"),
-            (s.hours and time.monotonic() - self.started >= s.hours * 3600,
-             f"reached {s.hours} hours"),
-            (s.max_cost_usd and spent >= s.max_cost_usd, f"spent ${spent:.2f}"),
-        ]  # fmt: skip
-        why = next((why for hit, why in reasons if hit), None)
+        why = "stopped by Ctrl-C" if self.stop_requested else pop.limit_reached(
+            self.records, self.elapsed(), s.max_experiments, s.hours, s.max_cost_usd
+        )  # fmt: skip
         if why and not self.stop_reason:
             self.stop_reason = why
             self.say(f"stopping: {why}")
@@ -565,14 +643,19 @@ class Engine:
         assert best is not None, "the baseline is recorded before the search starts"
         return best
 
+    def _baseline_record(self) -> Record:
+        base = pop.baseline(self.records)
+        assert base is not None, "the baseline is recorded before the search starts"
+        return base
+
     def champion(self) -> Record | None:
         return pop.champion(self.records)
 
     def _reconcile_research_branch(self) -> None:
         """After a kill between recording a promotion and moving the branch, move it now."""
         best = self.champion()
-        if best and branch_sha(self.repo, research_branch(self.tag)) != best.commit:
-            set_branch(self.repo, research_branch(self.tag), best.commit)
+        if best and branch_sha(self.repo, research_branch(self.tag)) != self._tip(best):
+            set_branch(self.repo, research_branch(self.tag), self._tip(best))
 
     def _branches(self) -> dict[str, str]:
         from autoresearch.workspace import branches
@@ -591,7 +674,7 @@ class Engine:
             "budget_seconds": self.config.run.budget_seconds,
             "experiments_done": len(self.records),
             "best": {"id": best.id, "val_bpb": best.val_bpb} if best else None,
-            "spend_usd": sum(float(r.usage.get("cost_usd", 0.0)) for r in self.records),
+            "spend_usd": pop.spent_usd(self.records),
         }
         write_text(self.state / STATUS_FILE, json.dumps(status) + "\n")
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 from autoresearch.errors import UserError
 from autoresearch.ledger import Record
-from autoresearch.report import baseline
+from autoresearch.population import baseline
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

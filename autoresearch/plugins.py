@@ -273,6 +273,11 @@ def check_option_names(proposer: str, options: dict, known: Iterable[str]) -> No
     """Refuse an option `proposer` does not have, naming the closest one: for plugin authors."""
     known = list(known)
     for key in options:
+        if key == "model" and key not in known:  # from `--proposer NAME:MODEL`
+            raise UserError(
+                f"the {proposer} proposer takes no model part: write --proposer {proposer},"
+                f" not {proposer}:{options[key]}"
+            )
         if key not in known:
             raise UserError(
                 f"unknown option {key!r} for the {proposer} proposer{did_you_mean(key, known)};"

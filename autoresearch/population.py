@@ -7,13 +7,22 @@ always agree.
 - The **champion** is the last promoted record (the research branch points at it).
 - The **population** is the champion plus the best `size - 1` other distinct
   candidates with status `keep` (distinct: a different normalised source).
+- The **baseline** is the first promoted record: the committed `train.py` the
+  run started from. A baseline that crashed was never promoted; the one trained
+  after it, on resume, is the baseline.
+- The **noise** is the standard deviation of val_bpb over the baseline and its
+  calibration repeats, and the **threshold** a promotion must beat is
+  max(min_improvement, noise_k x noise).
 """
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable, Iterable
 
 from autoresearch.ledger import Record
+
+BASELINE, CALIBRATE = "baseline", "calibrate"  # proposer names of the non-proposed runs
 
 
 def tag_records(records: Iterable[Record], tag: str) -> list[Record]:
@@ -23,6 +32,56 @@ def tag_records(records: Iterable[Record], tag: str) -> list[Record]:
 def champion(records: Iterable[Record]) -> Record | None:
     promoted = [r for r in records if r.promoted]
     return promoted[-1] if promoted else None
+
+
+def baseline(records: Iterable[Record]) -> Record | None:
+    """What one tag's deltas are measured against: its first promoted record, else (records
+    of `autoresearch run`, never promoted) its first record with a score."""
+    scored = [r for r in records if r.val_bpb is not None]
+    promoted = [r for r in scored if r.promoted]
+    return (promoted or scored or [None])[0]
+
+
+def noise(records: Iterable[Record]) -> float | None:
+    """Standard deviation of val_bpb over the baseline and its calibration repeats."""
+    samples = [
+        r.val_bpb for r in records
+        if r.proposer in (BASELINE, CALIBRATE) and r.val_bpb is not None
+    ]  # fmt: skip
+    return statistics.stdev(samples) if len(samples) >= 2 else None
+
+
+def threshold(records: Iterable[Record], min_improvement: float, noise_k: float) -> float:
+    """How much a candidate must beat the champion by to be promoted."""
+    return max(min_improvement, noise_k * (noise(records) or 0.0))
+
+
+def trained(records: Iterable[Record]) -> int:
+    """Experiments that used the device: everything but `invalid` (rejected before training).
+    The baseline and its calibration repeats count: `max_experiments` bounds compute."""
+    return sum(r.status != "invalid" for r in records)
+
+
+def spent_usd(records: Iterable[Record]) -> float:
+    return sum(float(r.usage.get("cost_usd", 0.0) or 0.0) for r in records)
+
+
+def limit_reached(
+    records: list[Record],
+    elapsed_seconds: float,
+    max_experiments: int = 0,
+    hours: float = 0.0,
+    max_cost_usd: float = 0.0,
+) -> str | None:
+    """Which stop limit `records` (one tag's) have reached, in words; None while none."""
+    if max_experiments and trained(records) >= max_experiments:
+        return f"reached {max_experiments} experiments"
+    if hours and elapsed_seconds >= hours * 3600:
+        return f"reached {hours:g} hours"
+    spent = spent_usd(records)
+    if max_cost_usd and spent >= max_cost_usd:
+        return f"spent ${spent:.2f} of ${max_cost_usd:.2f}"
+    return None
 
 
 def population(records: list[Record], size: int) -> list[Record]:

@@ -4,7 +4,7 @@ The numbers come from the events the harness sends over its pipe (step,
 loss, tokens served by the harness's own loader), never from parsing what
 the candidate prints. On a terminal one bar is redrawn in place:
 
-    c0007: ▕██████████░░░░░░░░░░▏  52%  step 1234  loss 3.2101  48,120 tok/s  144 s left
+    e0007: ▕██████████░░░░░░░░░░▏  52%  step 1234  loss 3.2101  48,120 tok/s  144 s left
 
 Elsewhere (a log file, a pipe, or `CI` set) a plain line is written every
 `LINE_INTERVAL_SECONDS` at most (more often for short budgets), so logs stay

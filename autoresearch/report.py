@@ -19,7 +19,18 @@ from typing import Any
 
 from autoresearch.errors import UserError, did_you_mean
 from autoresearch.ledger import Ledger, Record
-from autoresearch.population import champion, lineage, parent_finder, population, tag_records
+from autoresearch.population import (
+    BASELINE,
+    CALIBRATE,
+    baseline,
+    champion,
+    lineage,
+    noise,
+    parent_finder,
+    population,
+    tag_records,
+    trained,
+)
 from autoresearch.runner import log_tail
 from autoresearch.workspace import LOCK_FILE, STATUS_FILE
 
@@ -64,18 +75,6 @@ def latest_tag(records: Iterable[Record]) -> str:
     """The tag of the newest evolve record; "" (the `autoresearch run` records) when none."""
     tags = [r.tag for r in records if r.tag]
     return tags[-1] if tags else ""
-
-
-def baseline(records: list[Record]) -> Record | None:
-    """What the deltas of one tag's records are measured against.
-
-    The first promoted record (the engine promotes the baseline it starts
-    from), else the first record with a score (`autoresearch run` records are
-    never promoted).
-    """
-    scored = [r for r in records if r.val_bpb is not None]
-    promoted = [r for r in scored if r.promoted]
-    return (promoted or scored or [None])[0]
 
 
 # --------------------------------------------------------------------------- leaderboard
@@ -230,7 +229,67 @@ def _format_delta(row: dict[str, Any]) -> str:
         return "-"
     if row["id"] == row["baseline"]:
         return "baseline"
-    return f"{row['delta']:+.6f}"
+    # A kept candidate worse than the baseline must not read as a success.
+    return f"{row['delta']:+.6f}" + (" worse" if row["delta"] > 0 else "")
+
+
+def evolve_summary(
+    records: list[Record],
+    *,
+    threshold: float,
+    stop_reason: str,
+    resume: str,
+    idle_seconds: float = 0.0,
+) -> str:
+    """The end of an evolve in plain words: what was tried, what won, where, what next.
+    `records`: one tag's, with a baseline; `resume`: the command that continues the tag."""
+    base, best = baseline(records), champion(records)
+    assert base is not None and best is not None, "a summary needs a recorded baseline"
+    tag = base.tag
+    repeats = sum(r.proposer == CALIBRATE for r in records)
+    tried = [r for r in records if r.proposer not in (BASELINE, CALIBRATE)]
+    counts = {s: sum(r.status == s for r in tried) for s in ("keep", "discard", "crash", "timeout")}
+    outcomes = ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "none"
+    rejected = sum(r.status == "invalid" for r in tried)
+    candidates = len(tried) - rejected
+    lines = [
+        f"{(stop_reason or 'done').capitalize()}: {trained(records)} experiments trained,"
+        f" the baseline, {repeats} noise repeat{'s' * (repeats != 1)} and {candidates}"
+        f" candidate{'s' * (candidates != 1)} ({outcomes})"
+        + (f"; {rejected} proposals rejected before training" if rejected else "")
+        + f"; the device waited {idle_seconds:.0f} s for proposals."
+    ]
+    sd = noise(records)
+    if sd is not None:
+        lines.append(
+            f"Noise: runs of the same train.py differ by {sd:.4f} val_bpb (standard deviation),"
+            f" so a promotion needs a gain over {threshold:.4f}."
+        )
+    if best is base:
+        lines.append(
+            f"No candidate beat the baseline by more than {threshold:.4f}: the champion is still"
+            f" the baseline {base.id} (val_bpb {base.val_bpb:.4f})."
+        )
+    else:
+        lines.append(
+            f"Champion: {best.id}, val_bpb {best.val_bpb:.4f}, {base.val_bpb - best.val_bpb:.4f}"
+            f" better than the baseline {base.id} ({base.val_bpb:.4f}), on branch"
+            f" autoresearch/{tag}: {_shorten(best.description, DESCRIPTION_WIDTH)}."
+            f" Its diff: `autoresearch show {best.id}`."
+        )
+    if stop_reason.startswith("stopped"):
+        lines.append(f"Next: continue where it stopped with `{resume}`.")
+    elif best is base:
+        lines.append(
+            f"Next: search longer (`{resume} --max-experiments N`), or add an LLM proposer"
+            " (docs/proposers.md); on a busy machine, --budget-tokens cuts the noise."
+        )
+    else:
+        lines.append(
+            f"Next: adopt the champion in your branch (`git merge autoresearch/{tag}`),"
+            f" or search on from it (`{resume} --max-experiments N`)."
+        )
+    return "\n".join(lines)
 
 
 def _shorten(text: str, width: int) -> str:

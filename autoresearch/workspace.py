@@ -21,6 +21,8 @@ LEDGER_FILE = "ledger.jsonl"  # inside STATE_DIR
 RESULTS_FILE = "results.tsv"  # inside STATE_DIR: the original project's five columns
 LOCK_FILE = "evolve.lock"  # inside STATE_DIR: flock'ed for as long as `evolve` runs
 STATUS_FILE = "status.json"  # inside STATE_DIR: what `evolve` is doing, rewritten atomically
+PLOT_FILE = "progress.png"  # inside STATE_DIR: `autoresearch plot` by default
+EXPORTS_DIR = "exports"  # inside STATE_DIR: `autoresearch export` by default
 TRAIN_FILE = "train.py"
 PROGRAM_FILE = "program.md"
 PROTECTED_FILES = (PROGRAM_FILE, CONFIG_FILE)  # proposers may change train.py only
@@ -156,20 +158,49 @@ def set_branch(repo: Path, name: str, sha: str) -> None:
 
 
 def branches(repo: Path, prefix: str) -> dict[str, str]:
-    """Branch name -> commit sha for every branch under `prefix/`."""
-    import git
-
-    with git.Repo(repo) as r:
-        return {h.name: h.commit.hexsha for h in r.heads if h.name.startswith(prefix + "/")}
+    """Branch name -> commit sha for every branch under `prefix/`, in one `git for-each-ref`
+    (GitPython resolves refs one by one, which is slow with thousands of packed refs)."""
+    out = git_command(
+        repo, "for-each-ref", "--format=%(objectname) %(refname)", f"refs/heads/{prefix}/"
+    )
+    found = {}
+    for line in out.splitlines():
+        sha, _, ref = line.partition(" ")
+        found[ref.removeprefix("refs/heads/")] = sha
+    return found
 
 
 def branch_sha(repo: Path, name: str) -> str | None:
     """The commit branch `name` points at, or None when there is no such branch."""
+    out = git_command(repo, "for-each-ref", "--format=%(objectname)", f"refs/heads/{name}")
+    return out.split()[0] if out.strip() else None
+
+
+def commit_result(repo: Path, sha: str, message: str) -> str:
+    """A commit on top of `sha` with the same tree: it carries a result in its message, so
+    `git log --oneline` reads as a lineage with scores, and nothing already referenced changes."""
     import git
 
     with git.Repo(repo) as r:
-        head = next((h for h in r.heads if h.name == name), None)
-        return head.commit.hexsha if head else None
+        trained = r.commit(sha)
+        commit = git.Commit.create_from_tree(
+            r, trained.tree, message, parent_commits=[trained], head=False
+        )
+        return commit.hexsha
+
+
+def git_command(repo: Path, *args: str) -> str:
+    """Plain `git ARGS` in `repo`, with the user's global and system config ignored (a
+    config there could run programs), output as text."""
+    import subprocess
+
+    env = {**os.environ, "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull}
+    done = subprocess.run(
+        ["git", *args], cwd=repo, env=env, capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise UserError(f"git {args[0]} failed in {repo}: {done.stderr.strip()[:300]}")
+    return done.stdout
 
 
 def read_train(repo: Path, sha: str) -> str:

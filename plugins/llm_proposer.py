@@ -49,6 +49,18 @@ LOCAL_PROVIDERS = {"ollama", "ollama_chat", "lm_studio", "llamafile", "hosted_vl
 # An OpenAI-compatible local server ignores the key, but the OpenAI client refuses to start
 # without one; this placeholder is sent only when api_base is set and no key is configured.
 PLACEHOLDER_KEY = "sk-no-key-required"
+# The key each well-known provider needs, checked before litellm is imported (seconds): a
+# missing key must be said at once. Other providers are asked of litellm.
+PROVIDER_KEYS = {  # provider -> the variables that hold its key (any one will do)
+    "openai": ("OPENAI_API_KEY",),
+    "anthropic": ("ANTHROPIC_API_KEY",),
+    "gemini": ("GEMINI_API_KEY", "GOOGLE_API_KEY"),
+    "mistral": ("MISTRAL_API_KEY",),
+    "groq": ("GROQ_API_KEY",),
+    "deepseek": ("DEEPSEEK_API_KEY",),
+    "openrouter": ("OPENROUTER_API_KEY",),
+    "xai": ("XAI_API_KEY",),
+}
 TRANSIENT_STATUS = {408, 409, 425, 429}  # plus every 5xx
 BACKOFF_SECONDS = 2.0  # first wait; doubles each retry
 BACKOFF_MAX_SECONDS = 60.0
@@ -146,6 +158,15 @@ class LLMProposer:
             return
         if o.api_base:
             return  # a local server: it may need no key at all
+        prefix = o.model.partition("/")[0]
+        if prefix in PROVIDER_KEYS and "/" in o.model:
+            names = PROVIDER_KEYS[prefix]
+            if not any(os.environ.get(name) for name in names):
+                missing = " or ".join(names)
+                raise UserError(f"{missing} is not set: export it or pick another proposer")
+            return
+        if prefix in LOCAL_PROVIDERS:
+            return
         litellm = _litellm()
         try:
             provider = litellm.get_llm_provider(o.model)[1]

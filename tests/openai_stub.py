@@ -47,7 +47,7 @@ class Received:
     """One request as the stub saw it."""
 
     path: str
-    headers: dict[str, str]
+    headers: dict[str, str]  # names in lower case
     body: dict[str, Any]
     at: float  # time.monotonic() on arrival
 
@@ -177,7 +177,10 @@ class OpenAIStub:
                     body = json.loads(raw or b"{}")
                 except json.JSONDecodeError:
                     body = {"_raw": raw.decode("utf-8", "replace")}
-                received = Received(self.path, dict(self.headers), body, time.monotonic())
+                # Header names are case-insensitive (newer clients send them in lower case):
+                # keep them in lower case, and look them up that way.
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                received = Received(self.path, headers, body, time.monotonic())
                 if not self.path.rstrip("/").endswith("/chat/completions"):
                     self._send(Scripted(404, error_body(404, f"stub: no route {self.path}")))
                     return

@@ -22,6 +22,7 @@ from typing import Any
 import git
 import pytest
 import torch
+from kill_resume import ledger
 from test_cli import cli
 from test_engine import LEARNS, committed
 
@@ -134,6 +135,36 @@ def no_git(repo: Path) -> dict[str, Any]:
     return {}
 
 
+def chain(*setups: Setup) -> Setup:
+    def setup(repo: Path) -> dict[str, Any]:
+        popen: dict[str, Any] = {}
+        for step in setups:
+            popen |= step(repo)
+        return popen
+
+    return setup
+
+
+def commit_train(source: str) -> Setup:
+    def setup(repo: Path) -> dict[str, Any]:
+        committed(repo, source)
+        return {}
+
+    return setup
+
+
+def no_api_keys(repo: Path) -> dict[str, Any]:
+    committed(repo, LEARNS)
+    return {"env": {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}}
+
+
+def evolved(repo: Path) -> dict[str, Any]:
+    """A tag 'once' with its baseline measured at a 1 s budget."""
+    committed(repo, LEARNS)
+    assert cli(*EVOLVE_ONCE, "--tag", "once", cwd=repo).returncode == 0
+    return {}
+
+
 def drop_root_override() -> None:
     """In the child, as root: lose the capabilities that ignore file permissions (chmod holds)."""
     if os.geteuid() == 0:
@@ -208,6 +239,11 @@ CASES = [
                  id="opt-negative-max-experiments"),
     pytest.param(("leaderboard", "--limit", "0"), None, "0 is not in the range x>=1",
                  id="opt-out-of-range"),
+    pytest.param(("evolve", "--proposer", "optuna:foo"), None,
+                 "the optuna proposer takes no model part: write --proposer optuna, not optuna:foo",
+                 id="opt-proposer-model-part"),
+    pytest.param(("evolve", "--proposer", "llm:openai/gpt-4o"), no_api_keys,
+                 "OPENAI_API_KEY is not set", id="opt-proposer-no-key"),
     pytest.param(("frobnicate",), None, "No such command 'frobnicate'", id="opt-unknown-command"),
     pytest.param(("init", "x", "--baseline", "huge"), elsewhere(),
                  "'huge' is not one of 'gpt', 'tiny'", id="opt-unknown-baseline"),
@@ -220,7 +256,15 @@ CASES = [
                  "inside an existing git repo", id="repo-init-inside-git"),
     pytest.param(("run",), write_bytes("train.py", b"def broken(:\n"), "train.py line 1",
                  id="repo-train-syntax"),
-    pytest.param(("run",), remove("train.py"), "train.py is missing", id="repo-train-missing"),
+    pytest.param(("run",), remove("train.py"), "train.py is missing: restore it with `git",
+                 id="repo-train-missing"),
+    pytest.param(("run",), chain(no_git, remove("train.py")), "train.py is missing: put one back",
+                 id="repo-train-missing-no-git"),
+    pytest.param(("evolve",), commit_train("x = (\n"), "the committed train.py line 1",
+                 id="repo-evolve-committed-syntax"),
+    pytest.param(("evolve", "--resume", "--tag", "once", "--budget", "5"), evolved,
+                 "tag 'once' was started with run.budget_seconds = 1.0, not 5.0",
+                 id="repo-resume-other-budget"),
     pytest.param(("evolve",), no_git, "has no git commit", id="repo-evolve-no-git"),
     pytest.param(("run",), unwritable_state, "cannot write to", id="repo-state-unwritable"),
     pytest.param(("run",), state_is_a_file, "is not a folder: move it away",
@@ -254,6 +298,29 @@ def test_bad_input_gets_one_clear_line(research_repo, args, setup, expected):
             (research_repo / STATE_DIR).chmod(0o755)  # tmp_path is removed later
     assert expected in line
     assert (ledger.read_bytes() if ledger.is_file() else None) == before  # nothing lost
+
+
+def test_a_crashed_baseline_can_be_fixed_and_resumed(research_repo):
+    """Not bad input but its aftermath: the error said what to do, and doing it works."""
+    broken = LEARNS.replace(
+        "    harness.handover(model", "    raise SystemExit(3)\n    harness.handover(model"
+    )
+    assert broken != LEARNS
+    committed(research_repo, broken)
+    failed = cli(*EVOLVE_ONCE, "--tag", "b", cwd=research_repo)
+    line = error_line(failed, after_progress=True)
+    assert "the baseline failed (crash" in line and "autoresearch evolve --resume --tag b" in line
+
+    committed(research_repo, LEARNS)  # the fix, committed as the error says
+    # The crash used the device, so it counts: one more experiment trains the fixed baseline.
+    fixed = cli("evolve", "--resume", "--tag", "b", "--max-experiments", "2", cwd=research_repo)
+    assert fixed.returncode == 0 and "Traceback" not in fixed.stderr, fixed.stderr
+    assert "the champion is still the baseline e0002" in fixed.stdout
+    again = cli("evolve", "--resume", "--tag", "b", cwd=research_repo)  # at its limit now
+    assert again.returncode == 0 and "Traceback" not in again.stderr, again.stderr
+    assert "tag 'b' already reached 2 experiments: nothing to do" in again.stdout
+    statuses = [(r["proposer"], r["status"]) for r in ledger(research_repo)]
+    assert statuses[:2] == [("baseline", "crash"), ("baseline", "keep")]
 
 
 def test_damaged_data_shard_is_named_by_prepare(research_repo):

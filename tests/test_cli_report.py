@@ -162,11 +162,11 @@ def test_export_formats(run, research, tmp_path):
     assert len(out.splitlines()) == 1 + len(MANUAL) + len(CANDIDATES)
 
     code, _, err = run("export", "--format", "parquet")
-    assert code == 0 and "wrote 9 experiments to ledger.parquet" in err
+    default = research.repo / ".autoresearch" / "exports" / "ledger.parquet"  # git-ignored
+    assert code == 0 and f"wrote 9 experiments to {default}" in err
     import pyarrow.parquet as pq
 
-    table = pq.read_table(research.repo / "ledger.parquet")
-    (research.repo / "ledger.parquet").unlink()
+    table = pq.read_table(default)
     assert table.column("id").to_pylist() == [r.id for r in research.ledger.records()]
 
     code, out, _ = run("export", "--format", "jsonl", "-o", "-")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 import time
 
 import candidates
@@ -83,11 +85,21 @@ def test_greedy_loop_keeps_only_improvements(research_repo):
         better.id,
     ]
     repo = git.Repo(research_repo)
-    assert repo.heads[research_branch("t")].commit.hexsha == better.commit
+    # Each branch ends in a result commit (same tree, the score in its subject) on top of the
+    # commit that trained; the research branch is the champion's.
+    champion_tip = repo.heads[research_branch("t")].commit
+    assert champion_tip.parents[0].hexsha == better.commit
+    assert champion_tip.summary.startswith(f"{better.id} val_bpb {better.val_bpb:.4f} (")
+    tips = {baseline.id: base, better.id: champion_tip.hexsha}
     for r in (better, worse, crashed):  # lineage is git ancestry; failed candidates keep a branch
-        commit = repo.heads[candidate_branch("t", r.id)].commit
-        assert commit.hexsha == r.commit
-        assert commit.parents[0].hexsha == {baseline.id: base, better.id: better.commit}[r.parent]
+        result = repo.heads[candidate_branch("t", r.id)].commit
+        trained = result.parents[0]
+        assert trained.hexsha == r.commit and result.tree == trained.tree
+        assert trained.summary.startswith(f"{r.id}: ")
+        assert trained.parents[0].hexsha == tips[r.parent]
+    assert repo.heads[candidate_branch("t", crashed.id)].commit.summary.startswith(
+        f"{crashed.id} crash: "
+    )
     assert not repo.is_dirty()  # the user's checkout is never touched
     assert repo.active_branch.name == "main"
     assert (research_repo / ".autoresearch/results.tsv").read_text().count("\n") == 6
@@ -182,12 +194,23 @@ def test_prefetch_keeps_the_device_busy(research_repo):
 
 
 def test_second_evolve_is_refused_while_one_runs(research_repo):
-    with (
-        RunLock(state_dir(research_repo)),
-        pytest.raises(UserError, match="another `autoresearch evolve`"),
-    ):
-        RunLock(state_dir(research_repo)).__enter__()
-    with RunLock(state_dir(research_repo)):  # released on exit, and by the OS on death
+    state = state_dir(research_repo)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path;"
+         " from autoresearch.engine import RunLock\nwith RunLock(Path(sys.argv[1])):\n"
+         " print('held', flush=True); time.sleep(60)", str(state)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(UserError, match=rf"another `autoresearch evolve` .*pid {holder.pid}"):
+            RunLock(state).__enter__()
+    finally:
+        holder.kill()
+        holder.wait()
+    with RunLock(state), RunLock(state):  # released by the OS on death; reentrant in a process
+        pass
+    with RunLock(state):  # and released on exit
         pass
 
 

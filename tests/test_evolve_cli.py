@@ -23,7 +23,9 @@ def test_evolve_runs_out_of_the_box_and_prints_a_line_per_experiment(research_re
     assert result.returncode == 0, result.stderr
     lines = [ln for ln in result.stdout.splitlines() if ln.startswith("e0")]
     assert len(lines) >= 3 and "baseline" in lines[0] and "promoted" in lines[0]
-    assert "best: e0001" in result.stdout or "best: e0" in result.stdout
+    assert "Reached 3 experiments: 3 experiments trained, the baseline," in result.stdout
+    assert "Champion: e0" in result.stdout or "still the baseline e0001" in result.stdout
+    assert "Next: " in result.stdout.splitlines()[-1]
 
 
 @pytest.mark.parametrize(
@@ -67,8 +69,10 @@ def test_first_ctrl_c_finishes_the_experiment_then_stops_with_a_leaderboard(rese
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert "finishing the current experiment" in out and "stopping: stopped by Ctrl-C" in out
-    assert "best: e0001" in out or "best: e0" in out
     assert "val_bpb" in out.split("stopping:")[1]  # the leaderboard after stopping
+    assert out.splitlines()[-1] == (
+        "Next: continue where it stopped with `autoresearch evolve --resume --tag c`."
+    )
     records = ledger(research_repo)
     assert len(records) >= 2  # the experiment in progress was finished and recorded
     assert not list((research_repo / ".autoresearch/runs").glob("*/pgid"))

@@ -13,6 +13,7 @@ import pytest
 from openai_stub import OpenAIStub
 
 from autoresearch.default_plugins.llm_proposer import (
+    PROVIDER_KEYS,
     LLMError,
     LLMProposer,
     parse_options,
@@ -105,7 +106,7 @@ def test_good_edit_is_applied(stub, tmp_path):
     assert len(stub.requests) == 1
     sent = stub.requests[0]
     assert sent.body["model"] == "stub"
-    assert sent.headers["Authorization"] == f"Bearer {FAKE_KEY}"
+    assert sent.headers["authorization"] == f"Bearer {FAKE_KEY}"
     prompt = sent.last_user_message
     for part in ("Lower val_bpb", "LR = 0.01", "halve the depth", "use flash attention v9",
                  "<<<<<<< SEARCH"):
@@ -226,7 +227,7 @@ def test_prompts_and_replies_are_saved_without_the_key(stub, tmp_path):
     for path in req.work_dir.iterdir():
         assert FAKE_KEY not in path.read_text(), path.name
     # The stub did receive the key: it was used, just never written down.
-    assert FAKE_KEY in stub.requests[0].headers["Authorization"]
+    assert FAKE_KEY in stub.requests[0].headers["authorization"]
 
 
 def test_crash_log_tail_is_in_the_prompt(stub, tmp_path):
@@ -288,7 +289,7 @@ def test_api_key_env_is_checked_and_used(stub, tmp_path, monkeypatch):
     proposer.check_ready()
     stub.reply(GOOD)
     proposer.propose(request(tmp_path))
-    assert stub.requests[0].headers["Authorization"] == "Bearer local-secret-value"
+    assert stub.requests[0].headers["authorization"] == "Bearer local-secret-value"
 
 
 def test_unknown_model_string_is_a_user_error(monkeypatch):
@@ -320,3 +321,22 @@ def test_registered_through_the_plugin_system():
     assert isinstance(proposer, LLMProposer)
     assert proposer.options.model == "openai/gpt-4o" and proposer.options.temperature == 0.2
     assert proposer.name == "llm:openai/gpt-4o"
+
+
+@pytest.mark.parametrize("provider", sorted(PROVIDER_KEYS))
+def test_the_key_table_agrees_with_litellm(provider, monkeypatch):
+    """The keys checked before litellm is imported are the ones litellm itself would need."""
+    import litellm
+
+    for name in PROVIDER_KEYS[provider]:
+        monkeypatch.delenv(name, raising=False)
+    model = f"{provider}/some-model"
+    missing = litellm.validate_environment(model=model)["missing_keys"]
+    assert set(PROVIDER_KEYS[provider]) <= set(missing)
+    with pytest.raises(UserError, match=f"^{PROVIDER_KEYS[provider][0]}.* is not set"):
+        LLMProposer(parse_options({"model": model})).check_ready()
+    for name in PROVIDER_KEYS[provider]:  # any one of its variables is enough, for both
+        monkeypatch.setenv(name, "sk-test-x")
+        assert litellm.validate_environment(model=model)["keys_in_environment"]
+        LLMProposer(parse_options({"model": model})).check_ready()
+        monkeypatch.delenv(name)

@@ -264,7 +264,7 @@ def test_planted_secrets_never_reach_files_logs_exports_or_candidates(research_r
     # The secrets were really there to leak: the key was read and sent to the provider...
     assert len(requests) >= 2, "the llm proposer did not call the stub for its two replies"
     for request in requests:
-        assert request.headers.get("Authorization") == f"Bearer {PLANTED['OPENAI_API_KEY']}"
+        assert request.headers.get("authorization") == f"Bearer {PLANTED['OPENAI_API_KEY']}"
     records = [json.loads(line) for line in (repo / ".autoresearch/ledger.jsonl").read_text()
                .splitlines() if line.strip()]  # fmt: skip
     # Both errors quoting a key were recorded, as reasons the scan below reads.
@@ -289,7 +289,7 @@ def test_planted_secrets_never_reach_files_logs_exports_or_candidates(research_r
     run("leaderboard", "--json", "--all", "--tag", TAG)
     for cid in outcomes.values():  # one of each kind, the invalid ones too: reasons quote errors
         run("show", cid)
-    run("export")  # results.tsv in the repo
+    run("export")  # .autoresearch/exports/results.tsv
     run("export", "--format", "jsonl", "-o", "-")
     run("export", "--format", "parquet", "-o", str(repo / ".autoresearch/ledger.parquet"))
     run("status")
@@ -305,7 +305,8 @@ def test_planted_secrets_never_reach_files_logs_exports_or_candidates(research_r
         found += leaks(f"output of `autoresearch {command}`", text.encode())
     # Walks that saw nothing would prove nothing.
     assert counts[repo] > 50 and counts[cache] > 0, counts
-    assert (repo / "results.tsv").is_file() and (repo / ".autoresearch/ledger.parquet").is_file()
+    assert (repo / ".autoresearch/exports/results.tsv").is_file()
+    assert (repo / ".autoresearch/ledger.parquet").is_file()
     assert not found, "planted secrets leaked:\n" + "\n".join(found)
     # The same walk does see a value that lands in a run folder, compressed or not.
     (repo / ".autoresearch/runs/e0001/leak.z").write_bytes(zlib.compress(MARKER))

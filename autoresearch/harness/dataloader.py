@@ -15,9 +15,9 @@ import io
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from autoresearch.atomic import atomic_write
 from autoresearch.errors import UserError
@@ -28,6 +28,9 @@ CHUNK_DOCS = 4096  # documents whose offsets are turned into Python ints at a ti
 SPANS_CHUNK = 1 << 26  # tokens scanned for BOS at a time, to bound the temporary mask
 UINT16_LIMIT = 1 << 16
 PREPARE_HINT = "run `autoresearch prepare`"
+
+if TYPE_CHECKING:  # torch is imported where batches are made: checking the token files
+    import torch  # (the orchestrator, before every run) must not pay 2 s and 200 MB for it
 
 
 def token_dtype(vocab_size: int) -> np.dtype:
@@ -224,6 +227,8 @@ class TrainLoader:
         self.spans = document_spans(self.tokens, bos_id)
         if len(self.spans) == 0:
             raise UserError(f"token file {tokens_path} holds no documents; {PREPARE_HINT}")
+        import torch
+
         self.batch_size = batch_size
         self.seq_len = seq_len
         self.device = torch.device(device)
@@ -248,6 +253,8 @@ class TrainLoader:
         return self
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch  # already loaded by __init__: a dictionary lookup
+
         self._packer.fill(self._rows)  # endless orders: always fills every row
         B, T = self.batch_size, self.seq_len
         host = torch.empty((2, B, T), dtype=torch.long, pin_memory=self._pin)

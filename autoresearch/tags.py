@@ -1,0 +1,140 @@
+"""What an evolve tag remembers: the settings it was started with, and how long it has run.
+
+`.autoresearch/tags/<tag>.json`, rewritten atomically:
+
+    {"settings": {"run.budget_seconds": 60.0, ..., "evolve.max_experiments": 6},
+     "elapsed_seconds": 1234.5}
+
+Two kinds of settings are kept:
+
+- **pinned** ones decide what the tag's numbers mean (the budget, the seed, the
+  data, the evaluation set). Every experiment of a tag uses the same ones, so a
+  `--resume` that asks for another value is refused: its results would not
+  compare with the ones already recorded. A changed `autoresearch.toml` does not
+  change them either (the caller says so);
+- **remembered** ones (the population, the proposers, the repeats, the limits)
+  are used again on `--resume` unless given anew on the command line, and then
+  the new value is remembered.
+
+`elapsed_seconds` is the time the tag has been running over all its sessions, so
+`--hours 8` means eight hours of search however often it was resumed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from autoresearch.atomic import write_text
+from autoresearch.config import Config
+from autoresearch.errors import UserError
+
+TAGS_DIR = "tags"  # inside the state folder
+PINNED = (
+    "run.budget_seconds",
+    "run.budget_tokens",
+    "run.seed",
+    "data.source",
+    "data.path",
+    "data.sequence_len",
+    "tokenizer.kind",
+    "tokenizer.vocab_size",
+    "eval.tokens",
+)
+REMEMBERED = (
+    "evolve.population",
+    "evolve.proposers",
+    "evolve.calibrate",
+    "evolve.max_experiments",
+    "evolve.hours",
+    "evolve.max_cost_usd",
+)
+# How a pinned setting is asked for on the command line, for the refusal's advice.
+FLAGS = {
+    "run.budget_seconds": "--budget",
+    "run.budget_tokens": "--budget-tokens",
+}
+
+
+@dataclass
+class TagState:
+    settings: dict[str, Any]
+    elapsed_seconds: float = 0.0
+
+
+def tag_file(state: Path, tag: str) -> Path:
+    return state / TAGS_DIR / f"{tag}.json"
+
+
+def settings_of(config: Config) -> dict[str, Any]:
+    """The pinned and remembered settings of `config`, by dotted key."""
+    out = {}
+    for key in PINNED + REMEMBERED:
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        out[key] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def load(state: Path, tag: str) -> TagState | None:
+    """What `tag` remembers; None for a tag started before tags remembered anything."""
+    path = tag_file(state, tag)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        settings = {k: v for k, v in data["settings"].items() if k in PINNED + REMEMBERED}
+        return TagState(settings, float(data.get("elapsed_seconds", 0.0)))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise UserError(
+            f"{path} is damaged: delete it to resume with the settings of autoresearch.toml"
+            " and the command line"
+        ) from None
+
+
+def save(state: Path, tag: str, tag_state: TagState) -> None:
+    path = tag_file(state, tag)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = {"settings": tag_state.settings, "elapsed_seconds": round(tag_state.elapsed_seconds, 3)}
+    write_text(path, json.dumps(body, indent=1, sort_keys=True) + "\n")
+
+
+def resume_overrides(
+    saved: dict[str, Any],
+    configured: dict[str, Any],
+    explicit: dict[str, Any],
+    tag: str,
+    measured: bool = True,
+) -> tuple[dict[str, Any], list[str]]:
+    """(overrides, notes) that resume `tag` with what it was started with.
+
+    `configured`: the settings of autoresearch.toml plus the command line;
+    `explicit`: the settings given on this command line. A pinned setting asked
+    for with another value is refused once the tag has `measured` its baseline
+    (before, nothing would compare with it: a failed baseline can be fixed with
+    another budget); a remembered one given anew wins.
+    """
+    for key in PINNED if measured else ():
+        if key in explicit and key in saved and _differs(explicit[key], saved[key]):
+            flag = FLAGS.get(key, f"the {key} setting")
+            raise UserError(
+                f"tag {tag!r} was started with {key} = {saved[key]!r}, not {explicit[key]!r}:"
+                " its results would not compare; start a new tag instead"
+                f" (`autoresearch evolve` with {flag} and no --resume)"
+            )
+    overrides = {k: v for k, v in saved.items() if k not in explicit}
+    notes = [
+        f"note: autoresearch.toml now says {key} = {configured[key]!r}; tag {tag!r} keeps"
+        f" {saved[key]!r}, the value its results were measured with"
+        for key in PINNED
+        if key in saved and key not in explicit and _differs(configured[key], saved[key])
+    ]
+    return overrides, notes
+
+
+def _differs(a: Any, b: Any) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return float(a) != float(b)
+    return list(a) != list(b) if isinstance(a, (list, tuple)) else a != b

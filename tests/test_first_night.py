@@ -1,0 +1,243 @@
+"""A new user's first night: resume keeps its settings, the end says what happened, and the
+rough edges a newcomer hits (real CLI subprocesses on real research repos)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import git
+import pytest
+from kill_resume import ledger
+from test_bad_input import error_line
+from test_cli import cli
+from test_engine import FROZEN, LEARNS, committed, rec
+
+from autoresearch import tags
+from autoresearch.errors import UserError
+from autoresearch.population import limit_reached
+from autoresearch.report import evolve_summary, format_table, leaderboard_rows
+from autoresearch.workspace import STATE_DIR, state_dir
+
+QUICK = ("evolve", "--population", "2", "--proposer", "random", "--calibrate", "0", "--budget", "1")
+
+
+# --------------------------------------------------------------------------- the rules, pure
+
+
+def test_a_resume_keeps_pinned_settings_and_refuses_other_ones():
+    saved = {"run.budget_seconds": 60.0, "run.seed": 42, "evolve.max_experiments": 6,
+             "evolve.proposers": ["optuna"]}  # fmt: skip
+    configured = {"run.budget_seconds": 300.0, "run.seed": 42, "evolve.max_experiments": 0,
+                  "evolve.proposers": []}  # fmt: skip
+    overrides, notes = tags.resume_overrides(saved, configured, {}, "nov21")
+    assert overrides == saved  # nothing asked: everything as it started
+    assert notes == [
+        "note: autoresearch.toml now says run.budget_seconds = 300.0; tag 'nov21' keeps 60.0,"
+        " the value its results were measured with"
+    ]
+    raised, _ = tags.resume_overrides(saved, configured, {"evolve.max_experiments": 12}, "nov21")
+    assert raised["run.budget_seconds"] == 60.0 and "evolve.max_experiments" not in raised
+    same, _ = tags.resume_overrides(saved, configured, {"run.budget_seconds": 60}, "nov21")
+    assert "run.budget_seconds" not in same  # asking for the same value is fine
+    asked = {"run.budget_seconds": 30.0}
+    with pytest.raises(UserError, match=r"with run.budget_seconds = 60.0, not 30.0.*--budget"):
+        tags.resume_overrides(saved, configured, asked, "nov21")
+    # Before its baseline was measured, nothing compares with it: a new budget is taken.
+    unmeasured, _ = tags.resume_overrides(saved, configured, asked, "nov21", measured=False)
+    assert "run.budget_seconds" not in unmeasured
+
+
+def test_limits_count_every_training_and_hours_over_sessions():
+    records = [rec(1, 2.0, proposer="baseline"), rec(2, 2.1, proposer="calibrate"),
+               rec(3, None, "invalid"), rec(4, 1.9)]  # fmt: skip
+    assert limit_reached(records, 0.0, max_experiments=3) == "reached 3 experiments"
+    assert limit_reached(records, 0.0, max_experiments=4) is None  # invalid ones trained nothing
+    assert limit_reached(records, 7300.0, hours=2) == "reached 2 hours"
+    assert limit_reached(records, 7100.0, hours=2) is None
+
+
+def test_the_summary_says_what_won_and_what_to_do_next():
+    base = rec(1, 2.80, proposer="baseline", promoted=True, description="baseline")
+    repeat = rec(2, 2.82, proposer="calibrate")
+    better = rec(3, 2.70, parent="e0001", promoted=True, description="LR 0.1 -> 0.2")
+    worse = rec(4, 2.90, "discard", parent="e0003")
+    resume = "autoresearch evolve --resume --tag t"
+    text = evolve_summary([base, repeat, better, worse], threshold=0.03,
+                          stop_reason="reached 4 experiments", resume=resume)  # fmt: skip
+    assert text.startswith("Reached 4 experiments: 4 experiments trained, the baseline, 1 noise")
+    assert "2 candidates (1 keep, 1 discard)" in text
+    assert "Champion: e0003, val_bpb 2.7000, 0.1000 better than the baseline e0001" in text
+    assert "`autoresearch show e0003`" in text and "git merge autoresearch/t" in text
+
+    none = evolve_summary([base, repeat, worse], threshold=0.03, stop_reason="stopped by Ctrl-C",
+                          resume=resume)  # fmt: skip
+    assert "No candidate beat the baseline by more than 0.0300" in none
+    assert "still the baseline e0001" in none
+    assert none.endswith(f"Next: continue where it stopped with `{resume}`.")
+
+
+def test_a_kept_candidate_worse_than_the_baseline_reads_as_worse():
+    base = rec(1, 2.80, proposer="baseline", promoted=True)
+    worse = rec(2, 2.90, parent="e0001")  # kept: it entered a population of 4
+    better = rec(3, 2.70, parent="e0001")
+    table = format_table(leaderboard_rows([base, worse, better], [base, worse, better]))
+    line = next(ln for ln in table.splitlines() if "e0002" in ln)
+    assert "+0.100000 worse" in line
+    assert "worse" not in next(ln for ln in table.splitlines() if "e0003" in ln)
+
+
+# --------------------------------------------------------------------------- resume, for real
+
+
+def test_resume_uses_the_settings_the_tag_started_with(research_repo):
+    committed(research_repo, LEARNS)
+    first = cli(*QUICK, "--tag", "r", "--max-experiments", "2", cwd=research_repo)
+    assert first.returncode == 0, first.stderr
+    assert "stops after 2 experiments (the baseline and 0 noise repeats included)" in first.stderr
+    assert len(ledger(research_repo)) == 2
+
+    # At its limit: one line, exit 0, nothing trained.
+    done = cli("evolve", "--resume", "--tag", "r", cwd=research_repo)
+    assert done.returncode == 0, done.stderr
+    assert "tag 'r' already reached 2 experiments: nothing to do" in done.stdout
+    assert len(ledger(research_repo)) == 2
+
+    # Another budget is refused in one line, and nothing is lost.
+    line = error_line(cli("evolve", "--resume", "--tag", "r", "--budget", "5", cwd=research_repo))
+    assert "tag 'r' was started with run.budget_seconds = 1.0, not 5.0" in line
+    assert "start a new tag" in line
+
+    # Raising the limit goes on with the remembered budget, proposer and population.
+    more = cli("evolve", "--resume", "--tag", "r", "--max-experiments", "3", cwd=research_repo)
+    assert more.returncode == 0, more.stderr
+    assert "population 2, proposers random, 1 s per experiment" in more.stderr
+    records = ledger(research_repo)
+    assert len(records) == 3 and records[-1]["proposer"] == "random"
+    saved = json.loads((research_repo / STATE_DIR / "tags" / "r.json").read_text())
+    assert saved["settings"]["evolve.max_experiments"] == 3
+    assert saved["elapsed_seconds"] > 0
+
+
+# --------------------------------------------------------------------------- rough edges
+
+
+def test_evolve_refuses_a_committed_train_py_that_does_not_parse(research_repo):
+    committed(research_repo, "def broken(:\n    pass\n")
+    line = error_line(cli(*QUICK, cwd=research_repo))
+    assert line == (
+        "error: the committed train.py line 1: invalid syntax: fix it, commit it and run again"
+    )
+    assert ledger(research_repo) == []
+
+
+def test_a_second_evolve_prints_only_the_refusal(research_repo):
+    committed(research_repo, LEARNS)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from autoresearch.engine import RunLock;"
+         " from pathlib import Path\nwith RunLock(Path(sys.argv[1])):\n print('held', flush=True);"
+         " time.sleep(60)", str(state_dir(research_repo))],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        result = cli(*QUICK, cwd=research_repo)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert error_line(result).startswith("error: another `autoresearch evolve` or `run`")
+    assert "evolve " not in result.stderr.split("error:")[0]  # no banner of a new tag first
+
+
+def test_evolve_output_reads_as_a_lineage_in_git_log(research_repo):
+    committed(research_repo, FROZEN)
+    result = cli(*QUICK, "--population", "1", "--tag", "g", "--max-experiments", "3",
+                 cwd=research_repo)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    records = ledger(research_repo)
+    with git.Repo(research_repo) as r:
+        log = r.git.log("--graph", "--all", "--oneline")
+        for record in records[1:]:
+            if record["status"] == "invalid":
+                continue
+            branch = r.heads[f"autoresearch/g-candidates/{record['id']}"].commit
+            # The result commit: the score in its subject, the trained commit as its parent.
+            assert branch.summary.startswith(f"{record['id']} ")
+            assert branch.parents[0].hexsha == record["commit"]
+            assert branch.tree == branch.parents[0].tree
+            assert f"{record['id']}: " in branch.parents[0].summary
+            if record["val_bpb"] is not None:
+                assert f"{record['id']} val_bpb {record['val_bpb']:.4f}" in log
+        champion = next(x for x in reversed(records) if x["promoted"])
+        tip = r.heads["autoresearch/g"].commit
+        assert champion["commit"] in (tip.hexsha, tip.parents[0].hexsha if tip.parents else "")
+    assert "Champion" in result.stdout or "No candidate beat the baseline" in result.stdout
+
+
+def test_plot_and_export_leave_the_research_repo_clean(research_repo):
+    committed(research_repo, LEARNS)
+    assert cli(*QUICK, "--max-experiments", "1", cwd=research_repo).returncode == 0
+    for args in (("plot",), ("export",), ("export", "--format", "jsonl"),
+                 ("export", "--format", "parquet")):  # fmt: skip
+        result = cli(*args, cwd=research_repo)
+        assert result.returncode == 0, result.stderr
+    with git.Repo(research_repo) as r:
+        assert r.git.status("--porcelain") == ""
+    state = research_repo / STATE_DIR
+    assert (state / "progress.png").is_file()
+    assert {p.name for p in (state / "exports").iterdir()} == {
+        "results.tsv", "ledger.jsonl", "ledger.parquet"
+    }  # fmt: skip
+    line = error_line(cli("export", "--format", "jsonl", "-o", str(state / "ledger.jsonl"),
+                          cwd=research_repo))  # fmt: skip
+    assert "is the ledger itself" in line
+
+
+def test_no_llm_key_is_said_before_litellm_or_torch_is_imported(research_repo):
+    committed(research_repo, LEARNS)
+    code = (
+        "import sys\nfrom autoresearch.cli import main\n"
+        "sys.argv = ['autoresearch', *sys.argv[1:]]\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print('imported:', *sorted(m for m in ('litellm', 'torch') if m in sys.modules))"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    result = subprocess.run(
+        [sys.executable, "-c", code, "evolve", "--proposer", "llm:openai/gpt-4o"],
+        cwd=research_repo, capture_output=True, text=True, env=env, timeout=120,
+    )  # fmt: skip
+    expected = "error: OPENAI_API_KEY is not set: export it or pick another proposer"
+    assert result.stderr.strip() == expected
+    assert result.stdout.strip() == "imported:"
+
+
+def test_run_does_not_import_torch_in_the_orchestrator(research_repo):
+    committed(research_repo, LEARNS)
+    code = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('torch imported:', 'torch' in sys.modules))\n"
+        "from autoresearch.cli import main\nsys.argv = ['autoresearch', 'run', '--budget', '1']\n"
+        "main()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=research_repo,
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "status:           keep" in result.stdout
+    assert "torch imported: False" in result.stdout
+
+
+def test_auto_device_is_told_without_torch_where_no_gpu_can_be(tmp_path, monkeypatch):
+    import importlib
+
+    context = importlib.import_module("autoresearch.harness.context")
+    monkeypatch.setattr(context, "GPU_DEVICE_NODES", (str(tmp_path / "no-such-node"),))
+    assert context._accelerator_possible() is False  # no device node: no GPU
+    node = tmp_path / "nvidia0"
+    node.write_text("")
+    monkeypatch.setattr(context, "GPU_DEVICE_NODES", (str(node),))
+    import torch
+
+    # A node, and torch's own build decides: a CPU build sees no GPU, a CUDA build may.
+    assert context._accelerator_possible() is bool(torch.version.cuda or torch.version.hip)
