@@ -181,7 +181,7 @@ def evolve(
     from autoresearch.engine import RunLock
     from autoresearch.ledger import Ledger
     from autoresearch.plugins import notify_experiment_finished
-    from autoresearch.population import champion, limit_reached, tag_records
+    from autoresearch.population import limit_reached, tag_records, trained
     from autoresearch.progress import LiveProgress
     from autoresearch.runner import describe_isolation
     from autoresearch.workspace import TRAIN_FILE, current_commit, read_train, state_dir
@@ -210,51 +210,40 @@ def evolve(
         if commit.dirty and not resume:
             raise UserError("train.py has uncommitted changes: commit or stash them, then evolve")
         ledger = Ledger(state / LEDGER_FILE)
-        records = ledger.records()
+        all_records = ledger.records()
         _warn(ledger)
-        run_tag = engine.pick_tag(repo, records, config.evolve.tag, resume)
-        remembered = tags.load(state, run_tag) if resume else None
-        if remembered:
-            explicit = {k: v for k, v in overrides.items() if v is not None}
-            measured = champion(tag_records(records, run_tag)) is not None
-            again, notes = tags.resume_overrides(
-                remembered.settings, tags.settings_of(config), explicit, run_tag, measured
-            )
-            for note in notes:
-                click.echo(note, err=True)
-            config = load_config(repo, overrides | again)
+        known = tags.known_tags(state)
+        run_tag = engine.pick_tag(repo, all_records, config.evolve.tag, resume, known)
+        before = tag_records(all_records, run_tag)
+        elapsed = 0.0
+        if resume:
+            config, elapsed = _resumed_config(repo, state, run_tag, before, overrides)
         s = config.evolve
-        elapsed = remembered.elapsed_seconds if remembered else 0.0
-        reached = limit_reached(
-            tag_records(records, run_tag), elapsed, s.max_experiments, s.hours, s.max_cost_usd
-        )
+        reached = limit_reached(before, elapsed, s.max_experiments, s.hours, s.max_cost_usd)
         if resume and reached:
             click.echo(
-                f"tag {run_tag!r} already {reached}: nothing to do; to go on, raise the limit"
-                f" (`autoresearch evolve --resume --tag {run_tag} --max-experiments N`,"
-                " --hours or --max-cost-usd)"
+                f"tag {run_tag!r} already {reached.reason}: nothing to do; to go on, raise the"
+                f" limit (`{tags.resume_command(run_tag)} {reached.raise_with}`)"
             )
             return
         _check_ready(config)
-        specs = config.evolve.proposers or engine.default_proposers()
-        made = engine.make_proposers(config, specs)
+        made = engine.make_proposers(config, config.evolve.proposers or engine.default_proposers())
         runner = engine.Engine(
             repo, config, run_tag, made, say=click.echo, progress=LiveProgress,
             notify=notify_experiment_finished,
         )  # fmt: skip
         start = runner.baseline_commit(commit.sha)
+        if start and resume and commit.dirty and start == commit.sha:
+            raise UserError(
+                "train.py has uncommitted changes, and the baseline trains the committed one:"
+                f" commit your fix, then `{tags.resume_command(run_tag)}`"
+            )
         if start:
             _check_compiles(repo / TRAIN_FILE, read_train(repo, start), committed=True)
-        limit = (
-            f"; stops after {s.max_experiments} experiments (the baseline and"
-            f" {s.calibrate} noise repeats included)"
-            if s.max_experiments
-            else ""
-        )
         click.echo(
             f"evolve {run_tag}: population {s.population}, proposers {', '.join(made)},"
-            f" {config.run.describe_budget()} per experiment{limit}; branches"
-            f" autoresearch/{run_tag}*; candidates {describe_isolation(config)}",
+            f" {config.run.describe_budget()} per experiment{_limits_text(s, trained(before))};"
+            f" branches autoresearch/{run_tag}*; candidates {describe_isolation(config)}",
             err=True,
         )
         try:
@@ -273,9 +262,50 @@ def evolve(
                 threshold=runner.threshold(),
                 stop_reason=runner.stop_reason,
                 resume=runner.resume_command(),
+                raise_with=runner.limit.raise_with if runner.limit else "--max-experiments N",
                 idle_seconds=runner.idle_seconds,
             )
         )
+
+
+def _resumed_config(repo: Path, state: Path, tag: str, records: list, overrides: dict):
+    """(config, elapsed seconds) to resume `tag` with: what it started with, and what this
+    command line raises (see autoresearch/tags.py); the notes go to stderr."""
+    from autoresearch import tags
+    from autoresearch.population import champion
+
+    remembered = tags.load(state, tag)
+    if remembered is None:  # a tag from before tags remembered their settings
+        click.echo(
+            f"note: tag {tag!r} does not remember its settings; it goes on with those of"
+            " autoresearch.toml and this command line, which it remembers from now on",
+            err=True,
+        )
+        return load_config(repo, overrides), 0.0
+    explicit = {k: v for k, v in overrides.items() if v is not None}
+    again, notes = tags.resume_overrides(
+        remembered.settings,
+        tags.settings_of(load_config(repo, overrides)),
+        explicit,
+        tag,
+        measured=champion(records) is not None,
+    )
+    for note in notes:
+        click.echo(note, err=True)
+    return load_config(repo, overrides | again), remembered.elapsed_seconds
+
+
+def _limits_text(settings, done: int) -> str:
+    """The banner's words on the experiment limit: what counts, and what is left."""
+    if not settings.max_experiments:
+        return ""
+    text = (
+        f"; stops after {settings.max_experiments} experiments (the baseline and"
+        f" {settings.calibrate} noise repeats included{f', {done} done' if done else ''})"
+    )
+    if settings.max_experiments <= 1 + settings.calibrate:
+        text += "; that leaves no room for a candidate: raise --max-experiments"
+    return text
 
 
 # --- seeing the research: leaderboard, plot, show, export, status (read-only) ---

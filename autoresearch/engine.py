@@ -1,15 +1,16 @@
 """The search: a population of `train.py` candidates on git branches, trained one at a time.
 
-    baseline ─► calibration repeats ─► interrupted candidates ─► search loop
+    baseline ─► interrupted candidates ─► calibration repeats ─► search loop
 
 Search loop, one experiment per turn:
   1. proposals are prepared in background threads, `evolve.prefetch` ahead, so the
      device never waits for a slow proposer;
   2. the next ready proposal is validated (parses, keeps the harness contract, not
      a duplicate, not a seed-only change); a rejected one is recorded `invalid`;
-  3. a valid one is committed on its own branch, on top of its parent's commit,
-     and trained and scored by the runner;
-  4. it is judged, recorded, and the research branch follows the champion.
+  3. a valid one is committed on its own branch, on top of its parent's result
+     commit, and trained and scored by the runner;
+  4. it is judged and recorded, a result commit (the same tree, the score in its
+     subject) ends its branch, and the research branch follows the champion.
 
 Rules (documented in docs/evolve.md):
 - **Parent selection.** A population member of rank r (0 = best) out of n is
@@ -174,6 +175,7 @@ class Engine:
         self.started = time.monotonic()
         self.stop_requested = False
         self.stop_reason = ""
+        self.limit: pop.Limit | None = None  # the stop limit reached, once one is
         self.idle_seconds = 0.0  # the device waited for a proposal this long
         self._ready: queue.Queue[Job] = queue.Queue()
         self._in_flight: list[Job] = []
@@ -229,8 +231,7 @@ class Engine:
             self.say(
                 f"warning: the baseline made only {record.num_steps} optimizer steps in"
                 f" {record.training_seconds:.0f} s: this machine is too slow or too busy for this"
-                " budget, and val_bpb will be mostly noise; give a longer --budget, or"
-                " --budget-tokens to compare on equal work"
+                f" budget, and val_bpb will be mostly noise; {self._steadier()}"
             )
 
     def baseline_commit(self, head: str) -> str | None:
@@ -258,18 +259,33 @@ class Engine:
             if i + 1 == self.settings.calibrate:
                 self._warn_if_noisy(baseline)
 
+
     def _warn_if_noisy(self, baseline: Record) -> None:
         """Say plainly when the measured noise is larger than the gains a search finds."""
-        threshold = self.threshold()
-        if baseline.val_bpb and threshold > NOISY_FRACTION * baseline.val_bpb:
-            share = threshold / baseline.val_bpb
+        sd = self.noise()
+        if sd is None or not baseline.val_bpb:
+            return  # the repeats failed: nothing measured
+        bar = self.settings.noise_k * sd  # the noise's part of the threshold, not the user's
+        if bar > NOISY_FRACTION * baseline.val_bpb:
             self.say(
-                f"warning: repeats of the same train.py differ by {self.noise():.4f} val_bpb, so"
-                f" a promotion needs a gain over {threshold:.4f} ({share:.1%}"
-                " of the baseline), more than most single edits bring: this machine is contended"
-                " and results are noise; use --budget-tokens (same work per run) or a quieter"
-                " machine"
+                f"warning: repeats of the same train.py differ by {sd:.4f} val_bpb, so a"
+                f" promotion needs a gain over {bar:.4f} ({bar / baseline.val_bpb:.1%} of the"
+                " baseline), more than most single edits bring: this machine is contended and"
+                f" results are mostly noise; {self._steadier()}"
             )
+
+    def _steadier(self) -> str:
+        """Advice for a noisy machine: the same work per run, with a generous time cap."""
+        base = pop.baseline(self.records)
+        if self.config.run.budget_tokens or base is None:
+            return "use a quieter machine"
+        tokens = max(base.tokens, 1)
+        nice = int(float(f"{tokens:.1g}"))  # about what the baseline trained on
+        cap = 4 * self.config.run.budget_seconds
+        return (
+            f"start a new tag with --budget-tokens {nice} --budget {cap:.0f} (the same work for"
+            " every run, whatever the load; the seconds become only a cap)"
+        )
     def _rerun_interrupted(self) -> None:
         """Candidates committed but never recorded were cut off mid-run: train them again."""
         recorded = {r.id for r in self.records}
@@ -513,7 +529,6 @@ class Engine:
             fingerprints=outcome.fingerprints | {"source": source_hash(source)},
         )  # fmt: skip
         self._record(record)
-        self._commit_result(record)
         if outcome.fatal:
             raise UserError(
                 f"{cid} {outcome.reason}; restore them (git checkout, or delete the prepared data"
@@ -564,12 +579,13 @@ class Engine:
         self.records.append(record)
         self.ledger.export_tsv(self.state / RESULTS_FILE)
         self._save_tag()
+        self._commit_result(record)  # before anything slow: a kill here is mended on resume
         self.notify(record)
         self.say(self._line(record))
 
-    # A candidate's branch ends in a result commit (same tree, the score in its subject), made
-    # right after its record: `git log --graph --all --oneline` then reads as the lineage.
     def _commit_result(self, record: Record) -> None:
+        """End a candidate's branch with a result commit (the same tree, the score in its
+        subject), so that `git log --graph --all --oneline` reads as the lineage."""
         branch = candidate_branch(self.tag, record.id)
         if branch_sha(self.repo, branch) != record.commit:
             return  # no branch of its own (the baseline, a repeat), or its result is committed
@@ -578,7 +594,7 @@ class Engine:
         if record.val_bpb is not None and parent and parent.val_bpb is not None:
             score += f" ({record.val_bpb - parent.val_bpb:+.4f})"
         if record.val_bpb is not None:
-            score += f" {record.status}"
+            score += " promoted" if record.promoted else f" {record.status}"
         message = (
             f"{record.id} {score}: {record.description}\n\nResult: {record.status}\n"
             + (f"Reason: {record.reason}\n" if record.reason else "")
@@ -605,7 +621,7 @@ class Engine:
         tags.save(self.state, self.tag, remembered)
 
     def resume_command(self) -> str:
-        return f"autoresearch evolve --resume --tag {self.tag}"
+        return tags.resume_command(self.tag)
 
     def _line(self, r: Record) -> str:
         by_id = {x.id: x for x in self.records}
@@ -625,9 +641,10 @@ class Engine:
 
     def _should_stop(self) -> bool:
         s = self.settings
-        why = "stopped by Ctrl-C" if self.stop_requested else pop.limit_reached(
+        self.limit = pop.limit_reached(
             self.records, self.elapsed(), s.max_experiments, s.hours, s.max_cost_usd
-        )  # fmt: skip
+        )
+        why = "stopped by Ctrl-C" if self.stop_requested else self.limit and self.limit.reason
         if why and not self.stop_reason:
             self.stop_reason = why
             self.say(f"stopping: {why}")
@@ -790,11 +807,16 @@ def make_proposers(config: Config, specs: tuple[str, ...]) -> dict[str, tuple[Pr
     return made
 
 
-def pick_tag(repo: Path, records: list[Record], requested: str, resume: bool) -> str:
-    """The tag to run: the requested or latest one on --resume, else a new one."""
+def pick_tag(
+    repo: Path, records: list[Record], requested: str, resume: bool, remembered: list[str] = ()
+) -> str:
+    """The tag to run: the requested or latest one on --resume, else a new one.
+    `remembered`: the tags with saved settings, most recently active last; a tag killed
+    during its first baseline has no record yet, but it has those."""
     import datetime
 
     known = list(dict.fromkeys(r.tag for r in records if r.tag))
+    known = [t for t in known if t not in remembered] + list(remembered)
 
     def exists(tag: str) -> bool:
         return tag in known or branch_sha(repo, research_branch(tag)) is not None

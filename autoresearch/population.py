@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 from autoresearch.ledger import Record
 
@@ -57,13 +58,25 @@ def threshold(records: Iterable[Record], min_improvement: float, noise_k: float)
 
 
 def trained(records: Iterable[Record]) -> int:
-    """Experiments that used the device: everything but `invalid` (rejected before training).
-    The baseline and its calibration repeats count: `max_experiments` bounds compute."""
-    return sum(r.status != "invalid" for r in records)
+    """Experiments that count toward `max_experiments`, which bounds compute: everything but
+    `invalid` (rejected before training) and a baseline that failed (the user's train.py or
+    machine, fixed before the search starts). The calibration repeats count."""
+    return sum(
+        r.status != "invalid" and not (r.proposer == BASELINE and r.status != "keep")
+        for r in records
+    )
 
 
 def spent_usd(records: Iterable[Record]) -> float:
     return sum(float(r.usage.get("cost_usd", 0.0) or 0.0) for r in records)
+
+
+@dataclass(frozen=True)
+class Limit:
+    """A stop limit that was reached: why, in words, and the option that raises it."""
+
+    reason: str  # "reached 6 experiments"
+    raise_with: str  # "--max-experiments 12": a concrete next value
 
 
 def limit_reached(
@@ -72,15 +85,20 @@ def limit_reached(
     max_experiments: int = 0,
     hours: float = 0.0,
     max_cost_usd: float = 0.0,
-) -> str | None:
-    """Which stop limit `records` (one tag's) have reached, in words; None while none."""
+) -> Limit | None:
+    """Which stop limit `records` (one tag's) have reached; None while none."""
     if max_experiments and trained(records) >= max_experiments:
-        return f"reached {max_experiments} experiments"
+        return Limit(
+            f"reached {max_experiments} experiment{'s' * (max_experiments != 1)}",
+            f"--max-experiments {2 * max_experiments}",
+        )
     if hours and elapsed_seconds >= hours * 3600:
-        return f"reached {hours:g} hours"
+        return Limit(f"reached {hours:g} hours", f"--hours {2 * hours:g}")
     spent = spent_usd(records)
     if max_cost_usd and spent >= max_cost_usd:
-        return f"spent ${spent:.2f} of ${max_cost_usd:.2f}"
+        return Limit(
+            f"spent ${spent:.2f} of ${max_cost_usd:.2f}", f"--max-cost-usd {2 * max_cost_usd:g}"
+        )
     return None
 
 

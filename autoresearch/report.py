@@ -181,6 +181,11 @@ def leaderboard_rows(
                 "commit": r.commit,
                 "promoted": r.promoted,
                 "champion": champions[r.tag] is r,
+                # a candidate (not the baseline or its repeats) that scored worse than the
+                # baseline: `keep` then means "in the population", not "better"
+                "worse_than_baseline": bool(
+                    delta is not None and delta > 0 and r.proposer not in (BASELINE, CALIBRATE)
+                ),
                 "cost_usd": float(r.usage.get("cost_usd", 0.0) or 0.0),
                 "training_seconds": r.training_seconds,
                 "created": r.created,
@@ -230,7 +235,7 @@ def _format_delta(row: dict[str, Any]) -> str:
     if row["id"] == row["baseline"]:
         return "baseline"
     # A kept candidate worse than the baseline must not read as a success.
-    return f"{row['delta']:+.6f}" + (" worse" if row["delta"] > 0 else "")
+    return f"{row['delta']:+.6f}" + (" worse" if row["worse_than_baseline"] else "")
 
 
 def evolve_summary(
@@ -239,10 +244,12 @@ def evolve_summary(
     threshold: float,
     stop_reason: str,
     resume: str,
+    raise_with: str = "--max-experiments N",
     idle_seconds: float = 0.0,
 ) -> str:
     """The end of an evolve in plain words: what was tried, what won, where, what next.
-    `records`: one tag's, with a baseline; `resume`: the command that continues the tag."""
+    `records`: one tag's, with a baseline; `resume`: the command that continues the tag;
+    `raise_with`: the option that raises the limit it stopped at."""
     base, best = baseline(records), champion(records)
     assert base is not None and best is not None, "a summary needs a recorded baseline"
     tag = base.tag
@@ -252,12 +259,13 @@ def evolve_summary(
     outcomes = ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "none"
     rejected = sum(r.status == "invalid" for r in tried)
     candidates = len(tried) - rejected
+    why = stop_reason or "done"
     lines = [
-        f"{(stop_reason or 'done').capitalize()}: {trained(records)} experiments trained,"
-        f" the baseline, {repeats} noise repeat{'s' * (repeats != 1)} and {candidates}"
+        f"{why[:1].upper()}{why[1:]}: {trained(records)} experiments trained, the baseline,"
+        f" {repeats} noise repeat{'s' * (repeats != 1)} and {candidates}"
         f" candidate{'s' * (candidates != 1)} ({outcomes})"
         + (f"; {rejected} proposals rejected before training" if rejected else "")
-        + f"; the device waited {idle_seconds:.0f} s for proposals."
+        + f"; in this session the device waited {idle_seconds:.0f} s for proposals."
     ]
     sd = noise(records)
     if sd is not None:
@@ -281,13 +289,14 @@ def evolve_summary(
         lines.append(f"Next: continue where it stopped with `{resume}`.")
     elif best is base:
         lines.append(
-            f"Next: search longer (`{resume} --max-experiments N`), or add an LLM proposer"
-            " (docs/proposers.md); on a busy machine, --budget-tokens cuts the noise."
+            f"Next: search longer (`{resume} {raise_with}`), or add an LLM proposer"
+            " (docs/proposers.md); on a busy machine, a new tag with --budget-tokens cuts the"
+            " noise."
         )
     else:
         lines.append(
             f"Next: adopt the champion in your branch (`git merge autoresearch/{tag}`),"
-            f" or search on from it (`{resume} --max-experiments N`)."
+            f" or search on from it (`{resume} {raise_with}`)."
         )
     return "\n".join(lines)
 

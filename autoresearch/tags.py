@@ -1,6 +1,6 @@
 """What an evolve tag remembers: the settings it was started with, and how long it has run.
 
-`.autoresearch/tags/<tag>.json`, rewritten atomically:
+`.autoresearch/tags/<tag>.json`, rewritten atomically after every record:
 
     {"settings": {"run.budget_seconds": 60.0, ..., "evolve.max_experiments": 6},
      "elapsed_seconds": 1234.5}
@@ -9,12 +9,13 @@ Two kinds of settings are kept:
 
 - **pinned** ones decide what the tag's numbers mean (the budget, the seed, the
   data, the evaluation set). Every experiment of a tag uses the same ones, so a
-  `--resume` that asks for another value is refused: its results would not
-  compare with the ones already recorded. A changed `autoresearch.toml` does not
-  change them either (the caller says so);
-- **remembered** ones (the population, the proposers, the repeats, the limits)
-  are used again on `--resume` unless given anew on the command line, and then
-  the new value is remembered.
+  `--resume` that asks for another value on the command line is refused once
+  the baseline has a score: its results would not compare with the ones already
+  recorded. A changed `autoresearch.toml` does not change them either (the
+  caller prints the note that says so);
+- **remembered** ones (the population, the proposers, the repeats, the rules of
+  promotion, the limits) are used again on `--resume` unless given anew on the
+  command line, and then the new value is remembered.
 
 `elapsed_seconds` is the time the tag has been running over all its sessions, so
 `--hours 8` means eight hours of search however often it was resumed.
@@ -23,13 +24,14 @@ Two kinds of settings are kept:
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from autoresearch.atomic import write_text
-from autoresearch.config import Config
-from autoresearch.errors import UserError
+from autoresearch.config import Config, parse_config
+from autoresearch.errors import ConfigError, UserError
 
 TAGS_DIR = "tags"  # inside the state folder
 PINNED = (
@@ -38,6 +40,7 @@ PINNED = (
     "run.seed",
     "data.source",
     "data.path",
+    "data.train_shards",
     "data.sequence_len",
     "tokenizer.kind",
     "tokenizer.vocab_size",
@@ -45,16 +48,26 @@ PINNED = (
 )
 REMEMBERED = (
     "evolve.population",
+    "evolve.selection",
     "evolve.proposers",
     "evolve.calibrate",
+    "evolve.noise_k",
+    "evolve.min_improvement",
     "evolve.max_experiments",
     "evolve.hours",
     "evolve.max_cost_usd",
 )
-# How a pinned setting is asked for on the command line, for the refusal's advice.
+# The settings `evolve` has a flag for. Of the pinned ones, the only ones a command line can
+# ask to change (and is refused); of the remembered ones, how to change them on resume.
 FLAGS = {
     "run.budget_seconds": "--budget",
     "run.budget_tokens": "--budget-tokens",
+    "evolve.population": "--population",
+    "evolve.proposers": "--proposer",
+    "evolve.calibrate": "--calibrate",
+    "evolve.max_experiments": "--max-experiments",
+    "evolve.hours": "--hours",
+    "evolve.max_cost_usd": "--max-cost-usd",
 }
 
 
@@ -66,6 +79,17 @@ class TagState:
 
 def tag_file(state: Path, tag: str) -> Path:
     return state / TAGS_DIR / f"{tag}.json"
+
+
+def resume_command(tag: str) -> str:
+    """The command that continues `tag`: every message that says how to go on names it."""
+    return f"autoresearch evolve --resume --tag {tag}"
+
+
+def known_tags(state: Path) -> list[str]:
+    """The tags that remember their settings, the most recently active last."""
+    files = sorted((state / TAGS_DIR).glob("*.json"), key=lambda p: (p.stat().st_mtime, p.name))
+    return [p.stem for p in files]
 
 
 def settings_of(config: Config) -> dict[str, Any]:
@@ -81,17 +105,28 @@ def settings_of(config: Config) -> dict[str, Any]:
 def load(state: Path, tag: str) -> TagState | None:
     """What `tag` remembers; None for a tag started before tags remembered anything."""
     path = tag_file(state, tag)
+    damaged = f"{path} is damaged: delete it to resume {tag!r} with the settings of"
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         settings = {k: v for k, v in data["settings"].items() if k in PINNED + REMEMBERED}
-        return TagState(settings, float(data.get("elapsed_seconds", 0.0)))
+        elapsed = float(data.get("elapsed_seconds", 0.0))
     except FileNotFoundError:
         return None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        raise UserError(
-            f"{path} is damaged: delete it to resume with the settings of autoresearch.toml"
-            " and the command line"
-        ) from None
+    except OSError as e:
+        raise UserError(f"cannot read {path} ({e.strerror}): fix its permissions") from None
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise UserError(f"{damaged} autoresearch.toml and the command line") from None
+    if not (math.isfinite(elapsed) and elapsed >= 0):
+        raise UserError(f"{damaged} autoresearch.toml (elapsed_seconds is {elapsed})")
+    try:  # the same checks as autoresearch.toml: a wrong type must not surface later
+        raw: dict[str, dict[str, Any]] = {}
+        for key, value in settings.items():
+            section, name = key.split(".")
+            raw.setdefault(section, {})[name] = value
+        parse_config(raw)
+    except ConfigError as e:
+        raise UserError(f"{damaged} autoresearch.toml ({e})") from None
+    return TagState(settings, elapsed)
 
 
 def save(state: Path, tag: str, tag_state: TagState) -> None:
@@ -118,19 +153,23 @@ def resume_overrides(
     """
     for key in PINNED if measured else ():
         if key in explicit and key in saved and _differs(explicit[key], saved[key]):
-            flag = FLAGS.get(key, f"the {key} setting")
             raise UserError(
                 f"tag {tag!r} was started with {key} = {saved[key]!r}, not {explicit[key]!r}:"
                 " its results would not compare; start a new tag instead"
-                f" (`autoresearch evolve` with {flag} and no --resume)"
+                f" (`autoresearch evolve` with {FLAGS[key]} and no --resume)"
             )
     overrides = {k: v for k, v in saved.items() if k not in explicit}
-    notes = [
-        f"note: autoresearch.toml now says {key} = {configured[key]!r}; tag {tag!r} keeps"
-        f" {saved[key]!r}, the value its results were measured with"
-        for key in PINNED
-        if key in saved and key not in explicit and _differs(configured[key], saved[key])
-    ]
+    notes = []
+    for key in PINNED + REMEMBERED:
+        if key in saved and key not in explicit and _differs(configured[key], saved[key]):
+            if key in PINNED:
+                why = "the value its results were measured with"
+            else:
+                why = f"as it started; {FLAGS[key]} changes it" if key in FLAGS else "as it started"
+            notes.append(
+                f"note: tag {tag!r} keeps {key} = {saved[key]!r}, {why}"
+                f" (autoresearch.toml says {configured[key]!r})"
+            )
     return overrides, notes
 
 

@@ -105,6 +105,9 @@ def state_dir(repo: Path) -> Path:
     # Checked before anything starts: the first failing write could come mid-experiment.
     if not os.access(path, os.W_OK | os.X_OK):
         raise UserError(f"cannot write to {path}: make it writable (chmod u+w), then run again")
+    ignore = path / ".gitignore"  # the run state stays out of git in any repo, not only ours
+    if not ignore.exists():
+        ignore.write_text("# autoresearch run state: ledger, runs, plots, exports\n*\n")
     return path
 
 
@@ -172,8 +175,13 @@ def branches(repo: Path, prefix: str) -> dict[str, str]:
 
 def branch_sha(repo: Path, name: str) -> str | None:
     """The commit branch `name` points at, or None when there is no such branch."""
-    out = git_command(repo, "for-each-ref", "--format=%(objectname)", f"refs/heads/{name}")
-    return out.split()[0] if out.strip() else None
+    ref = f"refs/heads/{name}"  # for-each-ref matches `ref/...` too: keep the exact name only
+    out = git_command(repo, "for-each-ref", "--format=%(objectname) %(refname)", ref)
+    for line in out.splitlines():
+        sha, _, found = line.partition(" ")
+        if found == ref:
+            return sha
+    return None
 
 
 def commit_result(repo: Path, sha: str, message: str) -> str:
@@ -204,12 +212,18 @@ def git_command(repo: Path, *args: str) -> str:
 
 
 def read_train(repo: Path, sha: str) -> str:
-    """train.py as committed in `sha`."""
+    """train.py as committed in `sha`; a `UserError` when that commit has no readable one."""
     import git
 
     # The blob streams from the repo's cat-file process: keep the repo open while reading.
     with git.Repo(repo) as r:
-        return (r.commit(sha).tree / TRAIN_FILE).data_stream.read().decode("utf-8")
+        try:
+            return (r.commit(sha).tree / TRAIN_FILE).data_stream.read().decode("utf-8")
+        except KeyError:
+            problem = f"commit {sha[:12]} has no {TRAIN_FILE}"
+        except UnicodeDecodeError:
+            problem = f"{TRAIN_FILE} in commit {sha[:12]} is not UTF-8 text"
+    raise UserError(f"{problem}: commit a {TRAIN_FILE}, then run again")
 
 
 def commit_message(repo: Path, sha: str) -> str:

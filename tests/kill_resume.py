@@ -39,8 +39,8 @@ from pathlib import Path
 
 import git
 
-from autoresearch.ledger import Ledger
-from autoresearch.population import champion
+from autoresearch.ledger import Ledger, Record
+from autoresearch.population import champion, trained
 from autoresearch.runner import die_with_parent
 from autoresearch.workspace import LOCK_FILE, branch_sha, candidate_branch, research_branch
 
@@ -237,8 +237,7 @@ def kill_and_resume(repo: Path, plan: Plan, extra: int = 1) -> Trial:
     trial.resumed = any(r["tag"] == TAG for r in trial.before) or bool(
         branch_sha(repo, research_branch(TAG))
     )
-    trained = sum(r["status"] != "invalid" for r in trial.before)
-    trial.target = trained + extra
+    trial.target = trained([Record.from_dict(r) for r in trial.before]) + extra
     resume = ("--resume",) if trial.resumed else ()
     result = subprocess.run(
         [sys.executable, "-m", "autoresearch", *EVOLVE, "--tag", TAG, *resume,
@@ -253,8 +252,19 @@ def kill_and_resume(repo: Path, plan: Plan, extra: int = 1) -> Trial:
     kill_all(left)
     trial.stale = stale_state(repo, trial.after)
     best = champion(Ledger(repo / ".autoresearch/ledger.jsonl").records())
-    trial.branch_ok = best is not None and branch_sha(repo, research_branch(TAG)) == best.commit
+    trial.branch_ok = best is not None and branch_trains(repo, research_branch(TAG), best.commit)
     return trial
+
+
+def branch_trains(repo: Path, branch: str, commit: str) -> bool:
+    """Whether `branch` is `commit`, or its result commit: the same tree, `commit` its parent."""
+    with git.Repo(repo) as r:
+        if branch not in r.heads:
+            return False
+        tip = r.heads[branch].commit
+        return tip.hexsha == commit or (
+            [p.hexsha for p in tip.parents] == [commit] and tip.tree == tip.parents[0].tree
+        )
 
 
 def _signal_at(proc: subprocess.Popen, plan: Plan) -> int | None:
@@ -279,11 +289,18 @@ def stale_state(repo: Path, records: list[dict]) -> list[str]:
     stale = [f"pgid file {p.parent.name}" for p in state.glob("runs/*/pgid")]
     recorded = {r["id"] for r in records}
     prefix = candidate_branch(TAG, "")
+    commits = {r["id"]: r["commit"] for r in records if r["tag"] == TAG}
     with git.Repo(repo) as r:
         stale += [
             f"unrecorded branch {h.name}"
             for h in r.heads
             if h.name.startswith(prefix) and h.name[len(prefix) :] not in recorded
+        ]
+        # A kill between a record and its result commit is mended by the resume.
+        stale += [
+            f"branch {h.name} has no result commit"
+            for h in r.heads
+            if h.name.startswith(prefix) and h.commit.hexsha == commits.get(h.name[len(prefix) :])
         ]
         if r.is_dirty() or r.active_branch.name != "main":
             stale.append("the user's checkout was changed")

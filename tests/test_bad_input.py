@@ -312,13 +312,16 @@ def test_a_crashed_baseline_can_be_fixed_and_resumed(research_repo):
     assert "the baseline failed (crash" in line and "autoresearch evolve --resume --tag b" in line
 
     committed(research_repo, LEARNS)  # the fix, committed as the error says
-    # The crash used the device, so it counts: one more experiment trains the fixed baseline.
-    fixed = cli("evolve", "--resume", "--tag", "b", "--max-experiments", "2", cwd=research_repo)
+    # Exactly the command the error named: a failed baseline does not count toward the limit.
+    fixed = cli("evolve", "--resume", "--tag", "b", cwd=research_repo)
     assert fixed.returncode == 0 and "Traceback" not in fixed.stderr, fixed.stderr
     assert "the champion is still the baseline e0002" in fixed.stdout
     again = cli("evolve", "--resume", "--tag", "b", cwd=research_repo)  # at its limit now
     assert again.returncode == 0 and "Traceback" not in again.stderr, again.stderr
-    assert "tag 'b' already reached 2 experiments: nothing to do" in again.stdout
+    assert again.stdout.strip() == (
+        "tag 'b' already reached 1 experiment: nothing to do; to go on, raise the limit"
+        " (`autoresearch evolve --resume --tag b --max-experiments 2`)"
+    )
     statuses = [(r["proposer"], r["status"]) for r in ledger(research_repo)]
     assert statuses[:2] == [("baseline", "crash"), ("baseline", "keep")]
 

@@ -17,7 +17,7 @@ from test_engine import FROZEN, LEARNS, committed, rec
 
 from autoresearch import tags
 from autoresearch.errors import UserError
-from autoresearch.population import limit_reached
+from autoresearch.population import Limit, limit_reached
 from autoresearch.report import evolve_summary, format_table, leaderboard_rows
 from autoresearch.workspace import STATE_DIR, state_dir
 
@@ -35,8 +35,12 @@ def test_a_resume_keeps_pinned_settings_and_refuses_other_ones():
     overrides, notes = tags.resume_overrides(saved, configured, {}, "nov21")
     assert overrides == saved  # nothing asked: everything as it started
     assert notes == [
-        "note: autoresearch.toml now says run.budget_seconds = 300.0; tag 'nov21' keeps 60.0,"
-        " the value its results were measured with"
+        "note: tag 'nov21' keeps run.budget_seconds = 60.0, the value its results were measured"
+        " with (autoresearch.toml says 300.0)",
+        "note: tag 'nov21' keeps evolve.proposers = ['optuna'], as it started; --proposer"
+        " changes it (autoresearch.toml says [])",
+        "note: tag 'nov21' keeps evolve.max_experiments = 6, as it started; --max-experiments"
+        " changes it (autoresearch.toml says 0)",
     ]
     raised, _ = tags.resume_overrides(saved, configured, {"evolve.max_experiments": 12}, "nov21")
     assert raised["run.budget_seconds"] == 60.0 and "evolve.max_experiments" not in raised
@@ -51,12 +55,17 @@ def test_a_resume_keeps_pinned_settings_and_refuses_other_ones():
 
 
 def test_limits_count_every_training_and_hours_over_sessions():
-    records = [rec(1, 2.0, proposer="baseline"), rec(2, 2.1, proposer="calibrate"),
-               rec(3, None, "invalid"), rec(4, 1.9)]  # fmt: skip
-    assert limit_reached(records, 0.0, max_experiments=3) == "reached 3 experiments"
-    assert limit_reached(records, 0.0, max_experiments=4) is None  # invalid ones trained nothing
-    assert limit_reached(records, 7300.0, hours=2) == "reached 2 hours"
+    records = [rec(1, None, "crash", proposer="baseline"), rec(2, 2.0, proposer="baseline"),
+               rec(3, 2.1, proposer="calibrate"), rec(4, None, "invalid"), rec(5, 1.9)]  # fmt: skip
+    # The failed baseline (the user's to fix) and the invalid proposal trained nothing that
+    # counts; the repeat does.
+    assert limit_reached(records, 0.0, max_experiments=3) == Limit(
+        "reached 3 experiments", "--max-experiments 6"
+    )
+    assert limit_reached(records, 0.0, max_experiments=4) is None
+    assert limit_reached(records, 7300.0, hours=2) == Limit("reached 2 hours", "--hours 4")
     assert limit_reached(records, 7100.0, hours=2) is None
+    assert limit_reached(records[:2], 0.0, max_experiments=1).reason == "reached 1 experiment"
 
 
 def test_the_summary_says_what_won_and_what_to_do_next():
@@ -66,14 +75,17 @@ def test_the_summary_says_what_won_and_what_to_do_next():
     worse = rec(4, 2.90, "discard", parent="e0003")
     resume = "autoresearch evolve --resume --tag t"
     text = evolve_summary([base, repeat, better, worse], threshold=0.03,
-                          stop_reason="reached 4 experiments", resume=resume)  # fmt: skip
+                          stop_reason="reached 4 experiments", resume=resume,
+                          raise_with="--max-experiments 8")  # fmt: skip
     assert text.startswith("Reached 4 experiments: 4 experiments trained, the baseline, 1 noise")
     assert "2 candidates (1 keep, 1 discard)" in text
     assert "Champion: e0003, val_bpb 2.7000, 0.1000 better than the baseline e0001" in text
     assert "`autoresearch show e0003`" in text and "git merge autoresearch/t" in text
+    assert text.endswith(f"(`{resume} --max-experiments 8`).")
 
     none = evolve_summary([base, repeat, worse], threshold=0.03, stop_reason="stopped by Ctrl-C",
                           resume=resume)  # fmt: skip
+    assert none.startswith("Stopped by Ctrl-C: ")
     assert "No candidate beat the baseline by more than 0.0300" in none
     assert "still the baseline e0001" in none
     assert none.endswith(f"Next: continue where it stopped with `{resume}`.")
@@ -83,10 +95,16 @@ def test_a_kept_candidate_worse_than_the_baseline_reads_as_worse():
     base = rec(1, 2.80, proposer="baseline", promoted=True)
     worse = rec(2, 2.90, parent="e0001")  # kept: it entered a population of 4
     better = rec(3, 2.70, parent="e0001")
-    table = format_table(leaderboard_rows([base, worse, better], [base, worse, better]))
-    line = next(ln for ln in table.splitlines() if "e0002" in ln)
-    assert "+0.100000 worse" in line
-    assert "worse" not in next(ln for ln in table.splitlines() if "e0003" in ln)
+    repeat = rec(4, 2.85, "discard", proposer="calibrate")  # noise, not a worse candidate
+    everything = [base, worse, better, repeat]
+    rows = leaderboard_rows(everything, everything)
+    assert {r["id"]: r["worse_than_baseline"] for r in rows} == {
+        "e0001": False, "e0002": True, "e0003": False, "e0004": False
+    }  # fmt: skip
+    table = format_table(rows)
+    assert "+0.100000 worse" in next(ln for ln in table.splitlines() if "e0002" in ln)
+    for other in ("e0003", "e0004"):
+        assert "worse" not in next(ln for ln in table.splitlines() if other in ln)
 
 
 # --------------------------------------------------------------------------- resume, for real
@@ -175,6 +193,17 @@ def test_evolve_output_reads_as_a_lineage_in_git_log(research_repo):
         assert champion["commit"] in (tip.hexsha, tip.parents[0].hexsha if tip.parents else "")
     assert "Champion" in result.stdout or "No candidate beat the baseline" in result.stdout
 
+    # A kill between a record and its result commit: the resume makes the commit.
+    last = next(x for x in reversed(records) if x["status"] != "invalid" and x["parent"])
+    with git.Repo(research_repo) as r:
+        r.create_head(f"autoresearch/g-candidates/{last['id']}", last["commit"], force=True)
+    more = cli("evolve", "--resume", "--tag", "g", "--max-experiments", "4", cwd=research_repo)
+    assert more.returncode == 0, more.stderr
+    with git.Repo(research_repo) as r:
+        mended = r.heads[f"autoresearch/g-candidates/{last['id']}"].commit
+        assert mended.parents[0].hexsha == last["commit"]
+        assert mended.summary.startswith(f"{last['id']} ")
+
 
 def test_plot_and_export_leave_the_research_repo_clean(research_repo):
     committed(research_repo, LEARNS)
@@ -213,31 +242,30 @@ def test_no_llm_key_is_said_before_litellm_or_torch_is_imported(research_repo):
     assert result.stdout.strip() == "imported:"
 
 
-def test_run_does_not_import_torch_in_the_orchestrator(research_repo):
+@pytest.mark.parametrize(
+    "args", [("run", "--budget", "1"), (*QUICK, "--max-experiments", "1")], ids=["run", "evolve"]
+)
+def test_no_torch_in_the_orchestrator(research_repo, args):
+    """torch costs the orchestrator 2 s and 200 MB: only the candidate and evaluator load it
+    (the test repo names device = "cpu"; with "auto", a CUDA build of torch is asked)."""
     committed(research_repo, LEARNS)
     code = (
         "import atexit, sys\n"
         "atexit.register(lambda: print('torch imported:', 'torch' in sys.modules))\n"
-        "from autoresearch.cli import main\nsys.argv = ['autoresearch', 'run', '--budget', '1']\n"
-        "main()\n"
+        "from autoresearch.cli import main\nsys.argv = ['autoresearch', *sys.argv[1:]]\nmain()\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], cwd=research_repo,
+    result = subprocess.run([sys.executable, "-c", code, *args], cwd=research_repo,
                             capture_output=True, text=True, timeout=300)  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert "status:           keep" in result.stdout
+    assert len(ledger(research_repo)) == 1 and ledger(research_repo)[0]["status"] == "keep"
     assert "torch imported: False" in result.stdout
 
 
-def test_auto_device_is_told_without_torch_where_no_gpu_can_be(tmp_path, monkeypatch):
+def test_auto_device_is_told_without_torch_for_a_cpu_build():
     import importlib
 
-    context = importlib.import_module("autoresearch.harness.context")
-    monkeypatch.setattr(context, "GPU_DEVICE_NODES", (str(tmp_path / "no-such-node"),))
-    assert context._accelerator_possible() is False  # no device node: no GPU
-    node = tmp_path / "nvidia0"
-    node.write_text("")
-    monkeypatch.setattr(context, "GPU_DEVICE_NODES", (str(node),))
     import torch
 
-    # A node, and torch's own build decides: a CPU build sees no GPU, a CUDA build may.
+    context = importlib.import_module("autoresearch.harness.context")
+    # The build's version file, read as text, says what importing torch would say.
     assert context._accelerator_possible() is bool(torch.version.cuda or torch.version.hip)
