@@ -457,6 +457,7 @@ def _supervise(
     with open(run_dir / SANDBOX_LOG, "wb") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "autoresearch.harness.sandbox", str(run_dir / SANDBOX_SPEC)],
+            cwd=run_dir,  # explicit: the process's own folder may be gone (a proposer's scratch)
             env=minimal_env({"PYTHONDONTWRITEBYTECODE": "1"}),
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -546,6 +547,7 @@ class Evaluator:
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed by score() or cancel()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "autoresearch.harness.evaluate", json.dumps(asdict(spec))],
+            cwd=log_path.parent,  # explicit, like every process started here
             env=minimal_env({}),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,

@@ -42,6 +42,7 @@ from autoresearch.plugins import check_option_names
 from autoresearch.proposal import Proposal, ProposalRequest, Usage
 from autoresearch.redact import redact
 from autoresearch.runner import die_with_parent
+from autoresearch.workspace import git_command
 
 from . import prompt
 
@@ -53,6 +54,11 @@ PROGRAM = "program.md"
 PROMPT_FILE = "PROMPT.md"
 DESCRIPTION_FILE = "DESCRIPTION"  # the agent may write its one-line summary here
 LOG_FILE = "agent.log"
+SCRATCH_GIT_CONFIG = {
+    "user.name": "autoresearch",
+    "user.email": "autoresearch@localhost",
+    "commit.gpgsign": "false",
+}
 PROMPT_ENV = "AUTORESEARCH_PROMPT"
 PROMPT_FILE_ENV = "AUTORESEARCH_PROMPT_FILE"
 BASE_ENV = ("PATH", "HOME", "LANG")  # what any command needs to start; never API keys
@@ -256,21 +262,20 @@ def register_proposers(register):
 
 
 def _init_scratch(scratch: Path, request: ProposalRequest, text: str) -> dict[str, str]:
-    """Write the files and commit them once; return what was written, by path."""
-    import git  # gitpython: only needed when an agent actually runs
+    """Write the files and commit them once; return what was written, by path.
 
+    Plain git in the scratch folder, not GitPython's index: that `chdir`s the whole
+    process while it adds files, and this runs in a proposal thread while the
+    engine starts training and evaluation processes."""
     originals = {TARGET: request.parent_source, PROGRAM: request.program, PROMPT_FILE: text}
     for name, content in originals.items():
         with open(scratch / name, "w", encoding="utf-8", newline="") as f:
             f.write(content)
-    repo = git.Repo.init(scratch)
-    with repo.config_writer() as config:  # a commit must not depend on the user's git identity
-        config.set_value("user", "name", "autoresearch")
-        config.set_value("user", "email", "autoresearch@localhost")
-        config.set_value("commit", "gpgsign", "false")
-    repo.index.add(list(originals))
-    repo.index.commit(f"parent {request.parent_id}")
-    repo.close()
+    git_command(scratch, "init", "-q")
+    for key, value in SCRATCH_GIT_CONFIG.items():  # commits must not need the user's identity
+        git_command(scratch, "config", key, value)
+    git_command(scratch, "add", "--", *originals)
+    git_command(scratch, "commit", "-q", "-m", f"parent {request.parent_id}")
     return originals
 
 

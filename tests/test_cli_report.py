@@ -21,7 +21,7 @@ from autoresearch.cli import main
 ROW_KEYS = {
     "rank", "id", "tag", "status", "reason", "val_bpb", "delta", "baseline", "memory_gb",
     "proposer", "parent", "lineage_depth", "description", "commit", "promoted", "champion",
-    "cost_usd", "training_seconds", "created",
+    "worse_than_baseline", "cost_usd", "training_seconds", "created",
 }  # fmt: skip
 EMPTY = "error: no experiments yet: run `autoresearch run`"
 
@@ -80,6 +80,7 @@ def test_leaderboard_json_is_clean_and_follows_the_schema(run):
     for row in rows:
         assert set(row) == ROW_KEYS
         assert isinstance(row["lineage_depth"], int) and isinstance(row["champion"], bool)
+        assert isinstance(row["worse_than_baseline"], bool)
     best, crash = rows[0], rows[-1]
     assert best["rank"] == 1 and best["val_bpb"] == 1.4 and best["delta"] == -0.1
     assert best["baseline"] == "c0001" and best["parent"] == "c0002" and best["champion"]

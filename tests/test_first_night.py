@@ -138,6 +138,12 @@ def test_resume_uses_the_settings_the_tag_started_with(research_repo):
     assert saved["settings"]["evolve.max_experiments"] == 3
     assert saved["elapsed_seconds"] > 0
 
+    # A tag from before tags remembered anything goes on with today's settings, and says so.
+    (research_repo / STATE_DIR / "tags" / "r.json").unlink()
+    old = cli("evolve", "--resume", "--tag", "r", "--max-experiments", "3", cwd=research_repo)
+    assert old.returncode == 0 and "tag 'r' already reached 3 experiments" in old.stdout
+    assert "note: tag 'r' does not remember its settings" in old.stderr
+
 
 # --------------------------------------------------------------------------- rough edges
 

@@ -256,7 +256,7 @@ def isolation_works() -> bool:
         return False
     probe = [sys.executable, "-m", "autoresearch.harness.sandbox", "--probe"]
     try:
-        return subprocess.run(probe, capture_output=True, timeout=30).returncode == 0
+        return subprocess.run(probe, cwd="/", capture_output=True, timeout=30).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
 
