@@ -270,8 +270,9 @@ class Engine:
             self.say(
                 f"warning: repeats of the same train.py differ by {sd:.4f} val_bpb, so a"
                 f" promotion needs a gain over {bar:.4f} ({bar / baseline.val_bpb:.1%} of the"
-                " baseline), more than most single edits bring: this machine is contended and"
-                f" results are mostly noise; {self._steadier()}"
+                " baseline), more than most single edits bring: on this machine and budget"
+                " (busy, slow, or too short to settle) results are mostly noise;"
+                f" {self._steadier()}"
             )
 
     def _steadier(self) -> str:
