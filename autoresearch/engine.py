@@ -84,7 +84,7 @@ SCRATCH_FILE_BYTES = 512 * 2**10
 FAILED = ("crash", "timeout", "invalid")
 # Plain words when the baseline shows that results will be noise (docs/evolve.md).
 FEW_STEPS = 100  # optimizer steps of the baseline below which the machine is too slow or busy
-NOISY_FRACTION = 0.01  # a promotion threshold above 1% of the baseline's val_bpb
+NOISY_FRACTION = 0.01  # noise_k x noise over 1% of the baseline's val_bpb: more than edits gain
 
 
 @dataclass
