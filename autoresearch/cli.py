@@ -219,6 +219,8 @@ def evolve(
         if resume:
             config, elapsed = _resumed_config(repo, state, run_tag, before, overrides)
         s = config.evolve
+        if proposers:  # asked for on this command line: checked even when nothing will run
+            made = engine.make_proposers(config, s.proposers)
         reached = limit_reached(before, elapsed, s.max_experiments, s.hours, s.max_cost_usd)
         if resume and reached:
             click.echo(
@@ -227,10 +229,11 @@ def evolve(
             )
             return
         _check_ready(config)
-        made = engine.make_proposers(config, config.evolve.proposers or engine.default_proposers())
+        if not proposers:
+            made = engine.make_proposers(config, s.proposers or engine.default_proposers())
         runner = engine.Engine(
             repo, config, run_tag, made, say=click.echo, progress=LiveProgress,
-            notify=notify_experiment_finished,
+            notify=notify_experiment_finished, configured=tags.settings_of(load_config(repo)),
         )  # fmt: skip
         start = runner.baseline_commit(commit.sha)
         if start and resume and commit.dirty and start == commit.sha:
@@ -266,6 +269,8 @@ def evolve(
                 idle_seconds=runner.idle_seconds,
             )
         )
+    if runner.interrupted_by:  # a script can tell a stopped run from a finished one
+        sys.exit(128 + runner.interrupted_by)
 
 
 def _resumed_config(repo: Path, state: Path, tag: str, records: list, overrides: dict):
@@ -282,10 +287,15 @@ def _resumed_config(repo: Path, state: Path, tag: str, records: list, overrides:
             err=True,
         )
         return load_config(repo, overrides), 0.0
+    if len(records) < remembered.recorded:
+        raise UserError(
+            f"the ledger holds {len(records)} records of tag {tag!r}, but {remembered.recorded}"
+            f" were recorded: restore {state / LEDGER_FILE} from a backup, or start a new tag"
+        )
     explicit = {k: v for k, v in overrides.items() if v is not None}
     again, notes = tags.resume_overrides(
-        remembered.settings,
-        tags.settings_of(load_config(repo, overrides)),
+        remembered,
+        tags.settings_of(load_config(repo)),
         explicit,
         tag,
         measured=champion(records) is not None,
@@ -533,7 +543,11 @@ def _check_compiles(train_py: Path, source: str | None = None, committed: bool =
             from autoresearch.workspace import current_commit
 
             in_git = bool(current_commit(train_py.parent).sha)
-            how = "restore it with `git checkout -- train.py`" if in_git else "put one back"
+            how = (
+                "restore it with `git checkout -- train.py`"
+                if in_git
+                else "put one back, or start a research repo with `autoresearch init DIR`"
+            )
             raise UserError(f"{train_py} is missing: {how}") from None
     try:
         compile(source, str(train_py), "exec")

@@ -208,9 +208,10 @@ def _coerce(key: str, default: Any, value: Any) -> Any:
         raise ConfigError(f"'{key}' must be a finite number, got {value}")
     if isinstance(value, want) and not (want is int and isinstance(value, bool)):
         return value
+    example = '["optuna"]' if want is tuple else repr(default)  # TOML, not Python
     raise ConfigError(
         f"'{key}' must be {TYPE_NAMES[want]}, got {type(value).__name__} {value!r}"
-        f" (for example {key.split('.')[1]} = {default!r})"
+        f" (for example {key.split('.')[1]} = {example})"
     )
 
 

@@ -158,6 +158,7 @@ class Engine:
         say: Callable[[str], None],
         progress: Callable[..., LiveProgress] | None = None,
         notify: Callable[[Record], None] | None = None,
+        configured: dict | None = None,
     ):
         self.repo, self.config, self.tag = repo, config, tag
         self.settings = config.evolve
@@ -172,9 +173,12 @@ class Engine:
         self.program = (repo / PROGRAM_FILE).read_text(encoding="utf-8")
         remembered = tags.load(self.state, tag)
         self.elapsed_before = remembered.elapsed_seconds if remembered else 0.0  # earlier sessions
+        # autoresearch.toml's own settings, remembered so that a later edit is noticed
+        self.configured = configured if configured is not None else tags.settings_of(config)
         self.started = time.monotonic()
         self.stop_requested = False
         self.stop_reason = ""
+        self.interrupted_by: int | None = None  # the signal that stopped the run, if one did
         self.limit: pop.Limit | None = None  # the stop limit reached, once one is
         self.idle_seconds = 0.0  # the device waited for a proposal this long
         self._ready: queue.Queue[Job] = queue.Queue()
@@ -205,7 +209,6 @@ class Engine:
                 self.say(f"stopped: continue with `{self.resume_command()}`")
             finally:
                 self._write_status(phase="idle", experiment=None)
-                self._save_tag()
         return self.records
 
     def _baseline(self, base_commit: str) -> None:
@@ -618,7 +621,9 @@ class Engine:
         return self.elapsed_before + time.monotonic() - self.started
 
     def _save_tag(self) -> None:
-        remembered = tags.TagState(tags.settings_of(self.config), self.elapsed())
+        remembered = tags.TagState(
+            tags.settings_of(self.config), self.configured, len(self.records), self.elapsed()
+        )
         tags.save(self.state, self.tag, remembered)
 
     def resume_command(self) -> str:
@@ -633,7 +638,12 @@ class Engine:
             if r.val_bpb is not None and parent and parent.val_bpb is not None
             else ""
         )
-        mark = " (promoted)" if r.promoted else ""
+        base = pop.baseline(self.records)
+        worse = (  # the delta is against the parent: say when a kept one is worse than the start
+            r.status == "keep" and r.proposer not in (BASELINE, CALIBRATE) and base is not None
+            and r.val_bpb is not None and base.val_bpb is not None and r.val_bpb > base.val_bpb
+        )  # fmt: skip
+        mark = " (promoted)" if r.promoted else " (worse than the baseline)" if worse else ""
         why = f" [{r.reason}]" if r.status in FAILED else ""
         return (
             f"{r.id}  parent {r.parent or '-':5}  {r.proposer:<12} val_bpb {bpb} {delta:>10}"
@@ -695,6 +705,7 @@ class Engine:
             "spend_usd": pop.spent_usd(self.records),
         }
         write_text(self.state / STATUS_FILE, json.dumps(status) + "\n")
+        self._save_tag()  # the running time too: a SIGKILL then loses at most one phase
 
     @contextlib.contextmanager
     def _signals(self):
@@ -704,6 +715,7 @@ class Engine:
             return
 
         def on_interrupt(signum, frame):
+            self.interrupted_by = signum
             if self.stop_requested or signum == signal.SIGTERM:
                 raise StopNow()
             self.stop_requested = True

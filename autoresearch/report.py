@@ -260,11 +260,12 @@ def evolve_summary(
     rejected = sum(r.status == "invalid" for r in tried)
     candidates = len(tried) - rejected
     why = stop_reason or "done"
+    plural = "s" * (rejected != 1)
     lines = [
         f"{why[:1].upper()}{why[1:]}: {trained(records)} experiments trained, the baseline,"
         f" {repeats} noise repeat{'s' * (repeats != 1)} and {candidates}"
         f" candidate{'s' * (candidates != 1)} ({outcomes})"
-        + (f"; {rejected} proposals rejected before training" if rejected else "")
+        + (f"; {rejected} proposal{plural} rejected before training" if rejected else "")
         + f"; in this session the device waited {idle_seconds:.0f} s for proposals."
     ]
     sd = noise(records)

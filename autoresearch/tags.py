@@ -3,7 +3,12 @@
 `.autoresearch/tags/<tag>.json`, rewritten atomically after every record:
 
     {"settings": {"run.budget_seconds": 60.0, ..., "evolve.max_experiments": 6},
-     "elapsed_seconds": 1234.5}
+     "configured": {"run.budget_seconds": 300.0, ...},
+     "recorded": 17, "elapsed_seconds": 1234.5}
+
+`settings` are what the tag runs with; `configured` what autoresearch.toml said
+when it last ran (so a note is printed only when the file was edited since);
+`recorded` how many ledger records the tag had (so a lost ledger is caught).
 
 Two kinds of settings are kept:
 
@@ -74,6 +79,8 @@ FLAGS = {
 @dataclass
 class TagState:
     settings: dict[str, Any]
+    configured: dict[str, Any]  # autoresearch.toml's own values, when the tag last ran
+    recorded: int = 0
     elapsed_seconds: float = 0.0
 
 
@@ -105,19 +112,25 @@ def settings_of(config: Config) -> dict[str, Any]:
 def load(state: Path, tag: str) -> TagState | None:
     """What `tag` remembers; None for a tag started before tags remembered anything."""
     path = tag_file(state, tag)
-    damaged = f"{path} is damaged: delete it to resume {tag!r} with the settings of"
+    # Deleting it would let the tag go on with other settings, unchecked: not the first advice.
+    damaged = (
+        f"{path} is damaged: restore it from a backup, or start a new tag (deleting it lets"
+        f" {tag!r} go on with today's settings, unchecked against its results)"
+    )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         settings = {k: v for k, v in data["settings"].items() if k in PINNED + REMEMBERED}
+        configured = {k: v for k, v in data.get("configured", {}).items() if k in settings}
         elapsed = float(data.get("elapsed_seconds", 0.0))
+        recorded = int(data.get("recorded", 0))
     except FileNotFoundError:
         return None
     except OSError as e:
         raise UserError(f"cannot read {path} ({e.strerror}): fix its permissions") from None
     except (ValueError, KeyError, TypeError, AttributeError):
-        raise UserError(f"{damaged} autoresearch.toml and the command line") from None
+        raise UserError(damaged) from None
     if not (math.isfinite(elapsed) and elapsed >= 0):
-        raise UserError(f"{damaged} autoresearch.toml (elapsed_seconds is {elapsed})")
+        raise UserError(f"{damaged} (elapsed_seconds is {elapsed})")
     try:  # the same checks as autoresearch.toml: a wrong type must not surface later
         raw: dict[str, dict[str, Any]] = {}
         for key, value in settings.items():
@@ -125,19 +138,24 @@ def load(state: Path, tag: str) -> TagState | None:
             raw.setdefault(section, {})[name] = value
         parse_config(raw)
     except ConfigError as e:
-        raise UserError(f"{damaged} autoresearch.toml ({e})") from None
-    return TagState(settings, elapsed)
+        raise UserError(f"{damaged}: {e}") from None
+    return TagState(settings, configured, recorded, elapsed)
 
 
 def save(state: Path, tag: str, tag_state: TagState) -> None:
     path = tag_file(state, tag)
     path.parent.mkdir(parents=True, exist_ok=True)
-    body = {"settings": tag_state.settings, "elapsed_seconds": round(tag_state.elapsed_seconds, 3)}
+    body = {
+        "settings": tag_state.settings,
+        "configured": tag_state.configured,
+        "recorded": tag_state.recorded,
+        "elapsed_seconds": round(tag_state.elapsed_seconds, 3),
+    }
     write_text(path, json.dumps(body, indent=1, sort_keys=True) + "\n")
 
 
 def resume_overrides(
-    saved: dict[str, Any],
+    remembered: TagState,
     configured: dict[str, Any],
     explicit: dict[str, Any],
     tag: str,
@@ -145,12 +163,13 @@ def resume_overrides(
 ) -> tuple[dict[str, Any], list[str]]:
     """(overrides, notes) that resume `tag` with what it was started with.
 
-    `configured`: the settings of autoresearch.toml plus the command line;
-    `explicit`: the settings given on this command line. A pinned setting asked
-    for with another value is refused once the tag has `measured` its baseline
-    (before, nothing would compare with it: a failed baseline can be fixed with
-    another budget); a remembered one given anew wins.
+    `configured`: the settings of autoresearch.toml now; `explicit`: the settings
+    given on this command line. Once the tag has `measured` its baseline, a pinned
+    setting asked for with another value is refused, and an edit of the toml is
+    kept out with a note; before, nothing compares with them (a failed baseline can
+    be fixed with another budget). A remembered setting given anew wins.
     """
+    saved = remembered.settings
     for key in PINNED if measured else ():
         if key in explicit and key in saved and _differs(explicit[key], saved[key]):
             raise UserError(
@@ -158,19 +177,25 @@ def resume_overrides(
                 " its results would not compare; start a new tag instead"
                 f" (`autoresearch evolve` with {FLAGS[key]} and no --resume)"
             )
-    overrides = {k: v for k, v in saved.items() if k not in explicit}
+    free = () if measured else PINNED  # nothing measured yet: the toml's values go
+    overrides = {k: v for k, v in saved.items() if k not in explicit and k not in free}
     notes = []
-    for key in PINNED + REMEMBERED:
-        if key in saved and key not in explicit and _differs(configured[key], saved[key]):
+    for key in (k for k in PINNED + REMEMBERED if k in overrides and k in configured):
+        now, then = configured[key], remembered.configured.get(key, configured[key])
+        if _differs(now, then) and _differs(now, saved[key]):
             if key in PINNED:
                 why = "the value its results were measured with"
             else:
                 why = f"as it started; {FLAGS[key]} changes it" if key in FLAGS else "as it started"
             notes.append(
-                f"note: tag {tag!r} keeps {key} = {saved[key]!r}, {why}"
-                f" (autoresearch.toml says {configured[key]!r})"
+                f"note: autoresearch.toml now says {key} = {_shown(configured[key])}; tag {tag!r}"
+                f" keeps {_shown(saved[key])}, {why}"
             )
     return overrides, notes
+
+
+def _shown(value: Any) -> str:
+    return "automatic" if value in ([], ()) else repr(value)
 
 
 def _differs(a: Any, b: Any) -> bool:

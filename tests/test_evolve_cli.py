@@ -67,7 +67,7 @@ def test_first_ctrl_c_finishes_the_experiment_then_stops_with_a_leaderboard(rese
     time.sleep(1.0)  # the next candidate is training now
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err
+    assert proc.returncode == 130, err  # 128 + SIGINT: stopped, not finished
     assert "finishing the current experiment" in out and "stopping: stopped by Ctrl-C" in out
     assert "val_bpb" in out.split("stopping:")[1]  # the leaderboard after stopping
     assert out.splitlines()[-1] == (

@@ -30,28 +30,34 @@ QUICK = ("evolve", "--population", "2", "--proposer", "random", "--calibrate", "
 def test_a_resume_keeps_pinned_settings_and_refuses_other_ones():
     saved = {"run.budget_seconds": 60.0, "run.seed": 42, "evolve.max_experiments": 6,
              "evolve.proposers": ["optuna"]}  # fmt: skip
-    configured = {"run.budget_seconds": 300.0, "run.seed": 42, "evolve.max_experiments": 0,
-                  "evolve.proposers": []}  # fmt: skip
-    overrides, notes = tags.resume_overrides(saved, configured, {}, "nov21")
+    # What autoresearch.toml said when the tag last ran, and what it says now.
+    then = {"run.budget_seconds": 300.0, "run.seed": 42, "evolve.max_experiments": 0,
+            "evolve.proposers": []}  # fmt: skip
+    remembered = tags.TagState(saved, then)
+    overrides, notes = tags.resume_overrides(remembered, then, {}, "nov21")
     assert overrides == saved  # nothing asked: everything as it started
+    assert notes == []  # the toml was not edited: nothing to say
+
+    edited = then | {"run.budget_seconds": 120.0, "evolve.proposers": ["random"]}
+    overrides, notes = tags.resume_overrides(remembered, edited, {}, "nov21")
+    assert overrides == saved
     assert notes == [
-        "note: tag 'nov21' keeps run.budget_seconds = 60.0, the value its results were measured"
-        " with (autoresearch.toml says 300.0)",
-        "note: tag 'nov21' keeps evolve.proposers = ['optuna'], as it started; --proposer"
-        " changes it (autoresearch.toml says [])",
-        "note: tag 'nov21' keeps evolve.max_experiments = 6, as it started; --max-experiments"
-        " changes it (autoresearch.toml says 0)",
+        "note: autoresearch.toml now says run.budget_seconds = 120.0; tag 'nov21' keeps 60.0,"
+        " the value its results were measured with",
+        "note: autoresearch.toml now says evolve.proposers = ['random']; tag 'nov21' keeps"
+        " ['optuna'], as it started; --proposer changes it",
     ]
-    raised, _ = tags.resume_overrides(saved, configured, {"evolve.max_experiments": 12}, "nov21")
+    raised, _ = tags.resume_overrides(remembered, then, {"evolve.max_experiments": 12}, "nov21")
     assert raised["run.budget_seconds"] == 60.0 and "evolve.max_experiments" not in raised
-    same, _ = tags.resume_overrides(saved, configured, {"run.budget_seconds": 60}, "nov21")
+    same, _ = tags.resume_overrides(remembered, then, {"run.budget_seconds": 60}, "nov21")
     assert "run.budget_seconds" not in same  # asking for the same value is fine
     asked = {"run.budget_seconds": 30.0}
     with pytest.raises(UserError, match=r"with run.budget_seconds = 60.0, not 30.0.*--budget"):
-        tags.resume_overrides(saved, configured, asked, "nov21")
-    # Before its baseline was measured, nothing compares with it: a new budget is taken.
-    unmeasured, _ = tags.resume_overrides(saved, configured, asked, "nov21", measured=False)
-    assert "run.budget_seconds" not in unmeasured
+        tags.resume_overrides(remembered, then, asked, "nov21")
+    # Before its baseline was measured, nothing compares with it: the new budget, or the
+    # toml's, is taken.
+    unmeasured, _ = tags.resume_overrides(remembered, edited, asked, "nov21", measured=False)
+    assert "run.budget_seconds" not in unmeasured and unmeasured["evolve.proposers"] == ["optuna"]
 
 
 def test_limits_count_every_training_and_hours_over_sessions():
@@ -122,6 +128,9 @@ def test_resume_uses_the_settings_the_tag_started_with(research_repo):
     assert done.returncode == 0, done.stderr
     assert "tag 'r' already reached 2 experiments: nothing to do" in done.stdout
     assert len(ledger(research_repo)) == 2
+    # What this command line asks for is still checked, though nothing will train.
+    bad = cli("evolve", "--resume", "--tag", "r", "--proposer", "nosuch", cwd=research_repo)
+    assert "unknown proposer 'nosuch'" in error_line(bad)
 
     # Another budget is refused in one line, and nothing is lost.
     line = error_line(cli("evolve", "--resume", "--tag", "r", "--budget", "5", cwd=research_repo))
@@ -137,6 +146,14 @@ def test_resume_uses_the_settings_the_tag_started_with(research_repo):
     saved = json.loads((research_repo / STATE_DIR / "tags" / "r.json").read_text())
     assert saved["settings"]["evolve.max_experiments"] == 3
     assert saved["elapsed_seconds"] > 0
+
+    # A ledger that lost records is refused, not started over.
+    ledger_file = research_repo / STATE_DIR / "ledger.jsonl"
+    whole = ledger_file.read_text()
+    ledger_file.write_text("".join(whole.splitlines(keepends=True)[:1]))
+    line = error_line(cli("evolve", "--resume", "--tag", "r", cwd=research_repo))
+    assert "the ledger holds 1 records of tag 'r', but 3 were recorded: restore" in line
+    ledger_file.write_text(whole)
 
     # A tag from before tags remembered anything goes on with today's settings, and says so.
     (research_repo / STATE_DIR / "tags" / "r.json").unlink()
