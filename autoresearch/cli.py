@@ -216,11 +216,13 @@ def evolve(
         run_tag = engine.pick_tag(repo, all_records, config.evolve.tag, resume, known)
         before = tag_records(all_records, run_tag)
         elapsed = 0.0
+        configured = tags.settings_of(load_config(repo))  # autoresearch.toml's own values
         if resume:
-            config, elapsed = _resumed_config(repo, state, run_tag, before, overrides)
+            config, elapsed = _resumed_config(repo, state, run_tag, before, overrides, configured)
         s = config.evolve
-        if proposers:  # asked for on this command line: checked even when nothing will run
-            made = engine.make_proposers(config, s.proposers)
+        specs = s.proposers or engine.default_proposers()
+        # Proposers asked for on this command line are checked even when nothing will run.
+        made = engine.make_proposers(config, specs) if proposers else None
         reached = limit_reached(before, elapsed, s.max_experiments, s.hours, s.max_cost_usd)
         if resume and reached:
             click.echo(
@@ -229,11 +231,10 @@ def evolve(
             )
             return
         _check_ready(config)
-        if not proposers:
-            made = engine.make_proposers(config, s.proposers or engine.default_proposers())
+        made = made or engine.make_proposers(config, specs)
         runner = engine.Engine(
             repo, config, run_tag, made, say=click.echo, progress=LiveProgress,
-            notify=notify_experiment_finished, configured=tags.settings_of(load_config(repo)),
+            notify=notify_experiment_finished, configured=configured,
         )  # fmt: skip
         start = runner.baseline_commit(commit.sha)
         if start and resume and commit.dirty and start == commit.sha:
@@ -265,6 +266,7 @@ def evolve(
                 threshold=runner.threshold(),
                 stop_reason=runner.stop_reason,
                 resume=runner.resume_command(),
+                interrupted=runner.interrupted_by is not None,
                 raise_with=runner.limit.raise_with if runner.limit else "--max-experiments N",
                 idle_seconds=runner.idle_seconds,
             )
@@ -273,9 +275,12 @@ def evolve(
         sys.exit(128 + runner.interrupted_by)
 
 
-def _resumed_config(repo: Path, state: Path, tag: str, records: list, overrides: dict):
+def _resumed_config(
+    repo: Path, state: Path, tag: str, records: list, overrides: dict, configured: dict
+):
     """(config, elapsed seconds) to resume `tag` with: what it started with, and what this
-    command line raises (see autoresearch/tags.py); the notes go to stderr."""
+    command line raises (see autoresearch/tags.py); `configured`: autoresearch.toml's own
+    settings. The notes go to stderr."""
     from autoresearch import tags
     from autoresearch.population import champion
 
@@ -295,7 +300,7 @@ def _resumed_config(repo: Path, state: Path, tag: str, records: list, overrides:
     explicit = {k: v for k, v in overrides.items() if v is not None}
     again, notes = tags.resume_overrides(
         remembered,
-        tags.settings_of(load_config(repo)),
+        configured,
         explicit,
         tag,
         measured=champion(records) is not None,

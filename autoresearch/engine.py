@@ -192,7 +192,6 @@ class Engine:
     def run(self, base_commit: str) -> list[Record]:
         """Run until a limit or Ctrl-C; returns this tag's records."""
         with RunLock(self.state), self._signals():
-            self._save_tag()
             kill_leftovers(self.state / "runs")
             # Proposals in flight when an earlier run was killed left their scratch folders;
             # this run numbers its proposals from 1 again and must not adopt their files.
@@ -262,7 +261,6 @@ class Engine:
             if i + 1 == self.settings.calibrate:
                 self._warn_if_noisy(baseline)
 
-
     def _warn_if_noisy(self, baseline: Record) -> None:
         """Say plainly when the measured noise is larger than the gains a search finds."""
         sd = self.noise()
@@ -290,6 +288,7 @@ class Engine:
             f"start a new tag with --budget-tokens {nice} --budget {cap:.0f} (the same work for"
             " every run, whatever the load; the seconds become only a cap)"
         )
+
     def _rerun_interrupted(self) -> None:
         """Candidates committed but never recorded were cut off mid-run: train them again."""
         recorded = {r.id for r in self.records}
@@ -582,7 +581,6 @@ class Engine:
         self.ledger.append(record)
         self.records.append(record)
         self.ledger.export_tsv(self.state / RESULTS_FILE)
-        self._save_tag()
         self._commit_result(record)  # before anything slow: a kill here is mended on resume
         self.notify(record)
         self.say(self._line(record))
@@ -638,11 +636,8 @@ class Engine:
             if r.val_bpb is not None and parent and parent.val_bpb is not None
             else ""
         )
-        base = pop.baseline(self.records)
-        worse = (  # the delta is against the parent: say when a kept one is worse than the start
-            r.status == "keep" and r.proposer not in (BASELINE, CALIBRATE) and base is not None
-            and r.val_bpb is not None and base.val_bpb is not None and r.val_bpb > base.val_bpb
-        )  # fmt: skip
+        # The delta is against the parent: say when a kept one is worse than the start.
+        worse = r.status == "keep" and pop.worse_than_baseline(r, pop.baseline(self.records))
         mark = " (promoted)" if r.promoted else " (worse than the baseline)" if worse else ""
         why = f" [{r.reason}]" if r.status in FAILED else ""
         return (
@@ -705,7 +700,10 @@ class Engine:
             "spend_usd": pop.spent_usd(self.records),
         }
         write_text(self.state / STATUS_FILE, json.dumps(status) + "\n")
-        self._save_tag()  # the running time too: a SIGKILL then loses at most one phase
+        # The tag's state goes with it: its running time (a SIGKILL loses at most a phase)
+        # and its record count (lagging one behind after a kill is safe: only fewer records
+        # in the ledger than counted is an error).
+        self._save_tag()
 
     @contextlib.contextmanager
     def _signals(self):

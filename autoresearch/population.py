@@ -57,6 +57,16 @@ def threshold(records: Iterable[Record], min_improvement: float, noise_k: float)
     return max(min_improvement, noise_k * (noise(records) or 0.0))
 
 
+def worse_than_baseline(record: Record, base: Record | None) -> bool:
+    """A candidate (not the baseline or a repeat, which are noise) that scored worse than the
+    baseline: with a population, `keep` means "in the population", not "better"."""
+    return (
+        record.proposer not in (BASELINE, CALIBRATE) and base is not None
+        and record.val_bpb is not None and base.val_bpb is not None
+        and record.val_bpb > base.val_bpb
+    )  # fmt: skip
+
+
 def trained(records: Iterable[Record]) -> int:
     """Experiments that count toward `max_experiments`, which bounds compute: everything but
     `invalid` (rejected before training) and a baseline that failed (the user's train.py or

@@ -30,6 +30,7 @@ from autoresearch.population import (
     population,
     tag_records,
     trained,
+    worse_than_baseline,
 )
 from autoresearch.runner import log_tail
 from autoresearch.workspace import LOCK_FILE, STATUS_FILE
@@ -181,11 +182,7 @@ def leaderboard_rows(
                 "commit": r.commit,
                 "promoted": r.promoted,
                 "champion": champions[r.tag] is r,
-                # a candidate (not the baseline or its repeats) that scored worse than the
-                # baseline: `keep` then means "in the population", not "better"
-                "worse_than_baseline": bool(
-                    delta is not None and delta > 0 and r.proposer not in (BASELINE, CALIBRATE)
-                ),
+                "worse_than_baseline": worse_than_baseline(r, base),
                 "cost_usd": float(r.usage.get("cost_usd", 0.0) or 0.0),
                 "training_seconds": r.training_seconds,
                 "created": r.created,
@@ -244,12 +241,14 @@ def evolve_summary(
     threshold: float,
     stop_reason: str,
     resume: str,
+    interrupted: bool = False,
     raise_with: str = "--max-experiments N",
     idle_seconds: float = 0.0,
 ) -> str:
     """The end of an evolve in plain words: what was tried, what won, where, what next.
     `records`: one tag's, with a baseline; `resume`: the command that continues the tag;
-    `raise_with`: the option that raises the limit it stopped at."""
+    `interrupted`: stopped by a signal, not a limit; `raise_with`: the option that raises
+    the limit it stopped at."""
     base, best = baseline(records), champion(records)
     assert base is not None and best is not None, "a summary needs a recorded baseline"
     tag = base.tag
@@ -286,7 +285,7 @@ def evolve_summary(
             f" autoresearch/{tag}: {_shorten(best.description, DESCRIPTION_WIDTH)}."
             f" Its diff: `autoresearch show {best.id}`."
         )
-    if stop_reason.startswith("stopped"):
+    if interrupted:
         lines.append(f"Next: continue where it stopped with `{resume}`.")
     elif best is base:
         lines.append(

@@ -161,27 +161,26 @@ def set_branch(repo: Path, name: str, sha: str) -> None:
 
 
 def branches(repo: Path, prefix: str) -> dict[str, str]:
-    """Branch name -> commit sha for every branch under `prefix/`, in one `git for-each-ref`
-    (GitPython resolves refs one by one, which is slow with thousands of packed refs)."""
+    """Branch name -> commit sha for every branch under `prefix/`."""
+    return _heads(repo, f"{prefix}/")
+
+
+def branch_sha(repo: Path, name: str) -> str | None:
+    """The commit branch `name` points at, or None when there is no such branch."""
+    return _heads(repo, name).get(name)  # the pattern also matches `name/...`: exact key only
+
+
+def _heads(repo: Path, pattern: str) -> dict[str, str]:
+    """Branch name -> sha for the branches `refs/heads/<pattern>` matches, in one
+    `git for-each-ref` (GitPython resolves refs one by one: slow with thousands packed)."""
     out = git_command(
-        repo, "for-each-ref", "--format=%(objectname) %(refname)", f"refs/heads/{prefix}/"
+        repo, "for-each-ref", "--format=%(objectname) %(refname)", f"refs/heads/{pattern}"
     )
     found = {}
     for line in out.splitlines():
         sha, _, ref = line.partition(" ")
         found[ref.removeprefix("refs/heads/")] = sha
     return found
-
-
-def branch_sha(repo: Path, name: str) -> str | None:
-    """The commit branch `name` points at, or None when there is no such branch."""
-    ref = f"refs/heads/{name}"  # for-each-ref matches `ref/...` too: keep the exact name only
-    out = git_command(repo, "for-each-ref", "--format=%(objectname) %(refname)", ref)
-    for line in out.splitlines():
-        sha, _, found = line.partition(" ")
-        if found == ref:
-            return sha
-    return None
 
 
 def commit_result(repo: Path, sha: str, message: str) -> str:

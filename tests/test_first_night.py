@@ -90,7 +90,7 @@ def test_the_summary_says_what_won_and_what_to_do_next():
     assert text.endswith(f"(`{resume} --max-experiments 8`).")
 
     none = evolve_summary([base, repeat, worse], threshold=0.03, stop_reason="stopped by Ctrl-C",
-                          resume=resume)  # fmt: skip
+                          resume=resume, interrupted=True)  # fmt: skip
     assert none.startswith("Stopped by Ctrl-C: ")
     assert "No candidate beat the baseline by more than 0.0300" in none
     assert "still the baseline e0001" in none
