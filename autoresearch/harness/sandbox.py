@@ -32,6 +32,7 @@ import ctypes
 import functools
 import json
 import os
+import re
 import resource
 import select
 import signal
@@ -228,6 +229,32 @@ def enter_namespaces(spec: SandboxSpec) -> None:
             _mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, "size=4k")
         elif os.path.exists(path):
             _mount("/dev/null", path, None, MS_BIND)
+
+
+def remount_everything_readonly(writable: list[str]) -> None:
+    """Make every mount of this mount namespace read-only, except the `writable` folders.
+
+    Called after `enter_namespaces`: the writable folders are bound onto themselves first, so
+    they are mounts of their own that the read-only remounts below leave alone. A mount the
+    kernel will not remount (a locked or special one) stays as it is: with the capabilities
+    dropped before `exec`, the candidate still cannot write what its user may not.
+    """
+    keep = [os.path.realpath(path) for path in writable]
+    for path in keep:
+        _mount(path, path, None, MS_BIND | MS_REC)
+    for target in _mount_points():
+        if any(target == path or target.startswith(path.rstrip("/") + "/") for path in keep):
+            continue
+        with contextlib.suppress(OSError):
+            _mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | _kept_flags(target))
+
+
+def _mount_points() -> list[str]:
+    """Every mount point of this mount namespace, parents before children."""
+    lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    # Field 5 is the mount point, with space, tab, newline and backslash octal-escaped.
+    unescape = lambda s: re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), s)  # noqa: E731
+    return sorted({unescape(line.split()[4]) for line in lines}, key=lambda p: p.count("/"))
 
 
 def mount_own_proc() -> None:
