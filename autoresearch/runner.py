@@ -421,6 +421,10 @@ def sandbox_spec(
     hidden = [manifest.val_path, cache_root() / "data"]  # raw shards hold the validation text
     if config.data.source == "folder" and config.data.path:
         hidden.append(((root or Path.cwd()) / config.data.path).resolve())
+    if config.data.source == "stdlib":  # its validation text is files of Python's own library
+        from autoresearch.harness.sources import stdlib_val_folders
+
+        hidden += stdlib_val_folders()
     env = minimal_env({
         CONTEXT_ENV: str(run_dir / "context.json"),
         "PYTHONDONTWRITEBYTECODE": "1",  # no .pyc written next to the harness by anyone

@@ -7,6 +7,8 @@ import hashlib
 import json
 import os
 import re
+import shutil
+import sys
 import sysconfig
 import threading
 from collections import Counter
@@ -28,6 +30,8 @@ from autoresearch.harness.sources import (
     shard_paths,
     source_key,
     split_stream,
+    stdlib_split,
+    stdlib_val_folders,
 )
 
 
@@ -197,7 +201,8 @@ def stdlib_dest(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def stdlib_reference() -> dict[str, Counter[str]]:
-    """The stdlib documents per split, recomputed from the rules in the brief."""
+    """The stdlib documents per split, recomputed from the documented rule: validation is
+    every file under idlelib/ and pydoc_data/, training everything else."""
     root = Path(sysconfig.get_paths()["stdlib"])
     out: dict[str, Counter[str]] = {"train": Counter(), "val": Counter()}
     for folder, dirs, files in os.walk(root):
@@ -210,21 +215,76 @@ def stdlib_reference() -> dict[str, Counter[str]]:
                 text = path.read_bytes().decode("utf-8")
             except UnicodeDecodeError:
                 continue
+            top = path.relative_to(root).parts[0]
             if text.strip():
-                out[expected_split(path.relative_to(root).as_posix())][text] += 1
+                out["val" if top in ("idlelib", "pydoc_data") else "train"][text] += 1
     return out
 
 
-def test_stdlib_is_big_and_split_by_path_hash(stdlib_dest: Path) -> None:
+def test_stdlib_is_big_and_split_by_package(stdlib_dest: Path) -> None:
     train = texts(shard_paths(stdlib_dest, "train"))
     val = texts(shard_paths(stdlib_dest, "val"))
     assert sum(len(t.encode()) for t in train + val) >= 10 * 2**20
     assert len(shard_paths(stdlib_dest, "train")) >= 2  # ~8 MB shards, not one blob
     assert 0.02 < len(val) / (len(train) + len(val)) < 0.09
+    # The tiny baseline scores 262,144 byte tokens: validation holds them several times over.
+    assert sum(len(t.encode()) for t in val) > 2 * 262_144
     # Exactly the documented partition: nothing lost, nothing in both splits.
     reference = stdlib_reference()
     assert Counter(train) == reference["train"]
     assert Counter(val) == reference["val"]
+
+
+def test_stdlib_validation_lies_in_the_folders_hidden_from_candidates(stdlib_dest: Path) -> None:
+    """What the runner hides (`stdlib_val_folders`) covers every validation document."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    ours = [folder for folder in stdlib_val_folders() if folder.parent == root]
+    assert ours == [root / name for name in ("idlelib", "pydoc_data") if (root / name).is_dir()]
+    inside: Counter[str] = Counter()
+    for path in (path for folder in ours for path in folder.rglob("*.py")):
+        try:
+            text = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        if text.strip() and "__pycache__" not in path.parts:
+            inside[text] += 1
+    assert ours and Counter(texts(shard_paths(stdlib_dest, "val"))) == inside
+
+
+def test_stdlib_val_folders_include_other_installations(tmp_path: Path, monkeypatch) -> None:
+    """The copies of a version manager's other Pythons are hidden too: they differ from
+    ours in a few files."""
+    versions = tmp_path / "pyenv" / "versions"
+    ours = versions / "3.11.7" / "lib" / "python3.11"
+    other = versions / "3.12.1" / "lib" / "python3.12"
+    for library in (ours, other):
+        (library / "idlelib").mkdir(parents=True)
+        (library / "json").mkdir()
+    (ours / "pydoc_data").mkdir()
+    monkeypatch.setattr(sources, "stdlib_root", lambda: ours)
+    monkeypatch.setattr(sys, "base_prefix", str(versions / "3.11.7"))
+    found = [path for path in stdlib_val_folders() if tmp_path in path.parents]
+    assert found == [ours / "idlelib", ours / "pydoc_data", other / "idlelib"]
+
+
+def test_stdlib_split_is_by_top_package() -> None:
+    assert stdlib_split("idlelib/idle_test/test_calltip.py") == "val"
+    assert stdlib_split("pydoc_data/topics.py") == "val"
+    assert stdlib_split("json/__init__.py") == "train"
+    assert stdlib_split("test/test_idle.py") == "train"
+    assert stdlib_split("idlelib_extra.py") == "train"
+
+
+def test_stdlib_rebuilds_when_the_validation_packages_change(
+    stdlib_dest: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """A cache made under another rule (as every cache before this rule) is rebuilt."""
+    dest = tmp_path / "stdlib"
+    shutil.copytree(stdlib_dest, dest)
+    monkeypatch.setattr(sources, "STDLIB_VAL_PACKAGES", ("pydoc_data",))
+    get_source("stdlib").fetch(DataSettings(), dest, lambda _: None)
+    val = texts(shard_paths(dest, "val"))
+    assert len(val) == 1 and "topics" in val[0]
 
 
 def test_stdlib_is_deterministic(stdlib_dest: Path, tmp_path: Path) -> None:

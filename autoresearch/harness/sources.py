@@ -14,6 +14,7 @@ two versions of a corpus.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -45,6 +46,16 @@ TINYSTORIES_URL = "https://huggingface.co/datasets/roneneldan/TinyStories/resolv
 TINYSTORIES_FILES = {TRAIN: "TinyStoriesV2-GPT4-train.txt", VAL: "TinyStoriesV2-GPT4-valid.txt"}
 TINYSTORIES_SEPARATOR = "<|endoftext|>"
 STDLIB_MIN_BYTES = 2**20  # less than this means a Python install without its .py sources
+# The stdlib source's validation text: whole packages that no training run imports (IDLE, the
+# editor, and pydoc's help texts), so the runner can hide them from every candidate without
+# breaking one; a public rule over visible files (a hash of the path) let candidates rebuild
+# the exact validation set. Debian and Ubuntu leave idlelib out; pydoc_data is everywhere.
+# About 6% of a full library.
+STDLIB_VAL_PACKAGES = ("idlelib", "pydoc_data")
+# Where other Python installations keep their libraries, besides next to ours: their copies
+# of the validation packages differ from ours in a few files, so they are hidden too (best
+# effort; docs/threat-model.md says what is left).
+OTHER_LIBRARIES = ("/usr/lib/python*", "/usr/local/lib/python*")
 FOLDER_SUFFIXES = (".txt", ".jsonl", ".parquet")
 SKIPPED_DIRS = frozenset({"site-packages", "dist-packages", "__pycache__"})
 
@@ -230,13 +241,17 @@ def _walk(root: Path, suffixes: tuple[str, ...]) -> list[Path]:
 
 
 class StdlibSource:
-    """The running Python's standard-library sources: always there, no network."""
+    """The running Python's standard-library sources: always there, no network.
+
+    Validation is the files of `STDLIB_VAL_PACKAGES`, everything else is training; the
+    runner hides those packages from candidates (`stdlib_val_folders`).
+    """
 
     name = "stdlib"
     description = "Python standard-library sources (offline, ~30 MB of code; the default)"
 
     def fetch(self, settings: DataSettings, dest: Path, log: Log) -> None:
-        root = Path(sysconfig.get_paths()["stdlib"])
+        root = stdlib_root()
         files = _walk(root, (".py",)) if root.is_dir() else []
         if sum(path.stat().st_size for path in files) < STDLIB_MIN_BYTES:
             raise UserError(
@@ -245,11 +260,38 @@ class StdlibSource:
                 " data.source to 'tinystories', 'climbmix' or 'folder'"
             )
         version = f"{sys.implementation.name}-{sys.version}"
-        fingerprint = _fingerprint("stdlib", version, _file_ids(root, files))
+        fingerprint = _fingerprint("stdlib", version, STDLIB_VAL_PACKAGES, _file_ids(root, files))
         _convert(
             dest, self.name, fingerprint, lambda: _stdlib_documents(root, files), log,
-            "the standard library is too small; choose another data.source",
+            f"{root} has none of {', '.join(STDLIB_VAL_PACKAGES)}, which hold the validation"
+            " text; choose another data.source",
         )
+
+
+def stdlib_root() -> Path:
+    """The running Python's standard library (a virtual environment's base library)."""
+    return Path(sysconfig.get_paths()["stdlib"])
+
+
+def stdlib_split(key: str) -> str:
+    """The split of the library file at `key`, its path relative to the library."""
+    return VAL if key.split("/", 1)[0] in STDLIB_VAL_PACKAGES else TRAIN
+
+
+def stdlib_val_folders() -> list[Path]:
+    """The validation packages of this Python's library and of the other installations
+    found beside it (other versions of a version manager, the system's): what candidates
+    must not read."""
+    root = stdlib_root()
+    patterns = [
+        root.parent / "python*",  # other versions under the same prefix: /usr/lib/python3.12
+        # pyenv's versions/*, uv's python/*, conda's envs/*, a CI tool cache's <version>/<arch>
+        Path(sys.base_prefix).parent.parent / "*" / "*" / "lib" / "python*",
+        *map(Path, OTHER_LIBRARIES),
+    ]
+    libraries = {root, *(Path(found) for p in patterns for found in glob.glob(str(p)))}
+    folders = (library / name for library in libraries for name in STDLIB_VAL_PACKAGES)
+    return sorted(folder for folder in folders if folder.is_dir())
 
 
 def _stdlib_documents(root: Path, files: list[Path]) -> Iterator[tuple[str, str]]:
@@ -259,7 +301,7 @@ def _stdlib_documents(root: Path, files: list[Path]) -> Iterator[tuple[str, str]
             text = path.read_bytes().decode("utf-8")
         except (OSError, UnicodeDecodeError):
             continue  # a few test files are deliberately not UTF-8
-        yield hash_split(key), text
+        yield stdlib_split(key), text
 
 
 # ---------------------------------------------------------------------------
