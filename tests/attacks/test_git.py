@@ -20,11 +20,12 @@ from test_metric_integrity import TOKENS, attack, in_repo
 
 from autoresearch import workspace
 from autoresearch.config import load_config
+from autoresearch.default_plugins.agent_proposer import _init_scratch
 from autoresearch.engine import Engine
 from autoresearch.errors import UserError
 from autoresearch.ledger import Ledger
 from autoresearch.report import git_diff
-from autoresearch.testing import ScriptedProposer
+from autoresearch.testing import ScriptedProposer, make_request
 
 HOOKS = ("pre-commit", "commit-msg", "post-commit", "reference-transaction", "pre-auto-gc")
 
@@ -93,7 +94,7 @@ def in_home(path: str) -> str:
 # --- 1. the user's config, written by a candidate (or anything else) -------------------
 
 
-@pytest.mark.parametrize(
+USER_CONFIGS = pytest.mark.parametrize(
     "name, text",
     [
         (".gitconfig", "[core]\n\tfsmonitor = {payload}\n"),  # git status runs it
@@ -101,11 +102,31 @@ def in_home(path: str) -> str:
         (".gitconfig", "[diff]\n\texternal = {payload}\n"),  # git diff runs it
     ],
 )
-def test_1_user_config_runs_nothing(research_repo, home, payload, hooks_dir, name, text):
+
+
+def write_user_config(home: Path, name: str, text: str, payload: Path, hooks: Path) -> None:
     path = home / name
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text.format(payload=payload, hooks=hooks_dir))
+    path.write_text(text.format(payload=payload, hooks=hooks))
+
+
+@USER_CONFIGS
+def test_1_user_config_runs_nothing(research_repo, home, payload, hooks_dir, name, text):
+    write_user_config(home, name, text, payload, hooks_dir)
     orchestrator_git(research_repo)
+    assert not marker_of(payload).exists(), marker_of(payload).read_text()
+
+
+@USER_CONFIGS
+def test_1_user_config_runs_nothing_in_the_agents_scratch_repo(
+    tmp_path, home, payload, hooks_dir, name, text
+):
+    """The agent proposer commits the parent in a scratch repo before its agent starts."""
+    write_user_config(home, name, text, payload, hooks_dir)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    _init_scratch(scratch, make_request("x = 1\n", program="be brief"), "the prompt")
+    assert workspace.git_command(scratch, "log", "--format=%s").strip() == "parent c0000"
     assert not marker_of(payload).exists(), marker_of(payload).read_text()
 
 
