@@ -38,9 +38,10 @@ FALLBACK_AUTHOR = ("autoresearch", "autoresearch@localhost")  # when git has no 
 # any program, outside the sandbox, with the user's environment: so global and system config
 # are ignored, and the settings below, passed as `git -c` settings through the environment
 # (they win over every config file, .git/config included), switch off what runs programs.
-# Not here: uploadpack.packObjectsHook (git reads it from -c settings only: setting it would
-# enable it) and filter/diff drivers named by .gitattributes (one key per driver name; no git
-# command of ours applies them: see `current_commit`, and report.git_diff's --no-textconv).
+# Not here: uploadpack.packObjectsHook (git takes it only from -c, global or system config:
+# setting it would enable it), and the filter and diff drivers a .gitattributes names (one
+# key per driver name; no git command of ours applies them: see `current_commit`, and
+# report.git_diff's --no-textconv).
 GIT_SAFE_CONFIG = (
     ("core.hooksPath", os.devnull),  # hooks: post-commit, reference-transaction, ...
     ("core.fsmonitor", "false"),  # a program every index refresh (git status, add) runs
@@ -197,7 +198,6 @@ def commit_candidate(repo: Path, parent_sha: str, source: str, message: str) -> 
 
 def set_branch(repo: Path, name: str, sha: str) -> None:
     """Point branch `name` at `sha` (creating it); the previous tip stays in the reflog."""
-
     with open_repo(repo) as r:
         r.create_head(name, sha, force=True)
 
@@ -310,7 +310,6 @@ def git_command(repo: Path, *args: str) -> str:
 
 def read_train(repo: Path, sha: str) -> str:
     """train.py as committed in `sha`; a `UserError` when that commit has no readable one."""
-
     # The blob streams from the repo's cat-file process: keep the repo open while reading.
     with open_repo(repo) as r:
         try:
@@ -323,6 +322,5 @@ def read_train(repo: Path, sha: str) -> str:
 
 
 def commit_message(repo: Path, sha: str) -> str:
-
     with open_repo(repo) as r:
         return r.commit(sha).message
