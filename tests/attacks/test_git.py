@@ -16,7 +16,7 @@ from pathlib import Path
 import candidates
 import git
 import pytest
-from test_metric_integrity import TOKENS, attack, in_repo
+from test_metric_integrity import TOKENS, attack, in_repo, needs_isolation
 
 from autoresearch import workspace
 from autoresearch.config import load_config
@@ -148,6 +148,24 @@ def test_1_candidate_writing_user_config_is_caught(research_repo, home, payload,
     out = attack(research_repo, candidates.honest_with(at_start=code(payload)))
     assert out.status == "invalid" and out.fatal, out.reason  # the user's own git would run it
     assert str(home) in out.reason, out.reason
+    orchestrator_git(research_repo)
+    assert not marker_of(payload).exists(), marker_of(payload).read_text()
+
+
+@needs_isolation
+def test_1_user_config_written_under_isolation_is_caught_or_refused(research_repo, home, payload):
+    """HOME may be writable in the sandbox: the write is refused there, or the run is
+    `invalid`; either way nothing runs."""
+    text = f"[core]\\n\\tfsmonitor = {payload}\\n"
+    code = (
+        f"    try:\n        open({in_home('~/.gitconfig')}, 'w').write('{text}')\n"
+        "    except OSError:\n        pass\n"
+    )
+    out = attack(research_repo, candidates.honest_with(at_start=code), isolation="on")
+    if (home / ".gitconfig").exists():
+        assert out.status == "invalid" and out.fatal, out.reason
+    else:
+        assert out.status == "keep", out.reason
     orchestrator_git(research_repo)
     assert not marker_of(payload).exists(), marker_of(payload).read_text()
 
