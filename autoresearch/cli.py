@@ -345,9 +345,12 @@ def _records(ledger) -> list:
 
 
 def _warn(ledger) -> None:
-    """Report the ledger lines the last read skipped (each names its line number)."""
+    """Report the ledger lines the last read skipped (each names its line number), and its
+    records that predate the hash chain."""
     for problem in ledger.problems:
         click.echo(f"warning: {problem}", err=True)
+    for note in ledger.notes:
+        click.echo(f"note: {note}", err=True)
 
 
 def _population_size(repo: Path) -> int:

@@ -5,6 +5,17 @@ kill at any instant loses no finished record: at worst the record being
 written is a partial last line, which is reported and skipped on reading
 (everything before it still loads). A write that fails (a full disk) is cut
 back off, so it leaves no partial line at all. Records are never rewritten.
+
+Each line links to the record before it: `"chain": {"after": <its id>, "sha256": <the
+sha256 of its line as written>}` ("" and "" for the first). Reading checks every link, so
+an earlier record changed, removed, inserted or moved is refused with one line naming
+it: nothing after it can be trusted. Unreadable lines (a torn write) are outside the
+chain, so they stay a warning. Records without a link come from an older version: they
+load, with a note, as long as no linked record comes before them. The chain only has
+to be recomputed to hide a change: it finds edits by tools, by mistake, and by code that
+does not know it is there, and the runs' file states and the sandbox keep candidates
+from writing the ledger at all. Nothing links to the last record, so a change to it, or
+its removal, shows only once another record follows.
 """
 
 from __future__ import annotations
@@ -12,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import json
 import os
 import time
@@ -22,9 +34,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from autoresearch.errors import UserError
+
 SCHEMA_VERSION = 1
 STATUSES = ("keep", "discard", "crash", "timeout", "invalid")
 TSV_COLUMNS = ("commit", "val_bpb", "memory_gb", "status", "description")
+CHAIN_FIELD = "chain"  # in each line, outside `Record`: a property of the file, not the run
+TAIL_BYTES = 2**16  # read back from the end to find the record a new one links to
 
 
 @dataclass(frozen=True)
@@ -91,19 +107,25 @@ def _fits(value: Any, hint: Any) -> bool:
     return isinstance(value, hint)  # str, int, NoneType
 
 
+class LedgerTampered(UserError):
+    """An earlier record of the ledger is not the one that was written there."""
+
+
 class Ledger:
     def __init__(self, path: Path):
         self.path = path
         self.problems: list[str] = []  # unreadable lines found by the last `records()`
+        self.notes: list[str] = []  # what else the last `records()` should say (old records)
 
     def append(self, record: Record) -> None:
         """Add `record` durably; if the write fails (a full disk), the file is left as it was."""
-        line = (json.dumps(dataclasses.asdict(record), sort_keys=True) + "\n").encode()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with _named(self.path):
             fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
             try:
                 size = os.fstat(fd).st_size
+                fields = dataclasses.asdict(record) | {CHAIN_FIELD: _last_link(fd, size)}
+                line = (json.dumps(fields, sort_keys=True) + "\n").encode()
                 if size and os.pread(fd, 1, size - 1) != b"\n":
                     line = b"\n" + line  # a torn last line from a kill must not swallow this one
                 try:
@@ -122,22 +144,66 @@ class Ledger:
                 os.close(fd)
 
     def records(self) -> list[Record]:
-        self.problems = []
+        """Every readable record; `LedgerTampered` when the chain between them is broken."""
+        self.problems, self.notes = [], []
         if not self.path.exists():
             return []
-        out = []
-        with open(self.path, encoding="utf-8", errors="replace") as f:
-            for number, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    out.append(Record.from_dict(json.loads(line)))
-                except (ValueError, TypeError) as e:
-                    self.problems.append(
-                        f"{self.path}:{number}: unreadable record skipped ({e}), the others"
-                        " load: fix or delete that line to silence this"
-                    )
+        out: list[Record] = []
+        numbers: list[int] = []  # the line of each record in `out`
+        link = {"after": "", "sha256": ""}  # what the next record must carry
+        unlinked = 0  # records from before the chain
+        for number, raw in enumerate(self.path.read_bytes().split(b"\n"), 1):
+            if not raw.strip():
+                continue
+            try:
+                data, record = _parse(raw)
+            except (ValueError, TypeError) as e:
+                self.problems.append(
+                    f"{self.path}:{number}: unreadable record skipped ({e}), the others"
+                    " load: fix or delete that line to silence this"
+                )
+                continue
+            if CHAIN_FIELD in data or len(out) > unlinked:
+                found = data.get(CHAIN_FIELD)
+                if found != link:
+                    previous = (numbers[-1], out[-1]) if out else None
+                    raise LedgerTampered(self._broken(number, record, found, previous))
+            else:
+                unlinked += 1
+            out.append(record)
+            numbers.append(number)
+            link = _link_to(record, raw)
+        if unlinked:
+            self.notes.append(
+                f"{self.path}: {unlinked} of its records (lines {numbers[0]}-"
+                f"{numbers[unlinked - 1]}) predate its hash chain: a change to them cannot be"
+                " detected"
+            )
         return out
+
+    def _broken(
+        self, number: int, record: Record, found: object, previous: tuple[int, Record] | None
+    ) -> str:
+        """The one line for the record at line `number`, whose link (`found`) does not match
+        the record before it (`previous`: its line and record, None for the first)."""
+        after = found.get("after") if isinstance(found, dict) else None
+        if previous and after == previous[1].id:
+            bad = previous[0]
+            what = f"line {bad} ({after}) was changed after it was written"
+        else:  # this record is out of place: from here on, nothing is where it was written
+            bad = number
+            what = f"line {number} ({record.id}) "
+            if after is None:
+                what += "has no link to the record before it, unlike the records before it"
+            else:
+                what += f"was written after {after or 'no record'}, " + (
+                    f"not after {previous[1].id}" if previous else "but is the first record"
+                )
+            what += ": records were removed, inserted or moved there"
+        return (
+            f"{self.path} {what}; restore the ledger from a backup, or delete line {bad} and"
+            " every line after it: the records from there on cannot be trusted"
+        )
 
     def next_id(self, prefix: str = "e", taken: Iterable[str] = ()) -> str:
         """The next free id of the form e0001, past every recorded (and `taken`) one."""
@@ -158,6 +224,32 @@ class Ledger:
             lines.append(f"{r.commit[:7]}\t{bpb}\t{r.memory_gb:.1f}\t{r.status}\t{desc}")
         with _named(path):
             path.write_text("\n".join(lines) + "\n")  # derived: rewritten after every record
+
+
+def _parse(raw: bytes) -> tuple[dict, Record]:
+    """A ledger line's JSON object and its record; ValueError or TypeError when unreadable."""
+    data = json.loads(raw.decode("utf-8", errors="replace"))
+    return data, Record.from_dict(data)
+
+
+def _link_to(record: Record, raw: bytes) -> dict[str, str]:
+    """What the record after `record` (written as the line `raw`) carries in CHAIN_FIELD."""
+    return {"after": record.id, "sha256": hashlib.sha256(raw).hexdigest()}
+
+
+def _last_link(fd: int, size: int) -> dict[str, str]:
+    """The link to the last readable record of the file open at `fd`, read from its end."""
+    start, chunk = size, TAIL_BYTES
+    while start > 0:
+        start = max(0, start - chunk)
+        lines = os.pread(fd, size - start, start).split(b"\n")
+        for raw in reversed(lines if start == 0 else lines[1:]):  # the first may be cut
+            try:
+                return _link_to(_parse(raw)[1], raw)
+            except (ValueError, TypeError):
+                continue  # torn or damaged: outside the chain, as `records` reads it
+        chunk *= 2  # no readable record in the tail: look further back
+    return {"after": "", "sha256": ""}
 
 
 @contextlib.contextmanager

@@ -33,7 +33,7 @@ from autoresearch.population import (
     worse_than_baseline,
 )
 from autoresearch.runner import log_tail
-from autoresearch.workspace import LOCK_FILE, STATUS_FILE
+from autoresearch.workspace import LOCK_FILE, STATUS_FILE, open_repo
 
 EMPTY_LEDGER = "no experiments yet: run `autoresearch run`"
 DEFAULT_POPULATION = 4  # when autoresearch.toml has no [evolve] population
@@ -439,13 +439,15 @@ def _show_diff(
 
 
 def git_diff(repo: Path, old: str, new: str) -> str | None:
-    """`git diff old new -- train.py`, or None when either commit is unknown here."""
+    """`git diff old new -- train.py`, or None when either commit is unknown here. No
+    external diff or textconv program: .git/config and .gitattributes could name any."""
     import git
 
     if not old or not new:
         return None
     try:
-        return git.Repo(repo).git.diff(old, new, "--", TRAIN_FILE)
+        with open_repo(repo) as r:
+            return r.git.diff("--no-ext-diff", "--no-textconv", old, new, "--", TRAIN_FILE)
     except (git.GitCommandError, git.InvalidGitRepositoryError, git.NoSuchPathError, ValueError):
         return None
 

@@ -362,8 +362,11 @@ def research_root(train_py: Path) -> Path | None:
 
 
 def protected_files(root: Path | None, manifest: Manifest) -> list[Path]:
-    """Files no run may change: every later score depends on them."""
-    files = list(Path(manifest.folder).iterdir())
+    """Files no run may change: every later score depends on them, or (git's config, hooks
+    and attributes) they could make a later git command run a program."""
+    from autoresearch.workspace import git_config_files
+
+    files = list(Path(manifest.folder).iterdir()) + git_config_files(root)
     if root:
         files += [root / name for name in PROTECTED_FILES] + [root / STATE_DIR / LEDGER_FILE]
     # Sources only: any Python process may (re)write the byte-code caches beside them.

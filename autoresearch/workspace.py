@@ -12,9 +12,13 @@ import shutil
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from autoresearch.config import CONFIG_FILE
 from autoresearch.errors import UserError
+
+if TYPE_CHECKING:
+    import git
 
 STATE_DIR = ".autoresearch"
 LEDGER_FILE = "ledger.jsonl"  # inside STATE_DIR
@@ -28,6 +32,31 @@ PROGRAM_FILE = "program.md"
 PROTECTED_FILES = (PROGRAM_FILE, CONFIG_FILE)  # proposers may change train.py only
 BASELINES = ("gpt", "tiny")
 FALLBACK_AUTHOR = ("autoresearch", "autoresearch@localhost")  # when git has no identity set
+# Every git the orchestrator starts, plain (`git_command`) or GitPython's (`open_repo`), runs
+# with these settings. A candidate could have written ~/.gitconfig (HOME is writable) or,
+# without namespaces, the research repo's .git/config, and a config there can make git run
+# any program, outside the sandbox, with the user's environment: so global and system config
+# are ignored, and the settings below, passed as `git -c` settings through the environment
+# (they win over every config file, .git/config included), switch off what runs programs.
+# Not here: uploadpack.packObjectsHook (git takes it only from -c, global or system config:
+# setting it would enable it), and the filter and diff drivers a .gitattributes names (one
+# key per driver name; no git command of ours applies them: see `current_commit`, and
+# report.git_diff's --no-textconv).
+GIT_SAFE_CONFIG = (
+    ("core.hooksPath", os.devnull),  # hooks: post-commit, reference-transaction, ...
+    ("core.fsmonitor", "false"),  # a program every index refresh (git status, add) runs
+    ("core.attributesFile", os.devnull),  # ~/.config/git/attributes: drivers for any file
+    ("core.pager", "cat"),
+    ("core.editor", "false"),
+    ("core.sshCommand", "false"),
+    ("core.askPass", ""),
+    ("credential.helper", ""),  # the empty value clears the list of helpers
+    ("protocol.allow", "never"),  # no transport at all: `ext::` remotes run commands
+    ("commit.gpgSign", "false"),  # gpg.program would run on commit
+    ("tag.gpgSign", "false"),
+    ("gc.auto", "0"),  # no background gc (hooks, and git processes outliving ours)
+    ("maintenance.auto", "false"),
+)
 
 
 @dataclass(frozen=True)
@@ -69,15 +98,19 @@ def init_repo(folder: Path, baseline: str) -> Path:
         with resources.as_file(source) as path:
             shutil.copyfile(path, folder / name)
     (folder / ".gitignore").write_text(f"{STATE_DIR}/\n__pycache__/\n")
-    repo = git.Repo.init(folder, initial_branch="main")
-    repo.index.add([TRAIN_FILE, CONFIG_FILE, PROGRAM_FILE, ".gitignore"])
-    author = None
-    with repo.config_reader() as cfg:
-        if not cfg.has_option("user", "email"):
-            author = git.Actor(*FALLBACK_AUTHOR)
-    repo.index.commit(
-        f"autoresearch: start from the {baseline} baseline", author=author, committer=author
-    )
+    git_command(folder, "init", "-q", "--initial-branch=main")
+    with open_repo(folder) as repo:
+        repo.index.add([TRAIN_FILE, CONFIG_FILE, PROGRAM_FILE, ".gitignore"])
+        author = None
+        with repo.config_reader() as cfg:  # reads the user's identity; runs nothing
+            if not cfg.has_option("user", "email"):
+                author = git.Actor(*FALLBACK_AUTHOR)
+        repo.index.commit(  # GitPython runs hooks itself, from the core.hooksPath it reads
+            f"autoresearch: start from the {baseline} baseline",
+            author=author,
+            committer=author,
+            skip_hooks=True,
+        )
     return folder
 
 
@@ -112,16 +145,27 @@ def state_dir(repo: Path) -> Path:
 
 
 def current_commit(repo: Path) -> Commit:
-    """HEAD of the research repo, and whether train.py has uncommitted changes."""
+    """HEAD of the research repo, and whether train.py has uncommitted changes.
+
+    The file is compared with the committed blob here, not by `git status`: that refreshes
+    the index, which runs the clean filter a .gitattributes names for train.py."""
     import git
 
     try:
-        r = git.Repo(repo)
-        head = r.head.commit
-    except (git.InvalidGitRepositoryError, ValueError):
+        with open_repo(repo) as r:
+            head = r.head.commit
+            try:
+                committed = (head.tree / TRAIN_FILE).data_stream.read()
+            except KeyError:
+                committed = None
+            sha, subject = head.hexsha, head.summary
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError, ValueError):
         return Commit(sha="", dirty=True)  # not a git repo, or no commit yet
-    dirty = bool(r.git.status("--porcelain", "--", TRAIN_FILE))
-    return Commit(sha=head.hexsha, dirty=dirty, subject=head.summary)
+    try:
+        dirty = (repo / TRAIN_FILE).read_bytes() != committed
+    except FileNotFoundError:
+        dirty = committed is not None
+    return Commit(sha=sha, dirty=dirty, subject=subject)
 
 
 # Candidates. The research branch is autoresearch/<tag>; candidates cannot live
@@ -141,7 +185,7 @@ def commit_candidate(repo: Path, parent_sha: str, source: str, message: str) -> 
     import git
     from gitdb.base import IStream
 
-    with git.Repo(repo) as r:
+    with open_repo(repo) as r:
         parent = r.commit(parent_sha)
         data = source.encode("utf-8")
         blob = r.odb.store(IStream(git.Blob.type, len(data), BytesIO(data)))
@@ -154,9 +198,7 @@ def commit_candidate(repo: Path, parent_sha: str, source: str, message: str) -> 
 
 def set_branch(repo: Path, name: str, sha: str) -> None:
     """Point branch `name` at `sha` (creating it); the previous tip stays in the reflog."""
-    import git
-
-    with git.Repo(repo) as r:
+    with open_repo(repo) as r:
         r.create_head(name, sha, force=True)
 
 
@@ -188,7 +230,7 @@ def commit_result(repo: Path, sha: str, message: str) -> str:
     `git log --oneline` reads as a lineage with scores, and nothing already referenced changes."""
     import git
 
-    with git.Repo(repo) as r:
+    with open_repo(repo) as r:
         trained = r.commit(sha)
         commit = git.Commit.create_from_tree(
             r, trained.tree, message, parent_commits=[trained], head=False
@@ -196,12 +238,68 @@ def commit_result(repo: Path, sha: str, message: str) -> str:
         return commit.hexsha
 
 
+def git_environment() -> dict[str, str]:
+    """What every git of the orchestrator gets on top of its environment: no global or system
+    config, and `GIT_SAFE_CONFIG` as `-c` settings (replacing any the environment carries)."""
+    env = {"GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull}
+    env["GIT_CONFIG_PARAMETERS"] = ""  # what `git -c` leaves to child processes
+    env["GIT_CONFIG_COUNT"] = str(len(GIT_SAFE_CONFIG))
+    for i, (key, value) in enumerate(GIT_SAFE_CONFIG):
+        env[f"GIT_CONFIG_KEY_{i}"] = key
+        env[f"GIT_CONFIG_VALUE_{i}"] = value
+    return env
+
+
+def git_config_files(repo: Path | None) -> list[Path]:
+    """The files through which git can be made to run programs: the research repo's config,
+    hooks and attributes (a candidate without namespaces can write them), and the user's own
+    config, which `git_environment` ignores but the user's git in a shell does not."""
+    home = Path.home()
+    xdg = Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config") / "git"
+    files = [home / ".gitconfig", xdg / "config", xdg / "attributes"]
+    common = _common_git_dir(repo) if repo else None
+    if common:
+        hooks = common / "hooks"
+        files += [common / "config", common / "info" / "attributes", hooks]
+        files += sorted(hooks.iterdir()) if hooks.is_dir() else []
+    if repo:
+        files.append(repo / ".gitattributes")
+    return files
+
+
+def _common_git_dir(repo: Path) -> Path | None:
+    """`repo/.git`, or for a linked worktree (a `.git` file) the main repo's git folder."""
+    dot_git = repo / ".git"
+    if dot_git.is_dir():
+        return dot_git
+    try:
+        text = dot_git.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    if not text.startswith("gitdir:"):
+        return None
+    linked = (repo / text.removeprefix("gitdir:").strip()).resolve()
+    try:  # a worktree's folder names the shared one in `commondir`
+        return (linked / (linked / "commondir").read_text(encoding="utf-8").strip()).resolve()
+    except (OSError, UnicodeDecodeError):
+        return linked
+
+
+def open_repo(repo: Path) -> git.Repo:
+    """GitPython's repo at `repo`, its git processes started with `git_environment()`: the
+    only way the orchestrator opens one."""
+    import git
+
+    r = git.Repo(repo)
+    r.git.update_environment(**git_environment())
+    return r
+
+
 def git_command(repo: Path, *args: str) -> str:
-    """Plain `git ARGS` in `repo`, with the user's global and system config ignored (a
-    config there could run programs), output as text."""
+    """Plain `git ARGS` in `repo`, with `git_environment()`, output as text."""
     import subprocess
 
-    env = {**os.environ, "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull}
+    env = {**os.environ, **git_environment()}
     done = subprocess.run(
         ["git", *args], cwd=repo, env=env, capture_output=True, text=True, check=False
     )
@@ -212,10 +310,8 @@ def git_command(repo: Path, *args: str) -> str:
 
 def read_train(repo: Path, sha: str) -> str:
     """train.py as committed in `sha`; a `UserError` when that commit has no readable one."""
-    import git
-
     # The blob streams from the repo's cat-file process: keep the repo open while reading.
-    with git.Repo(repo) as r:
+    with open_repo(repo) as r:
         try:
             return (r.commit(sha).tree / TRAIN_FILE).data_stream.read().decode("utf-8")
         except KeyError:
@@ -226,7 +322,5 @@ def read_train(repo: Path, sha: str) -> str:
 
 
 def commit_message(repo: Path, sha: str) -> str:
-    import git
-
-    with git.Repo(repo) as r:
+    with open_repo(repo) as r:
         return r.commit(sha).message

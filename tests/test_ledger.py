@@ -1,13 +1,18 @@
-"""The ledger: append-only, durable, tolerant of a torn last line, exportable."""
+"""The ledger: append-only, durable, tolerant of a torn last line, exportable, and
+hash-chained, so that an earlier record changed after it was written is refused."""
 
 from __future__ import annotations
 
+import dataclasses
 import errno
+import json
 import os
 
 import pytest
+from test_cli import cli, one_line_error
 
-from autoresearch.ledger import Ledger, Record
+from autoresearch.ledger import Ledger, LedgerTampered, Record
+from autoresearch.workspace import LEDGER_FILE, STATE_DIR, init_repo
 
 
 def rec(i, **kw):
@@ -109,3 +114,116 @@ def test_a_line_that_is_not_a_record_is_reported_with_its_number(tmp_path, line)
     ledger = Ledger(path)
     assert [r.val_bpb for r in ledger.records()] == [1.0]
     assert len(ledger.problems) == 1 and ledger.problems[0].startswith(f"{path}:2: unreadable")
+
+
+# --- the hash chain: an earlier record changed, removed, inserted or moved is refused ------
+
+CHAINED = [rec(i, tag="t") for i in range(1, 5)]  # e0001..e0004, val_bpb 2.0..5.0
+TAMPERED = {  # how the four lines are changed -> the start of the one line that says so
+    "changed": (
+        lambda lines: [
+            lines[0],
+            lines[1].replace(b'"val_bpb": 3.0', b'"val_bpb": 0.17'),
+            *lines[2:],
+        ],
+        "line 2 (e0002) was changed after it was written",
+    ),
+    "removed": (
+        lambda lines: [lines[0], *lines[2:]],
+        "line 2 (e0003) was written after e0002, not after e0001",
+    ),
+    "inserted": (
+        lambda lines: [*lines[:2], json.dumps(dataclasses.asdict(rec(9))).encode(), *lines[2:]],
+        "line 3 (e0009) has no link to the record before it",
+    ),
+    "reordered": (
+        lambda lines: [lines[0], lines[2], lines[1], lines[3]],
+        "line 2 (e0003) was written after e0002, not after e0001",
+    ),
+    "first removed": (lambda lines: lines[1:], "line 1 (e0002) was written after e0001, but is"),
+}
+
+
+def chained_ledger(path, records=CHAINED):
+    ledger = Ledger(path)
+    for record in records:
+        ledger.append(record)
+    return ledger
+
+
+def tamper(path, change) -> None:
+    lines = path.read_bytes().split(b"\n")[:-1]
+    path.write_bytes(b"\n".join(change(lines)) + b"\n")
+
+
+def test_an_untouched_ledger_loads_with_every_record_linked(tmp_path):
+    ledger = chained_ledger(tmp_path / "ledger.jsonl")
+    assert ledger.records() == CHAINED and ledger.problems == [] and ledger.notes == []
+    lines = [json.loads(line) for line in (tmp_path / "ledger.jsonl").read_text().splitlines()]
+    assert lines[0]["chain"] == {"after": "", "sha256": ""}
+    assert [line["chain"]["after"] for line in lines[1:]] == ["e0001", "e0002", "e0003"]
+
+
+@pytest.mark.parametrize("how", TAMPERED)
+def test_a_tampered_earlier_record_is_refused_with_one_line(tmp_path, how):
+    path = tmp_path / "ledger.jsonl"
+    ledger = chained_ledger(path)
+    change, says = TAMPERED[how]
+    tamper(path, change)
+    with pytest.raises(LedgerTampered) as info:
+        ledger.records()
+    message = str(info.value)
+    assert message.startswith(f"{path} {says}") and "\n" not in message, message
+    assert "restore the ledger from a backup" in message and "cannot be trusted" in message
+
+
+@pytest.mark.parametrize("how", TAMPERED)
+def test_leaderboard_and_resume_refuse_a_tampered_ledger(tmp_path, how):
+    """Through the real CLI: one error line naming the record, a non-zero exit, nothing run."""
+    repo = init_repo(tmp_path / "research", "tiny")
+    path = repo / STATE_DIR / LEDGER_FILE
+    chained_ledger(path)
+    change, says = TAMPERED[how]
+    tamper(path, change)
+    before = path.read_bytes()
+    for args in (("leaderboard", "--all"), ("evolve", "--resume", "--tag", "t")):
+        result = cli(*args, cwd=repo)
+        assert one_line_error(result).startswith(f"error: {path} {says}"), result.stderr
+        assert result.returncode == LedgerTampered.exit_code
+    assert path.read_bytes() == before  # reported, never repaired
+
+
+def test_a_record_after_a_torn_line_is_still_linked(tmp_path):
+    """A kill mid-write leaves a torn line: outside the chain, a warning, never tampering."""
+    path = tmp_path / "ledger.jsonl"
+    ledger = chained_ledger(path, CHAINED[:2])
+    with open(path, "ab") as f:
+        f.write(b'{"id": "e0003", "status": "ke')  # torn: the last line, no newline
+    assert ledger.records() == CHAINED[:2] and len(ledger.problems) == 1
+    ledger.append(CHAINED[3])
+    assert ledger.records() == [*CHAINED[:2], CHAINED[3]] and ":3: unreadable" in ledger.problems[0]
+
+
+def test_records_from_before_the_chain_load_with_a_note(tmp_path):
+    """An older version's ledger: its records load, the chain starts at the first new one,
+    which links to the last old one; an old record after a linked one is refused."""
+    path = tmp_path / "ledger.jsonl"
+    old = [json.dumps(dataclasses.asdict(r), sort_keys=True) for r in CHAINED[:2]]
+    path.write_text("\n".join(old) + "\n")
+    ledger = chained_ledger(path, CHAINED[2:])
+    assert ledger.records() == CHAINED and ledger.problems == []
+    assert ledger.notes == [
+        f"{path}: 2 of its records (lines 1-2) predate its hash chain: a change to them cannot"
+        " be detected"
+    ]
+    tamper(path, lambda lines: [lines[0].replace(b'"val_bpb": 2.0', b'"val_bpb": 0.1'), *lines[1:]])
+    assert ledger.records()[0].val_bpb == 0.1  # the first old record: nothing links to it
+    tamper(path, lambda lines: [lines[0], lines[1].replace(b"3.0", b"0.1"), *lines[2:]])
+    with pytest.raises(LedgerTampered, match="line 2 \\(e0002\\) was changed"):
+        ledger.records()  # the last old one is linked to
+    path.write_text("\n".join(old) + "\n")
+    chained_ledger(path, CHAINED[2:])
+    with open(path, "a") as f:
+        f.write(json.dumps(dataclasses.asdict(rec(5))) + "\n")
+    with pytest.raises(LedgerTampered, match="line 5 \\(e0005\\) has no link"):
+        ledger.records()
