@@ -31,6 +31,7 @@ import math
 import os
 import resource
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -222,6 +223,9 @@ def confine(isolated: bool) -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core dump with the data in it
     sandbox.prctl(sandbox.PR_SET_NO_NEW_PRIVS, 1)
     if isolated:
+        # torch asks for a temporary folder on import (and writes nothing there): pick it while
+        # one is writable, as tempfile cannot find one afterwards.
+        tempfile.tempdir = tempfile.gettempdir()
         sandbox.confine_in_place()  # nothing writable: the result leaves on the stdout pipe
 
 

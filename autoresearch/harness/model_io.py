@@ -50,7 +50,7 @@ PURE_OPS = frozenset(
     flatten unflatten movedim slice select narrow split split_with_sizes chunk unbind cat stack
     contiguous clone alias detach repeat repeat_interleave roll flip tril triu diagonal pad
     constant_pad_nd index_select gather index index_put scatter scatter_add one_hot
-    zeros ones full arange zeros_like ones_like full_like scalar_tensor lift_fresh_copy
+    zeros ones full arange eye zeros_like ones_like full_like scalar_tensor lift_fresh_copy
     to _to_copy type_as _assert_tensor_metadata
     linear mm bmm matmul addmm baddbmm outer dot einsum
     embedding layer_norm native_layer_norm rms_norm group_norm gelu relu silu leaky_relu
