@@ -49,7 +49,7 @@ PURE_OPS = frozenset(
     view reshape _unsafe_view view_as expand expand_as permute transpose t unsqueeze squeeze
     flatten unflatten movedim slice select narrow split split_with_sizes chunk unbind cat stack
     contiguous clone alias detach repeat repeat_interleave roll flip tril triu diagonal pad
-    constant_pad_nd index_select gather index index_put scatter scatter_add one_hot
+    constant_pad_nd index_select gather index index_put scatter scatter_add one_hot fill
     zeros ones full arange eye zeros_like ones_like full_like scalar_tensor lift_fresh_copy
     to _to_copy type_as _assert_tensor_metadata
     linear mm bmm matmul addmm baddbmm outer dot einsum
@@ -172,16 +172,19 @@ def _check_target(target: str, inputs: list) -> None:
         return
     shown = ".".join(parts[2:4]) if target.startswith("torch.ops.") else target[:80]
     aten = parts[:3] == ["torch", "ops", "aten"] and len(parts) == 5
-    if not aten or f"aten::{parts[3]}" not in PURE_OPS:
+    packet = getattr(torch.ops.aten, parts[3], None) if aten else None
+    op = getattr(packet, parts[4], None) if packet is not None else None
+    op = op if isinstance(op, torch._ops.OpOverload) else None
+    if op is not None and op._schema.is_mutable:
+        raise ForbiddenGraph(
+            f"the hand-over graph calls {'.'.join(parts[2:])}, which writes to its arguments,"
+            " and the evaluator runs only side-effect-free tensor ops: write forward without"
+            " in-place ops (x = x.masked_fill(m, v), not x.masked_fill_(m, v) or x[m] = v)"
+        )
+    if op is None or f"aten::{parts[3]}" not in PURE_OPS:
         raise ForbiddenGraph(
             f"the hand-over graph calls {shown}, which is not allowed in the evaluator"
             " (only side-effect-free tensor ops are)"
-        )
-    op = getattr(getattr(torch.ops.aten, parts[3]), parts[4], None)
-    if op is None or op._schema.is_mutable:
-        raise ForbiddenGraph(
-            f"the hand-over graph calls {'.'.join(parts[2:])}, which writes to its arguments"
-            " (the evaluator runs only side-effect-free tensor ops)"
         )
     argument, allowed = IMPURE_ARGUMENTS.get(f"aten::{parts[3]}", (None, ()))
     for given in inputs:

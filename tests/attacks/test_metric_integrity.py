@@ -358,8 +358,8 @@ def test_8_peeking_at_a_few_positions_is_caught(research_repo):
     source = candidates.HONEST.replace(
         "        logits = self.table(idx)\n",
         "        ahead = torch.roll(idx, -1, dims=1)\n"
-        "        mask = torch.zeros_like(idx, dtype=torch.bool)\n"
-        "        mask[:, 5:10] = True\n"
+        "        pos = torch.arange(idx.size(1))\n"
+        "        mask = (pos >= 5) & (pos < 10)\n"
         "        logits = self.table(torch.where(mask, ahead, idx))\n",
     )
     out = attack(research_repo, source)
