@@ -110,6 +110,8 @@ class TypicalGPTOps(nn.Module):
         y = F.gelu(y) + F.silu(y) + F.relu(y).square()
         flat = torch.addmm(torch.zeros(x_dim), y.reshape(-1, x_dim), torch.eye(x_dim))
         logits = self.head(flat.view_as(y)).float()
+        pos = torch.arange(idx.size(1)).unsqueeze(-1)
+        logits = logits.masked_fill((pos >= 1) & (pos < 2), 0.0)  # masks built with operators
         return 15 * torch.tanh(logits / 15)  # soft-capping
 
 

@@ -43,16 +43,18 @@ PURE_OPS = frozenset(
     expm1 floor fmod frac lerp log log10 log1p log2 logaddexp maximum minimum mul neg pow
     reciprocal remainder round rsqrt sigmoid sign sin sinh sqrt square sub tan tanh trunc where
     eq ne lt le gt ge isfinite isinf isnan logical_and logical_or logical_not logical_xor
-    bitwise_and bitwise_or bitwise_xor bitwise_not masked_fill
+    bitwise_and bitwise_or bitwise_xor bitwise_not __and__ __or__ __xor__ masked_fill floor_divide
     sum mean amax amin max min argmax argmin prod var var_mean std std_mean norm
     linalg_vector_norm logsumexp cumsum cumprod softmax _softmax log_softmax _log_softmax any all
+    sort topk
     view reshape _unsafe_view view_as expand expand_as permute transpose t unsqueeze squeeze
     flatten unflatten movedim slice select narrow split split_with_sizes chunk unbind cat stack
     contiguous clone alias detach repeat repeat_interleave roll flip tril triu diagonal pad
     constant_pad_nd index_select gather index index_put scatter scatter_add one_hot fill
     zeros ones full arange eye zeros_like ones_like full_like scalar_tensor lift_fresh_copy
+    new_zeros new_ones new_full view_as_complex view_as_real polar complex
     to _to_copy type_as _assert_tensor_metadata
-    linear mm bmm matmul addmm baddbmm outer dot einsum
+    linear mm bmm matmul addmm baddbmm outer dot einsum conv1d conv2d
     embedding layer_norm native_layer_norm rms_norm group_norm gelu relu silu leaky_relu
     softplus elu hardtanh mish scaled_dot_product_attention
     """.split()  # noqa: SIM905 - a reviewed list reads best as words
@@ -60,7 +62,8 @@ PURE_OPS = frozenset(
 # Arguments that make an allowed op impure: attention dropout draws random numbers.
 IMPURE_ARGUMENTS = {"aten::scaled_dot_product_attention": ("dropout_p", (0, 0.0))}
 # Higher-order ops that only run their subgraphs (checked like the graph itself) under a
-# numeric mode: autocast on CUDA, grad mode, and FlexAttention with its score and mask functions.
+# numeric mode: autocast on CUDA, grad mode, and FlexAttention with its score and mask functions
+# (which torch 2.13 cannot serialize to JSON yet: such a hand-over fails before it gets here).
 HIGHER_ORDER_OPS = frozenset({"wrap_with_autocast", "wrap_with_set_grad_enabled", "flex_attention"})
 # Python callables the serializer writes for multi-output ops: picking an output.
 PYTHON_TARGETS = frozenset({"_operator.getitem"})
