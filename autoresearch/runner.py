@@ -280,6 +280,7 @@ def run_experiment(
         eval_tokens=config.eval.tokens,
         batch_size=config.eval.batch_size,
         device=ctx.device,
+        isolated=isolate,
     )
     root = research_root(train_py)
     protected = protected_files(root, manifest)
@@ -324,11 +325,19 @@ def run_experiment(
         if failure:
             return Outcome(*failure, total_seconds=time.monotonic() - t_spawn, **common)
         t_eval = time.monotonic()
-        result, error = evaluator.score()
+        result, error, refused = evaluator.score()
         timings["evaluation"] = time.monotonic() - t_eval
+        # The evaluator runs the candidate's graph: it must leave the protected files as they were.
+        changed = [path for path, state in file_states(protected).items() if before[path] != state]
+        if changed:
+            reason = f"changed protected files while it was evaluated: {', '.join(changed)[:300]}"
+            total = time.monotonic() - t_spawn
+            return Outcome("invalid", reason, total_seconds=total, fatal=True, **common)
         if error:
-            reason = f"evaluation failed: {error}"
-            return Outcome("crash", reason, total_seconds=time.monotonic() - t_spawn, **common)
+            status, reason = (
+                ("invalid", error) if refused else ("crash", f"evaluation failed: {error}")
+            )
+            return Outcome(status, reason, total_seconds=time.monotonic() - t_spawn, **common)
         return Outcome(
             "keep",
             "trained and evaluated",
@@ -564,12 +573,13 @@ class Evaluator:
         )
         self._log_path = log_path
 
-    def score(self) -> tuple[dict, str]:
-        """(result, "") or ({}, error)."""
+    def score(self) -> tuple[dict, str, bool]:
+        """(result, "", False), or ({}, error, refused): refused when the evaluator found the
+        hand-over to be no honest model (status `invalid`), not merely unscorable (`crash`)."""
         try:
             out, _ = self.proc.communicate(f"{GO}\n".encode(), timeout=EVAL_TIMEOUT_SECONDS)
         except subprocess.TimeoutExpired:
-            return {}, f"the evaluator took over {EVAL_TIMEOUT_SECONDS:.0f} s"
+            return {}, f"the evaluator took over {EVAL_TIMEOUT_SECONDS:.0f} s", False
         finally:
             self.cancel()
         lines = out.decode(errors="replace").strip().splitlines()
@@ -577,10 +587,10 @@ class Evaluator:
             result = json.loads(lines[-1])
         except (IndexError, ValueError):
             tail = log_tail(self._log_path, 3).replace("\n", " | ")
-            return {}, f"no result (exit code {self.proc.returncode}): {tail[-300:]}"
+            return {}, f"no result (exit code {self.proc.returncode}): {tail[-300:]}", False
         if "error" in result:
-            return {}, str(result["error"])
-        return result, ""
+            return {}, str(result["error"]), result.get("invalid") is True
+        return result, "", False
 
     def cancel(self) -> None:
         """Stop the evaluator (a no-op once it has finished)."""

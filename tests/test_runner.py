@@ -38,7 +38,7 @@ def test_honest_candidate_is_scored_by_the_harness(research_repo):
         # Its own clock patched to train 3x longer: the runner's clock decides.
         (candidates.OVER_BUDGET, "timeout", "over the 2 s budget"),
         # Logits that see the next token would score near zero: the evaluator's probe refuses.
-        (candidates.PEEKING, "crash", "not causal"),
+        (candidates.PEEKING, "invalid", "not causal"),
     ],
     ids=["fake-score", "patched-clock", "peeking-model"],
 )

@@ -14,6 +14,14 @@ same batch must give the same logits twice (no dependence on evaluation order).
 Bits per byte: the summed cross-entropy (nats) of every target token, over
 ln(2) times the UTF-8 bytes those tokens stand for; BOS targets stand for no
 bytes and are left out. Independent of the tokenizer, so any vocabulary competes.
+
+The graph is untrusted, and this process runs it: `model_io` refuses any graph
+that is not side-effect-free tensor math before it is deserialised, and `main`
+first confines this process (no new privileges, no core dumps; when the run is
+isolated, namespaces of its own where every mount is read-only and there is no
+network). Its only way out is the result line on stdout.
+A hand-over that cheats or is no plain model is refused as `invalid` (the
+result says so); one that cannot be loaded or run is a crash.
 """
 
 from __future__ import annotations
@@ -21,7 +29,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import resource
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,7 +45,18 @@ if TYPE_CHECKING:
     from autoresearch.harness.tokenizer import Tokenizer
 
 GO = "go"  # the runner's signal on stdin: the hand-over is complete, score it
-PROBE_TOLERANCE = 1e-3  # max logit change allowed at positions before the edited ones
+# The causality probe compares log-probabilities (shift-invariant: no scaling of the logits
+# widens the margin) before the cut against fixed bounds that nothing the model returns moves.
+# Positions before the cut see identical inputs: on a CPU both baselines reproduce them exactly
+# (measured: 0.0 in fp32 and under bf16 autocast), and 1e-4 leaves room for kernels that reduce
+# in another order. On CUDA (bf16 autocast, not measured here) kernels may pick other tilings
+# for other contents; bf16 keeps 8 bits of mantissa, 4e-3 relative on log-probabilities of a
+# few units, so 1e-2 there. Whatever peeks within it gains less than that per token.
+PROBE_TOLERANCE = 1e-4
+PROBE_TOLERANCE_BF16 = 1e-2
+# No honest model needs logits this large (a softmax saturates long before): larger, or not
+# finite, and a logit of a never-scored token could hide what the model does elsewhere.
+LOGIT_LIMIT = 1e4
 EVAL_SEED = 1234  # for the probe's random edits only; the data order is fixed
 PROBE_PASSES = 4  # causality probes, each with a random cut per row
 
@@ -49,6 +70,7 @@ class EvalSpec:
     eval_tokens: int
     batch_size: int
     device: str
+    isolated: bool = False  # the runner isolates this run: confine the evaluator the same way
 
 
 @dataclass(frozen=True)
@@ -62,6 +84,11 @@ class EvalResult:
 
 class EvalError(Exception):
     """The hand-over cannot be scored; the message says why (it becomes the crash reason)."""
+
+
+class Refused(EvalError):
+    """The hand-over is not an honest model to score (status `invalid`): it runs more than
+    tensor math, peeks ahead, depends on evaluation order or returns absurd logits."""
 
 
 @dataclass(frozen=True)
@@ -91,7 +118,7 @@ def evaluate(spec: EvalSpec, data: EvalData | None = None) -> EvalResult:
     import torch
     import torch.nn.functional as F
 
-    from autoresearch.harness.model_io import load_exported, precision
+    from autoresearch.harness.model_io import ForbiddenGraph, load_exported, precision
 
     data = data or load_data(spec)
     t0 = time.monotonic()
@@ -100,6 +127,8 @@ def evaluate(spec: EvalSpec, data: EvalData | None = None) -> EvalResult:
     n_rows = len(rows)
     try:
         program = load_exported(Path(spec.model_dir), spec.device)
+    except ForbiddenGraph as e:
+        raise Refused(str(e)) from None
     except Exception as e:
         raise EvalError(f"hand-over could not be loaded: {type(e).__name__}: {e}") from None
     model = program.module()
@@ -114,12 +143,20 @@ def evaluate(spec: EvalSpec, data: EvalData | None = None) -> EvalResult:
             raise EvalError(
                 f"model returns {out.shape[-1]} logits, vocabulary has {tokenizer.vocab_size}"
             )
-        return out[..., : tokenizer.vocab_size].float()
+        out = out[..., : tokenizer.vocab_size].float()
+        largest = out.abs().max().item()  # NaN or inf included
+        if not largest <= LOGIT_LIMIT:
+            raise Refused(
+                f"model returns a logit of magnitude {largest:.3g}: the evaluator"
+                f" accepts finite logits up to {LOGIT_LIMIT:g}"
+            )
+        return out
 
     B = spec.batch_size
     first = _batch(rows, 0, B).to(device)
     reference = logits_of(first[:, :-1])
-    _probe_causality(logits_of, first[:, :-1], reference, tokenizer.vocab_size)
+    tolerance = PROBE_TOLERANCE_BF16 if device.type == "cuda" else PROBE_TOLERANCE
+    _probe_causality(logits_of, first[:, :-1], reference, tokenizer.vocab_size, tolerance)
 
     nats = torch.zeros((), dtype=torch.float64, device=device)
     nbytes = torch.zeros((), dtype=torch.int64, device=device)
@@ -133,7 +170,7 @@ def evaluate(spec: EvalSpec, data: EvalData | None = None) -> EvalResult:
         nats += (loss * (weight > 0)).sum(dtype=torch.float64)
         nbytes += weight.sum()
     if not torch.equal(logits_of(first[:, :-1]), reference):
-        raise EvalError(
+        raise Refused(
             "model gives different logits for the same batch: it depends on evaluation order"
         )
     val_bpb = nats.item() / (math.log(2) * nbytes.item())
@@ -153,8 +190,8 @@ def _batch(rows, start: int, size: int):
     return batch
 
 
-def _probe_causality(logits_of, x, reference, vocab_size: int) -> None:
-    """Edit every row from a random cut on; the logits before the cut must not move.
+def _probe_causality(logits_of, x, reference, vocab_size: int, tolerance: float) -> None:
+    """Edit every row from a random cut on; the log-probabilities before the cut must not move.
 
     Each row and each pass cuts somewhere else, so a model that peeks ahead at a fraction f
     of the positions goes unnoticed with probability about (1 - f) ** (rows * passes).
@@ -163,30 +200,46 @@ def _probe_causality(logits_of, x, reference, vocab_size: int) -> None:
 
     rows, length = x.shape
     generator = torch.Generator(device="cpu").manual_seed(EVAL_SEED)
-    tolerance = PROBE_TOLERANCE * max(1.0, reference.abs().max().item())
+    reference = reference.log_softmax(dim=-1)
     for _ in range(PROBE_PASSES):
         cuts = torch.randint(1, length, (rows, 1), generator=generator)
         edited_part = (torch.arange(length) >= cuts).to(x.device)
         noise = torch.randint(0, vocab_size - 1, x.shape, generator=generator).to(x.device)
-        moved = (logits_of(torch.where(edited_part, noise, x)) - reference).abs().amax(dim=-1)
+        edited = logits_of(torch.where(edited_part, noise, x)).log_softmax(dim=-1)
+        moved = (edited - reference).abs().amax(dim=-1)
         moved = moved.masked_fill(edited_part, 0.0)  # only positions before the cut must hold
         if moved.max().item() > tolerance:
             row = int(moved.amax(dim=1).argmax())
-            raise EvalError(
+            raise Refused(
                 f"model is not causal: in row {row}, logits before position {int(cuts[row])}"
                 " depend on later tokens"
             )
 
 
+def confine(isolated: bool) -> None:
+    """Confine this process before it loads the untrusted graph; called first thing, before
+    any import that may start threads (a process with threads cannot enter a user namespace)."""
+    from autoresearch.harness import sandbox
+
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # no core dump with the data in it
+    sandbox.prctl(sandbox.PR_SET_NO_NEW_PRIVS, 1)
+    if isolated:
+        # torch asks for a temporary folder on import (and writes nothing there): pick it while
+        # one is writable, as tempfile cannot find one afterwards.
+        tempfile.tempdir = tempfile.gettempdir()
+        sandbox.confine_in_place()  # nothing writable: the result leaves on the stdout pipe
+
+
 def main() -> None:
     spec = EvalSpec(**json.loads(sys.argv[1]))
     try:
+        confine(spec.isolated)
         data = load_data(spec)
         if sys.stdin.readline().strip() != GO:
             return  # the candidate failed: nothing to score
         result = evaluate(spec, data)
     except (EvalError, UserError) as e:
-        print(json.dumps({"error": str(e)}))
+        print(json.dumps({"error": str(e), "invalid": isinstance(e, Refused)}))
         sys.exit(1)
     print(json.dumps(asdict(result)), flush=True)
     os._exit(0)  # the result is out; tearing torch down would only delay the next experiment

@@ -350,7 +350,7 @@ def test_7_native_edit_fails_under_isolation(research_repo, honest_bpb):
 
 def test_8_peeking_at_the_next_token_is_caught(research_repo):
     out = attack(research_repo, candidates.PEEKING)
-    assert out.status == "crash" and "not causal" in out.reason, out.reason
+    assert out.status == "invalid" and "not causal" in out.reason, out.reason
 
 
 def test_8_peeking_at_a_few_positions_is_caught(research_repo):
@@ -358,12 +358,12 @@ def test_8_peeking_at_a_few_positions_is_caught(research_repo):
     source = candidates.HONEST.replace(
         "        logits = self.table(idx)\n",
         "        ahead = torch.roll(idx, -1, dims=1)\n"
-        "        mask = torch.zeros_like(idx, dtype=torch.bool)\n"
-        "        mask[:, 5:10] = True\n"
+        "        pos = torch.arange(idx.size(1))\n"
+        "        mask = (pos >= 5) & (pos < 10)\n"
         "        logits = self.table(torch.where(mask, ahead, idx))\n",
     )
     out = attack(research_repo, source)
-    assert out.status == "crash" and "not causal" in out.reason, out.reason
+    assert out.status == "invalid" and "not causal" in out.reason, out.reason
 
 
 def test_8_depending_on_evaluation_order_is_caught(research_repo, honest_bpb):
@@ -381,9 +381,9 @@ def test_8_depending_on_evaluation_order_is_caught(research_repo, honest_bpb):
         .replace("    harness.handover(", "    model.calls.zero_()\n    harness.handover(")
     )
     out = attack(research_repo, source)
-    # The probes and the scoring see other logits for the same rows: one of the probes says so.
-    assert out.status == "crash", (out.status, out.reason)
-    assert "evaluation order" in out.reason or "not causal" in out.reason, out.reason
+    # Refused before it runs: the graph writes to its buffer (tests/attacks/test_evaluator.py).
+    assert out.status == "invalid", (out.status, out.reason)
+    assert "aten.add_" in out.reason, out.reason
 
 
 # --- none of it is ever promoted -------------------------------------------------------
