@@ -540,8 +540,6 @@ def _training_failure(
     events = run.events
     if events.violation:
         return "invalid", events.violation
-    if run.over_cap:
-        return "crash", run.over_cap
     if events.handed_over and events.handover_files() != events.handed_over:
         return "invalid", "the hand-over files changed after the hand-over was complete"
     early = events.start.get("tokens")
@@ -550,6 +548,8 @@ def _training_failure(
             f"drew {early:,} training tokens before budget.start(): training happens on the clock"
             " (warm up compilation on made-up tokens such as torch.zeros)"
         )
+    if run.over_cap:
+        return "crash", run.over_cap
     if run.why_stopped == "diverged":
         return "crash", events.diverged or "loss diverged"
     if "handed_over" not in events.times:
