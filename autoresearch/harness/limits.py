@@ -1,6 +1,6 @@
 """Caps on what one experiment may use: memory, processes (and threads), disk.
 
-    runner: caps_for() -> make_cgroups() -> sandbox joins them -> cap_exceeded() -> remove_cgroups()
+    caps_for -> make_cgroups -> (the sandbox joins them) -> cap_reason -> remove_cgroups
 
 Memory and processes are capped by a cgroup per run where this process may make one: cgroup
 v2 under the nearest ancestor of its own cgroup that delegates the `memory` and `pids`
