@@ -53,6 +53,11 @@ class RunSettings:
     # the system allows unprivileged user namespaces; on requires them; off never uses them.
     isolation: str = "auto"
     network: bool = True  # false: the candidate runs without network access (needs isolation)
+    # Caps on one experiment (harness.limits); 0 derives one from the machine when it starts:
+    # 3/4 of the available memory, half the free disk, max(4096, 64 per CPU) processes.
+    memory_gb: float = 0.0  # the run's processes together (CPU memory; not the GPU's)
+    max_processes: int = 0  # processes and threads together
+    disk_gb: float = 0.0  # the run folder, with the candidate's HOME and TMPDIR in it
 
     def describe_budget(self) -> str:
         if self.budget_tokens:
@@ -234,6 +239,9 @@ def _validate(c: Config) -> None:
         raise ConfigError(f"'run.seed' must be from 0 to {2**32 - 1}, got {c.run.seed}")
     if c.run.budget_tokens < 0:
         raise ConfigError(f"'run.budget_tokens' must be 0 (off) or more, got {c.run.budget_tokens}")
+    for key in ("memory_gb", "max_processes", "disk_gb"):
+        if getattr(c.run, key) < 0:
+            raise ConfigError(f"'run.{key}' must be 0 (derived) or more, got {getattr(c.run, key)}")
     for key in ("max_experiments", "hours", "max_cost_usd", "calibrate", "min_improvement",
                 "noise_k", "fix_attempts", "prefetch", "proposal_timeout"):  # fmt: skip
         if getattr(c.evolve, key) < 0:

@@ -35,6 +35,15 @@ from autoresearch.harness.evaluate import GO, EvalSpec
 from autoresearch.harness.events import LOSS_LIMIT
 from autoresearch.harness.fingerprint import harness_fingerprint, sha256_file
 from autoresearch.harness.handover import META_FILE
+from autoresearch.harness.limits import (
+    Caps,
+    DiskWatch,
+    cap_reason,
+    caps_for,
+    cgroup_events,
+    make_cgroups,
+    remove_cgroups,
+)
 from autoresearch.harness.prepare import Manifest, load_manifest
 from autoresearch.harness.sandbox import (
     PR_SET_DUMPABLE,
@@ -46,14 +55,13 @@ from autoresearch.harness.sandbox import (
 from autoresearch.ledger import Record
 from autoresearch.workspace import LEDGER_FILE, PROTECTED_FILES, STATE_DIR, TRAIN_FILE
 
-# Only these variables reach the candidate: never API keys, tokens or credentials.
+# Only these variables reach the candidate: never API keys, tokens or credentials. Not HOME
+# or TMPDIR either: the candidate gets its own (`sandbox_spec`), and XDG's folders follow HOME.
 ENV_ALLOWLIST = (
     "PATH",
-    "HOME",
     "USER",
     "LANG",
     "LC_ALL",
-    "TMPDIR",
     "PYTHONPATH",
     "VIRTUAL_ENV",
     "CUDA_VISIBLE_DEVICES",
@@ -63,6 +71,9 @@ ENV_ALLOWLIST = (
     "OMP_NUM_THREADS",
     "MKL_NUM_THREADS",
 )
+# Compile caches a user set on purpose, shared by all runs (compiling on a GPU takes minutes):
+# they stay writable under isolation, the one place outside the run folder that is.
+COMPILE_CACHES = ("TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR")
 KILL_GRACE_SECONDS = 5.0  # SIGTERM, then SIGKILL for a group that has not gone
 # The last step starts before the deadline and ends after it: training may overrun the
 # budget by 5% + 1 s, plus one mean step, but never by more than 10% for the step.
@@ -288,7 +299,7 @@ def run_experiment(
     evaluator = Evaluator(spec, run_dir / "eval.log")  # loads its data while the candidate trains
     try:
         limit = config.run.budget_seconds + config.run.startup_seconds
-        sandbox = sandbox_spec(train_py, config, run_dir, root, manifest, isolate)
+        sandbox = sandbox_spec(train_py, config, run_dir, root, manifest, isolate, ctx.device)
         run = _supervise(sandbox, run_dir, limit, on_event)
         t_end = time.monotonic()
         events = run.events
@@ -427,9 +438,13 @@ def sandbox_spec(
     root: Path | None,
     manifest: Manifest,
     isolate: bool,
+    device: str = "cpu",
 ) -> SandboxSpec:
-    """How the sandbox runs `train_py`: its command, environment and what it may touch."""
+    """How the sandbox runs `train_py`: its command, environment, what it may touch and use."""
     spec_path = run_dir / SANDBOX_SPEC
+    home, tmp = run_dir / "home", run_dir / "tmp"  # its own, gone with the run folder
+    home.mkdir(exist_ok=True)
+    tmp.mkdir(exist_ok=True)
     hidden = [manifest.val_path, cache_root() / "data"]  # raw shards hold the validation text
     if config.data.source == "folder" and config.data.path:
         hidden.append(((root or Path.cwd()) / config.data.path).resolve())
@@ -440,7 +455,14 @@ def sandbox_spec(
     env = minimal_env({
         CONTEXT_ENV: str(run_dir / "context.json"),
         "PYTHONDONTWRITEBYTECODE": "1",  # no .pyc written next to the harness by anyone
+        "HOME": str(home),
+        "TMPDIR": str(tmp),
     })  # fmt: skip
+    caches = [Path(env[k]) for k in COMPILE_CACHES if os.path.isabs(env.get(k, ""))]
+    for cache in caches:  # a relative one is inside the run folder, the candidate's cwd
+        cache.mkdir(parents=True, exist_ok=True)
+    run = config.run
+    caps = caps_for(run.memory_gb, run.max_processes, run.disk_gb, run_dir)
     return SandboxSpec(
         argv=[sys.executable, "-m", "autoresearch.harness.guard", str(spec_path), train_py.name],
         cwd=str(train_py.parent),
@@ -450,7 +472,11 @@ def sandbox_spec(
         network=config.run.network,
         hidden=[str(p) for p in hidden],
         readonly=[str(p) for p in (root, cache_root(), PACKAGE_DIR) if p],
-        writable=[str(run_dir.resolve())],
+        writable=[str(p.resolve()) for p in (run_dir, *caches)],
+        memory_bytes=caps.memory_bytes,
+        max_processes=caps.max_processes,
+        disk_bytes=caps.disk_bytes,
+        cpu_only=device == "cpu",
     )
 
 
@@ -459,7 +485,8 @@ class TrainingRun:
     events: Events
     returncode: int | None
     rusage: object
-    why_stopped: str  # "", "timeout", "diverged", "violation" or "handed_over"
+    why_stopped: str  # "", "timeout", "diverged", "violation", "over a cap" or "handed_over"
+    over_cap: str = ""  # which cap of harness.limits it hit, if any
 
 
 def _supervise(
@@ -469,6 +496,9 @@ def _supervise(
     t_spawn = time.monotonic()
     read_fd, write_fd = os.pipe()
     sandbox.env[EVENTS_ENV] = str(write_fd)
+    caps = Caps(sandbox.memory_bytes, sandbox.max_processes, sandbox.disk_bytes)
+    sandbox.cgroups = make_cgroups(caps)  # the sandbox joins them; removed below
+    disk = DiskWatch(run_dir, caps.disk_bytes)
     sandbox.save(run_dir / SANDBOX_SPEC)  # read by the sandbox, and by the guard it starts
     with open(run_dir / SANDBOX_LOG, "wb") as log:
         proc = subprocess.Popen(
@@ -497,6 +527,8 @@ def _supervise(
                 why_stopped = "diverged"
             elif events.violation:
                 why_stopped = "violation"
+            elif disk.over():
+                why_stopped = "over a cap"
             elif "handed_over" in events.times:
                 why_stopped = "handed_over"  # nothing the process does from here on counts
             if why_stopped:
@@ -511,8 +543,10 @@ def _supervise(
         # Reaped here or by kill_group (then it died of SIGKILL): Popen must not wait again.
         proc.returncode = -signal.SIGKILL if returncode is None else returncode
         (run_dir / PGID_FILE).unlink(missing_ok=True)
+        over_cap = cap_reason(caps, *cgroup_events(sandbox.cgroups), disk.measure())
+        remove_cgroups(sandbox.cgroups)
     events.join(timeout=KILL_GRACE_SECONDS)
-    return TrainingRun(events, returncode, rusage, why_stopped)
+    return TrainingRun(events, returncode, rusage, why_stopped, over_cap)
 
 
 def _training_failure(
@@ -530,6 +564,8 @@ def _training_failure(
             f"drew {early:,} training tokens before budget.start(): training happens on the clock"
             " (warm up compilation on made-up tokens such as torch.zeros)"
         )
+    if run.over_cap:
+        return "crash", run.over_cap
     if run.why_stopped == "diverged":
         return "crash", events.diverged or "loss diverged"
     if "handed_over" not in events.times:

@@ -15,10 +15,14 @@ Isolation (Linux with unprivileged user namespaces, probed once):
   kernel kills everything it started, even daemons that left its process
   group, and with a /proc of its own it cannot see or signal any process
   outside, nor read another process's environment;
-* a mount namespace where the research repo, the data cache and the harness
-  are read-only, the validation tokens and raw data are hidden, and only the
-  run folder is writable;
+* a mount namespace where every mount is read-only but the run folder (and a
+  user's explicit compile caches), the validation tokens and raw data are
+  hidden, and /dev/shm is a small tmpfs of the run's own;
 * optionally (`run.network = false`) a network namespace with no interfaces.
+
+Caps on memory and processes come from cgroups the runner made (`harness.limits`),
+which this process joins before anything else; where there are none, rlimits stand
+in. Every process of the run is the kernel's first choice when memory runs out.
 
 Without it, a child subreaper still catches daemons that double-fork out of
 the process group, and the audit hook of `harness.guard` still refuses the
@@ -42,6 +46,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from autoresearch.harness.limits import join_cgroups
+
 FILE_SIZE_LIMIT = 64 * 2**30  # no single file may grow past this: a runaway writer, not a model
 LOG_HEAD_BYTES = 4 * 2**20  # run.log keeps the first and the last few MiB of the output
 LOG_TAIL_BYTES = 4 * 2**20
@@ -49,6 +55,9 @@ SWEEP_ROUNDS = 50  # a daemon may fork while we kill: sweep until nothing is lef
 SWEEP_PAUSE = 0.02
 POLL_SECONDS = 0.05  # how often the supervisor looks at the candidate while copying its output
 DRAIN_SECONDS = 2.0  # after the candidate is gone, output still in the pipe is copied this long
+OOM_FIRST = "1000"  # oom_score_adj: the run dies before the orchestrator when memory runs out
+SHM = "/dev/shm"  # torch's data loader workers and multiprocessing need a writable one
+SHM_BYTES = 2**30  # its size without caps; with them the smaller of the memory and disk caps
 
 # Linux constants (sched.h, sys/mount.h, linux/prctl.h)
 CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x20000, 0x10000000, 0x20000000, 0x40000000
@@ -80,6 +89,14 @@ class SandboxSpec:
     hidden: list[str] = field(default_factory=list)  # files and folders the candidate must not read
     readonly: list[str] = field(default_factory=list)  # folders it must not change
     writable: list[str] = field(default_factory=list)  # folders inside those that stay writable
+    # The caps of harness.limits. Where no cgroup caps memory, RLIMIT_AS stands in on CPU runs
+    # (CUDA reserves far more address space than it uses); where none caps processes,
+    # RLIMIT_NPROC, which counts every process of the user, so it is raised by those it has.
+    cgroups: dict[str, str] = field(default_factory=dict)  # controller -> folder to join
+    memory_bytes: int = 0
+    max_processes: int = 0
+    disk_bytes: int = 0  # also the largest file it may write
+    cpu_only: bool = False
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2) + "\n")
@@ -95,13 +112,23 @@ class SandboxSpec:
 def main(spec_path: str) -> int:
     spec = SandboxSpec.load(spec_path)
     prctl(PR_SET_CHILD_SUBREAPER, 1)  # orphans of the candidate come to us, not to init
+    for error in join_cgroups(spec.cgroups):
+        print(error, file=sys.stderr)  # runs on, with the rlimits below
+    with contextlib.suppress(OSError):  # inherited by the candidate and all it starts
+        Path("/proc/self/oom_score_adj").write_text(OOM_FIRST)
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    _, hard = resource.getrlimit(resource.RLIMIT_FSIZE)  # a user's own lower limit stays
-    soft = FILE_SIZE_LIMIT if hard == resource.RLIM_INFINITY else min(FILE_SIZE_LIMIT, hard)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    _lower_limit(resource.RLIMIT_FSIZE, FILE_SIZE_LIMIT)
+    if spec.cpu_only and spec.memory_bytes and "memory" not in spec.cgroups:
+        _lower_limit(resource.RLIMIT_AS, spec.memory_bytes)
     log = BoundedLog(Path(spec.log))  # opened before the mounts: ours, wherever it is
     if spec.isolate:
         enter_namespaces(spec)  # from here on this process may not start threads
+        if os.path.isdir(SHM):
+            size = min((c for c in (spec.memory_bytes, spec.disk_bytes) if c), default=SHM_BYTES)
+            _mount("tmpfs", SHM, "tmpfs", MS_NOSUID | MS_NODEV, f"size={size},mode=1777")
+        remount_everything_readonly([*spec.writable, SHM])
+    if spec.max_processes and "pids" not in spec.cgroups:  # in its user namespace, if isolated
+        _lower_limit(resource.RLIMIT_NPROC, _user_tasks() + spec.max_processes)
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the candidate: pid 1 of its namespace when isolated
@@ -110,6 +137,8 @@ def main(spec_path: str) -> int:
             if spec.isolate:
                 mount_own_proc()
                 drop_capabilities()
+            if spec.disk_bytes:  # one file past the disk cap fails at once, not at the next poll
+                _lower_limit(resource.RLIMIT_FSIZE, spec.disk_bytes)
             os.dup2(write_end, 1)
             os.dup2(write_end, 2)
             os.chdir(spec.cwd)
@@ -140,6 +169,26 @@ def main(spec_path: str) -> int:
     sweep()
     code = os.waitstatus_to_exitcode(status)
     return code if code >= 0 else 128 - code
+
+
+def _lower_limit(which: int, value: int) -> None:
+    """Lower the soft rlimit `which` to `value`; a user's own lower limit stays."""
+    soft, hard = resource.getrlimit(which)
+    if hard != resource.RLIM_INFINITY:
+        value = min(value, hard)
+    if soft == resource.RLIM_INFINITY or value < soft:
+        resource.setrlimit(which, (value, hard))
+
+
+def _user_tasks() -> int:
+    """Processes and threads of this user now: what RLIMIT_NPROC counts besides the run's."""
+    uid, count = str(os.getuid()), 0
+    for status in Path("/proc").glob("[0-9]*/status"):
+        with contextlib.suppress(OSError):
+            fields = dict(ln.split(":", 1) for ln in status.read_text().splitlines() if ":" in ln)
+            if fields["Uid"].split()[0] == uid:
+                count += int(fields["Threads"])
+    return count
 
 
 class BoundedLog:

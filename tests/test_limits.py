@@ -1,0 +1,149 @@
+"""The caps of harness.limits and the candidate's private folders, with real runs and real
+cgroups where this machine has them (the attacks on them are in tests/attacks/test_host.py)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import candidates
+import pytest
+
+from autoresearch.config import load_config
+from autoresearch.errors import ConfigError
+from autoresearch.harness import limits
+from autoresearch.harness.sandbox import isolation_works
+from autoresearch.runner import Outcome, run_experiment
+
+GiB = 2**30
+TOKENS = 8 * 16 * 64  # 8 steps of the honest bigram
+needs_isolation = pytest.mark.skipif(
+    not isolation_works(), reason="this system does not allow unprivileged user namespaces"
+)
+
+
+def attack(repo: Path, source: str, isolation: str = "off", **overrides) -> Outcome:
+    """Run `source` in a run folder of its own, as evolve does."""
+    settings = {"run.budget_tokens": TOKENS, "run.budget_seconds": 30, "run.isolation": isolation}
+    run_dir = repo / ".autoresearch" / "runs" / f"r{len(list(repo.glob('.autoresearch/runs/*')))}"
+    run_dir.mkdir(parents=True)
+    (run_dir / "train.py").write_text(source)
+    return run_experiment(run_dir / "train.py", load_config(repo, settings | overrides), run_dir)
+
+
+def our_cgroups() -> list[Path]:
+    """This process's run cgroups that still exist, in either hierarchy."""
+    pattern = f"{limits.CGROUP_PREFIX}{os.getpid()}-*"
+    return [p for p in limits.CGROUP_ROOT.glob(f"**/{pattern}") if p.is_dir()]
+
+
+def cgroups_here() -> bool:
+    made = limits.make_cgroups(limits.Caps(GiB, 100, GiB))
+    limits.remove_cgroups(made)
+    return bool(made)
+
+
+needs_cgroups = pytest.mark.skipif(not cgroups_here(), reason="no writable cgroups here")
+
+
+def test_caps_are_the_configured_ones_or_derived_from_the_machine(tmp_path):
+    caps = limits.caps_for(1.5, 300, 0.25, tmp_path)
+    assert caps == limits.Caps(int(1.5 * GiB), 300, GiB // 4)
+    derived = limits.caps_for(0, 0, 0, tmp_path)
+    assert 0 < derived.disk_bytes <= os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
+    assert derived.max_processes >= limits.MIN_PROCESSES
+    assert 0 < derived.memory_bytes < os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.parametrize("key", ["memory_gb", "max_processes", "disk_gb"])
+def test_a_negative_cap_is_refused(key):
+    with pytest.raises(ConfigError, match=f"'run.{key}' must be 0 \\(derived\\) or more"):
+        load_config(None, {f"run.{key}": -1})
+
+
+def test_a_cap_of_the_wrong_type_is_refused():
+    with pytest.raises(ConfigError, match="'run.max_processes' must be an integer"):
+        load_config(None, {"run.max_processes": 1.5})
+
+
+@needs_cgroups
+def test_cgroups_carry_the_caps_and_are_removed():
+    made = limits.make_cgroups(limits.Caps(GiB, 123, GiB))
+    assert set(made) == {"memory", "pids"}
+    pids = Path(made["pids"])
+    assert (pids / "pids.max").read_text().strip() == "123"
+    memory = Path(made["memory"])
+    cap = memory / ("memory.max" if (memory / "memory.max").exists() else "memory.limit_in_bytes")
+    assert int(cap.read_text()) == GiB
+    limits.remove_cgroups(made)
+    assert not pids.exists() and not memory.exists()
+
+
+@needs_cgroups
+def test_a_dead_runners_cgroups_are_removed_by_the_next_run():
+    made = limits.make_cgroups(limits.Caps(GiB, 100, GiB))
+    dead = 2**22 + 1  # above pid_max's largest value: no process has it
+    stale = [Path(f).with_name(f"{limits.CGROUP_PREFIX}{dead}-0") for f in made.values()]
+    for folder in stale:
+        folder.mkdir(exist_ok=True)
+    limits.remove_cgroups(made)
+    limits.remove_cgroups(limits.make_cgroups(limits.Caps(GiB, 100, GiB)))
+    assert [f for f in stale if f.exists()] == []
+
+
+@needs_cgroups
+@pytest.mark.parametrize("isolation", ["off", pytest.param("on", marks=needs_isolation)])
+def test_a_run_leaves_no_cgroup_and_is_first_to_go_when_memory_runs_out(research_repo, isolation):
+    source = candidates.honest_with(
+        at_start="    print('oom_score_adj', open('/proc/self/oom_score_adj').read().strip())\n"
+        "    print('cgroup', open('/proc/self/cgroup').read().count('autoresearch-'))\n"
+    )
+    out = attack(research_repo, source, isolation=isolation)
+    assert out.status == "keep", out.reason
+    log = next((research_repo / ".autoresearch/runs").glob("*/run.log")).read_text()
+    assert "oom_score_adj 1000" in log
+    assert "cgroup 2" in log or "cgroup 1" in log  # v1: memory and pids; v2: one for both
+    assert our_cgroups() == []
+
+
+def test_without_cgroups_an_address_space_limit_caps_a_cpu_run(research_repo, monkeypatch):
+    """Where no cgroup can be made the run still runs, under RLIMIT_AS (CPU runs only)."""
+    monkeypatch.setattr(limits, "CGROUP_ROOT", research_repo / "no-cgroups-here")
+    hog = candidates.honest_with(at_start="    hog = [bytearray(50 << 20) for _ in range(60)]\n")
+    out = attack(research_repo, hog, **{"run.memory_gb": 2})
+    assert out.status == "crash" and "MemoryError" in out.reason, out.reason
+    out = attack(research_repo, candidates.HONEST, **{"run.memory_gb": 2})
+    assert out.status == "keep", out.reason  # torch's ~1 GB of address space fits
+
+
+@pytest.mark.parametrize("isolation", ["off", pytest.param("on", marks=needs_isolation)])
+def test_the_candidate_has_its_own_home_and_temporary_folder(
+    research_repo, tmp_path, monkeypatch, isolation
+):
+    cache = tmp_path / "inductor-cache"  # a user's compile cache: shared by runs on purpose
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(cache))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    source = candidates.honest_with(
+        at_start="    import os\n"
+        "    for key in ('HOME', 'TMPDIR', 'XDG_CACHE_HOME', 'TORCHINDUCTOR_CACHE_DIR'):\n"
+        "        print(key, os.environ.get(key))\n"
+        "    open(os.path.join(os.environ['TORCHINDUCTOR_CACHE_DIR'], 'kernel'), 'w').write('k')\n"
+    )
+    out = attack(research_repo, source, isolation=isolation)
+    assert out.status == "keep", out.reason
+    run = next((research_repo / ".autoresearch/runs").glob("*/run.log")).parent
+    log = (run / "run.log").read_text()
+    assert f"HOME {run / 'home'}\n" in log and f"TMPDIR {run / 'tmp'}\n" in log
+    assert "XDG_CACHE_HOME None" in log
+    assert (cache / "kernel").read_text() == "k"
+
+
+def test_disk_usage_counts_blocks_and_each_file_once(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "data").write_bytes(b"x" * 2**20)
+    os.link(tmp_path / "sub" / "data", tmp_path / "again")  # the same blocks
+    (tmp_path / "link").symlink_to("/usr")  # not followed
+    with open(tmp_path / "sparse", "wb") as f:
+        f.truncate(2**30)  # a gigabyte that takes no disk
+    used = limits.disk_usage(tmp_path)
+    assert 2**20 <= used < 2**20 + 64 * 1024
