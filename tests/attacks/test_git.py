@@ -1,9 +1,9 @@
 """Attacks on the orchestrator's git: config that makes the next git command the
 orchestrator runs start a program, outside the sandbox and with the user's environment.
 
-A candidate can write the user's ~/.gitconfig (HOME is writable, even under isolation)
-and, running without namespaces, the research repo's .git/config, hooks and
-.gitattributes through a program (the audit hook sees only Python's own writes). Each
+A candidate's HOME is a private folder of its run, but without namespaces it can still
+write the user's real ~/.gitconfig by its path, and the research repo's .git/config, hooks
+and .gitattributes through a program (the audit hook sees only Python's own writes). Each
 attack plants a payload that leaves a marker file wherever git runs it; the orchestrator's
 git commands (the workspace functions the engine and the CLI call) must never run it, and
 a run that changed one of those files must end `invalid` and stop the search.
@@ -133,10 +133,10 @@ def test_1_user_config_runs_nothing_in_the_agents_scratch_repo(
 @pytest.mark.parametrize(
     "code",
     [  # git config --global: native, so the audit hook never sees it
-        lambda payload: native(
+        lambda payload, home: native(
             "'git'", "'config'", "'--global'", "'core.fsmonitor'", repr(str(payload))
         ),
-        lambda payload: (  # a plain Python write: HOME is not the research repo
+        lambda payload, home: (  # a plain Python write: HOME is not the research repo
             f"    import os\n    os.makedirs({in_home('~/.config/git')}, exist_ok=True)\n"
             f"    open({in_home('~/.config/git/config')}, 'w')"
             f".write('[diff]\\n\\texternal = {payload}\\n')\n"
@@ -144,8 +144,22 @@ def test_1_user_config_runs_nothing_in_the_agents_scratch_repo(
     ],
     ids=["git-config-global", "xdg-config"],
 )
-def test_1_candidate_writing_user_config_is_caught(research_repo, home, payload, code):
-    out = attack(research_repo, candidates.honest_with(at_start=code(payload)))
+def test_1_candidate_writing_its_home_config_changes_nothing(research_repo, home, payload, code):
+    """A candidate's HOME is a private folder of its run: `~` is not the user's home."""
+    out = attack(research_repo, candidates.honest_with(at_start=code(payload, home)))
+    assert out.status == "keep", out.reason
+    assert not any(home.iterdir())  # the user's home is as it was: empty
+    orchestrator_git(research_repo)
+    assert not marker_of(payload).exists(), marker_of(payload).read_text()
+
+
+def test_1_candidate_writing_the_users_real_config_is_caught(research_repo, home, payload):
+    """Without namespaces, the real home by its absolute path (a candidate can guess it)."""
+    code = native(
+        "'git'", "'config'", "'--file'", repr(str(home / ".gitconfig")), "'core.fsmonitor'",
+        repr(str(payload)),
+    )  # fmt: skip
+    out = attack(research_repo, candidates.honest_with(at_start=code))
     assert out.status == "invalid" and out.fatal, out.reason  # the user's own git would run it
     assert str(home) in out.reason, out.reason
     orchestrator_git(research_repo)
