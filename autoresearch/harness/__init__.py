@@ -30,11 +30,21 @@ __all__ = ["Budget", "RunContext", "context", "handover", "report", "train_loade
 
 
 def train_loader(batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Endless (x, y) batches of BOS-aligned rows from the training split, on the run's device."""
-    from autoresearch.harness.dataloader import TrainLoader
-    from autoresearch.harness.events import count_tokens
+    """(x, y) batches of BOS-aligned rows from the training split, on the run's device.
+
+    Under the runner the rows are served by the runner, which counts them: with a token
+    budget the batches end once it is spent. Run by hand they are read from the file here.
+    """
+    from autoresearch.harness.dataloader import ServedLoader, TrainLoader, data_channel
+    from autoresearch.harness.events import _State, count_tokens
 
     ctx = context()
+    channel = data_channel()
+    if channel:
+        for x, y in ServedLoader(channel, batch_size, ctx.sequence_len, ctx.device):
+            _State.tokens = channel.tokens_served
+            yield x, y
+        return
     loader = TrainLoader(
         Path(ctx.train_tokens_path), batch_size, ctx.sequence_len, ctx.bos_id, ctx.device, ctx.seed
     )
