@@ -576,6 +576,11 @@ def _training_failure(
     if run.why_stopped == "diverged":
         return "crash", events.diverged or "loss diverged"
     if "handed_over" not in events.times:
+        if data.refused and data.started is None:
+            return "invalid", (
+                f"drew all {data.tokens_served:,} training tokens of the budget before"
+                " budget.start(): training happens on the clock"
+            )
         if data.refused:  # it asked on past the budget, then failed: the budget ended it
             return "timeout", f"asked for training tokens past the {budget_tokens:,} token budget"
         if run.why_stopped == "timeout":

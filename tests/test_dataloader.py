@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,10 @@ import torch
 from autoresearch.errors import UserError
 from autoresearch.harness.dataloader import (
     DOC_BUFFER,
+    REQUEST,
+    BatchServer,
+    DataChannel,
+    ServedLoader,
     TrainLoader,
     document_spans,
     eval_rows,
@@ -229,6 +235,70 @@ def test_empty_split_is_user_error(tmp_path: Path):
     write_token_file([], path, BOS, VOCAB)
     with pytest.raises(UserError, match="no documents"):
         TrainLoader(path, B, T, BOS, "cpu", seed=0)
+
+
+@pytest.fixture
+def served(data: tuple[Path, list[list[int]]]) -> Iterator:
+    """serve(budget_tokens) -> (server, the candidate's channel), over a real socket pair."""
+    path, _ = data
+    servers: list[BatchServer] = []
+
+    def serve(budget_tokens: int = 0) -> tuple[BatchServer, DataChannel]:
+        ours, theirs = socket.socketpair()
+        server = BatchServer(path, T, BOS, seed=3, budget_tokens=budget_tokens)
+        server.serve(ours)
+        servers.append(server)
+        return server, DataChannel(theirs.detach())
+
+    yield serve
+    for server in servers:
+        server.stop()
+
+
+def test_served_batches_are_the_local_loaders(data: tuple[Path, list[list[int]]], served):
+    path, _ = data
+    server, channel = served()
+    remote, local = ServedLoader(channel, B, T, "cpu"), TrainLoader(path, B, T, BOS, "cpu", seed=3)
+    for _ in range(12):  # same seed, same rows in the same order, whoever reads the file
+        (xs, ys), (xl, yl) = next(remote), next(local)
+        assert xs.dtype == torch.long and torch.equal(xs, xl) and torch.equal(ys, yl)
+    assert server.tokens_served == channel.tokens_served == 12 * B * T == local.tokens_served
+    assert server.batches == 12 and server.first_batch <= server.last_batch
+    # Any batch size may be asked for: the rows go on where they left off.
+    (x, _), (xl, _) = (
+        next(ServedLoader(channel, 3, T, "cpu")),
+        next(TrainLoader(path, 3, T, BOS, "cpu", seed=3)),
+    )
+    assert x.shape == (3, T) and server.tokens_served == (12 * B + 3) * T
+
+
+def test_server_stops_at_the_token_budget(served):
+    server, channel = served(budget_tokens=int(2.5 * B * T))
+    batches = list(ServedLoader(channel, B, T, "cpu"))  # ends by itself
+    assert len(batches) == 3  # the last one crosses the budget: none after it
+    assert server.tokens_served == channel.tokens_served == 3 * B * T
+    assert server.refused == 1 and channel.rows(1, T + 1) is None and server.refused == 2
+
+
+def test_server_counts_what_was_drawn_before_the_start(served):
+    server, channel = served()
+    loader = ServedLoader(channel, B, T, "cpu")
+    next(loader), next(loader)
+    channel.start()
+    next(loader)
+    channel.start()  # only the first start counts
+    next(loader)
+    assert server.started is not None and server.tokens_before_start == 2 * B * T
+    assert server.first_batch <= server.started <= server.last_batch
+
+
+@pytest.mark.parametrize("rows", [-1, 1 << 30])
+def test_server_hangs_up_on_a_bad_request(served, rows: int):
+    server, channel = served()
+    channel._sock.sendall(REQUEST.pack(rows))
+    with pytest.raises(RuntimeError, match="stopped serving"):
+        channel.rows(B, T + 1)
+    assert "rows of training data" in server.error and server.tokens_served == 0
 
 
 def _packing_inputs(path: Path) -> tuple[np.ndarray, np.ndarray]:

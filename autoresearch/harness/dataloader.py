@@ -363,35 +363,41 @@ class BatchServer:
 
     def _serve(self, sock: socket.socket) -> None:
         try:
-            stream = RowStream(*self._args)  # loads while the candidate starts up
+            self._answer(sock)
         except UserError as e:
             self.error = str(e)
-            return
+        except OSError:
+            pass  # the candidate is gone, or stop() hung up
+        finally:  # the candidate's next read ends instead of waiting for ever
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def _answer(self, sock: socket.socket) -> None:
+        stream = RowStream(*self._args)  # loads while the candidate starts up
         dtype = stream.tokens.dtype
         row_len = self.seq_len + 1
-        with contextlib.suppress(OSError):
-            while request := _recv_exact(sock, REQUEST.size):
-                (n_rows,) = REQUEST.unpack(request)
-                now = time.monotonic()
-                if n_rows == START:
-                    if self.started is None:
-                        self.started, self.tokens_before_start = now, self.tokens_served
-                    continue
-                if not 0 < n_rows * row_len <= MAX_REQUEST_TOKENS:
-                    self.error = f"asked for {n_rows} rows of training data in one batch"
-                    return
-                if self.budget_tokens and self.tokens_served >= self.budget_tokens:
-                    self.refused += 1
-                    sock.sendall(REPLY.pack(self.tokens_served, 0, dtype.itemsize))
-                    continue
-                rows = np.empty((n_rows, row_len), dtype=dtype)
-                stream.fill(rows)
-                self.tokens_served += n_rows * self.seq_len
-                self.batches += 1
-                self.first_batch = self.first_batch or now
-                self.last_batch = now
-                sock.sendall(REPLY.pack(self.tokens_served, n_rows, dtype.itemsize))
-                sock.sendall(rows.data)
+        while request := _recv_exact(sock, REQUEST.size):
+            (n_rows,) = REQUEST.unpack(request)
+            now = time.monotonic()
+            if n_rows == START:
+                if self.started is None:
+                    self.started, self.tokens_before_start = now, self.tokens_served
+                continue
+            if not 0 < n_rows * row_len <= MAX_REQUEST_TOKENS:
+                self.error = f"asked for {n_rows} rows of training data in one batch"
+                return
+            if self.budget_tokens and self.tokens_served >= self.budget_tokens:
+                self.refused += 1
+                sock.sendall(REPLY.pack(self.tokens_served, 0, dtype.itemsize))
+                continue
+            rows = np.empty((n_rows, row_len), dtype=dtype)
+            stream.fill(rows)
+            self.tokens_served += n_rows * self.seq_len
+            self.batches += 1
+            self.first_batch = self.first_batch or now
+            self.last_batch = now
+            sock.sendall(REPLY.pack(self.tokens_served, n_rows, dtype.itemsize))
+            sock.sendall(rows.data)
 
 
 class DataChannel:
