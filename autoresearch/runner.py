@@ -313,7 +313,8 @@ def run_experiment(
     )
     try:
         sandbox = sandbox_spec(train_py, config, run_dir, root, manifest, isolate)
-        run = _supervise(sandbox, run_dir, hard_limit(config), on_event, data)
+        limits = (hard_limit(config), export_limit(config.run.budget_seconds))
+        run = _supervise(sandbox, run_dir, limits, on_event, data)
         t_end = time.monotonic()
         events = run.events
         # Either may be forged or missing; the earlier one opens the window: a late `start`
@@ -471,7 +472,7 @@ class TrainingRun:
     data: BatchServer  # what the runner served, when
     returncode: int | None
     rusage: object
-    why_stopped: str  # "", "timeout", "diverged", "violation" or "handed_over"
+    why_stopped: str  # "", "timeout", "export", "diverged", "violation" or "handed_over"
 
 
 def training_limit(budget: float, mean_step: float = math.inf) -> float:
@@ -485,20 +486,23 @@ def export_limit(budget: float) -> float:
 
 
 def hard_limit(config: Config) -> float:
-    """Seconds from spawn after which no run can end well: every allowance used up."""
-    budget = config.run.budget_seconds
-    return config.run.startup_seconds + training_limit(budget) + export_limit(budget)
+    """Seconds from spawn to the kill: the budget plus the start-up allowance, which is meant
+    to cover the export too (a real start-up and export take a fraction of it). A run that
+    ends before it is still judged on each bound: start-up, training window, export."""
+    return config.run.budget_seconds + config.run.startup_seconds
 
 
 def _supervise(
     sandbox: SandboxSpec,
     run_dir: Path,
-    limit: float,
+    limits: tuple[float, float],
     on_event: Callable[[dict], None] | None,
     data: BatchServer,
 ) -> TrainingRun:
-    """Run the sandbox until the candidate exits, hands over, diverges, cheats or times out,
-    serving it the training rows from `data` all along."""
+    """Run the sandbox until the candidate exits, hands over, diverges, cheats or times out
+    (`limits`: seconds from spawn, and from `handover` to `handed_over`), serving it the
+    training rows from `data` all along."""
+    limit, export_seconds = limits
     t_spawn = time.monotonic()
     read_fd, write_fd = os.pipe()
     ours, theirs = socket.socketpair()
@@ -536,6 +540,8 @@ def _supervise(
                 why_stopped = "violation"
             elif "handed_over" in events.times:
                 why_stopped = "handed_over"  # nothing the process does from here on counts
+            elif time.monotonic() - events.times.get("handover", math.inf) > export_seconds:
+                why_stopped = "export"  # invalid whatever comes: no need to wait for it
             if why_stopped:
                 break
             time.sleep(POLL_SECONDS)
@@ -581,12 +587,17 @@ def _training_failure(
                 f"drew all {data.tokens_served:,} training tokens of the budget before"
                 " budget.start(): training happens on the clock"
             )
+        if run.why_stopped == "export":
+            return "invalid", (
+                f"no hand-over within {export_limit(budget):.0f} s of harness.handover() (the"
+                " export's bound): work after harness.handover() is training off the clock"
+            )
         if data.refused:  # it asked on past the budget, then failed: the budget ended it
             return "timeout", f"asked for training tokens past the {budget_tokens:,} token budget"
         if run.why_stopped == "timeout":
             return "timeout", (
-                f"no hand-over within {hard_limit(config):.0f} s (start-up allowance"
-                f" {config.run.startup_seconds:.0f} s + budget {budget:.0f} s + export allowance)"
+                f"no hand-over within {hard_limit(config):.0f} s (budget {budget:.0f} s"
+                f" + start-up allowance {config.run.startup_seconds:.0f} s)"
             )
         if run.returncode == 0:
             return "crash", "train.py exited without calling harness.handover(model)"
