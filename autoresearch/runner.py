@@ -82,7 +82,7 @@ BUDGET_TOLERANCE = 1.05
 LAST_STEP_SHARE = 0.10
 # The export (torch.export at the evaluation shape, then the weights written) runs after
 # the training clock stopped, so it is bounded: work there would be training off the clock.
-# Measured: 0.1-0.6 s for the tiny baselines on a loaded 2-core CPU; a ~50M-parameter GPT
+# Measured: 0.3-0.9 s for the tiny baselines on a loaded 2-core CPU; a ~50M-parameter GPT
 # on an H100 takes a few seconds (tracing, then ~200 MB written). 10 s leaves a wide margin
 # for a slow disk; the share of the budget lets bigger models of longer budgets export.
 EXPORT_SECONDS = 10.0
@@ -144,14 +144,20 @@ class Outcome:
 
 
 class Events:
-    """Reads the candidate's event pipe in a thread; every event stamped on arrival."""
+    """Reads the candidate's event pipe in a thread; every event stamped on arrival.
+
+    The candidate can write any line to the pipe: the times here are when lines arrived,
+    never what they claim, and only the first of each kind counts. A forged `start` only
+    opens the window early; a forged `handover` stops the training clock early but opens
+    the export, which is bounded (`export_limit`), and any batch served after it is
+    training off the clock: both make the run invalid.
+    """
 
     def __init__(self, fd: int, handover_dir: Path, on_event: Callable[[dict], None] | None):
         self.times: dict[str, float] = {}  # first arrival of each event kind
         self.handover_dir = handover_dir
         self.handed_over: dict[str, tuple[int, ...] | None] = {}  # its files, as handed over
         self.last_step: dict = {}
-        self.start: dict = {}  # the first `start` event
         self.diverged: str | None = None
         self.violation: str | None = None  # the first thing the guard refused
         self._on_event = on_event
@@ -167,9 +173,7 @@ class Events:
                 except (ValueError, KeyError, TypeError):
                     continue  # garbage on the pipe is ignored, never trusted
                 self.times.setdefault(kind, time.monotonic())
-                if kind == "start" and not self.start:
-                    self.start = event
-                elif kind == "handed_over" and not self.handed_over:
+                if kind == "handed_over" and not self.handed_over:
                     self.handed_over = self.handover_files()
                 elif kind == "step":
                     self.last_step = event

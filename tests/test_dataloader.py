@@ -148,7 +148,7 @@ def test_train_batches_invariants(data: tuple[Path, list[list[int]]]):
     assert used / (used + waste) >= 0.90
     # Bare-BOS crops hide their document, so the packer's own count of the waste is
     # the complete one; it must agree with what the rows show.
-    packer = loader._packer
+    packer = loader.stream._packer
     assert packer.tokens_used == used and packer.tokens_dropped >= waste
     assert used / (used + packer.tokens_dropped) >= 0.90
     assert loader.tokens_served == 40 * B * T
@@ -313,5 +313,16 @@ def test_cuda_batches_match_cpu(data: tuple[Path, list[list[int]]]):
     gpu = TrainLoader(path, B, T, BOS, "cuda", seed=3)
     for _ in range(5):
         (xc, yc), (xg, yg) = next(cpu), next(gpu)
+        assert xg.device.type == "cuda"
+        assert torch.equal(xc, xg.cpu()) and torch.equal(yc, yg.cpu())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_served_batches_match_cpu(data: tuple[Path, list[list[int]]], served):
+    path, _ = data
+    _, channel = served()
+    gpu, cpu = ServedLoader(channel, B, T, "cuda"), TrainLoader(path, B, T, BOS, "cpu", seed=3)
+    for _ in range(5):
+        (xg, yg), (xc, yc) = next(gpu), next(cpu)
         assert xg.device.type == "cuda"
         assert torch.equal(xc, xg.cpu()) and torch.equal(yc, yg.cpu())

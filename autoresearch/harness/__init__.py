@@ -9,7 +9,9 @@
     harness.handover(model)                 # the harness scores it, in another process
 
 Everything else (data, tokenizer, evaluation) is fixed by the harness, so a
-candidate can only win by training a better model in the same time.
+candidate can only win by training a better model in the same time. Under the
+runner the time and the tokens are the runner's: it serves the training rows
+itself, counts them, and times the window on its own clock.
 """
 
 from __future__ import annotations

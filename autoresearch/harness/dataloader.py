@@ -288,10 +288,6 @@ class TrainLoader:
     def epoch(self) -> int:
         return self.stream.epoch
 
-    @property
-    def _packer(self) -> BestFitPacker:
-        return self.stream._packer
-
     def __iter__(self) -> TrainLoader:
         return self
 
@@ -308,13 +304,13 @@ def to_batch(rows: np.ndarray, device: str) -> tuple[torch.Tensor, torch.Tensor]
     # Pinned host memory lets the copy to the GPU run asynchronously; the caching host
     # allocator keeps a block alive until its copy is done, so a fresh pinned tensor per
     # batch is both cheap and safe.
-    pin = torch.device(device).type == "cuda"
+    kind = torch.device(device).type
     n, row_len = rows.shape
-    host = torch.empty((2, n, row_len - 1), dtype=torch.long, pin_memory=pin)
+    host = torch.empty((2, n, row_len - 1), dtype=torch.long, pin_memory=kind == "cuda")
     xy = host.numpy()
     xy[0] = rows[:, :-1]
     xy[1] = rows[:, 1:]
-    if device != "cpu":
+    if kind != "cpu":
         host = host.to(device, non_blocking=True)
     return host[0], host[1]
 
@@ -418,12 +414,13 @@ class DataChannel:
         with self._lock:
             self._sock.sendall(REQUEST.pack(n_rows))
             header = _recv_exact(self._sock, REPLY.size)
-            if not header:
+            if header:
+                self.tokens_served, n, itemsize = REPLY.unpack(header)
+                if n == 0:
+                    return None
+                data = _recv_exact(self._sock, n * row_len * itemsize)
+            if not header or not data:
                 raise RuntimeError("autoresearch: the runner stopped serving training data")
-            self.tokens_served, n, itemsize = REPLY.unpack(header)
-            if n == 0:
-                return None
-            data = _recv_exact(self._sock, n * row_len * itemsize)
         dtype = np.dtype("<u2") if itemsize == 2 else np.dtype("<u4")
         return np.frombuffer(data, dtype=dtype).reshape(n, row_len)
 
