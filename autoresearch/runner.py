@@ -87,6 +87,8 @@ LAST_STEP_SHARE = 0.10
 # for a slow disk; the share of the budget lets bigger models of longer budgets export.
 EXPORT_SECONDS = 10.0
 EXPORT_BUDGET_SHARE = 0.03
+# A loader that prefetches in a thread may have one request in flight at the hand-over.
+PREFETCHED_BATCHES = 1
 EVAL_TIMEOUT_SECONDS = 900.0
 POLL_SECONDS = 0.05
 EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b.*")
@@ -580,9 +582,12 @@ def _training_failure(
             f"drew {data.tokens_before_start:,} training tokens before budget.start(): training"
             " happens on the clock (warm up compilation on made-up tokens such as torch.zeros)"
         )
-    t_handover = events.times.get("handover")
-    if t_handover is not None and data.last_batch is not None and data.last_batch > t_handover:
-        return "invalid", "drew training tokens after harness.handover(): training is on the clock"
+    late = data.batches_after(events.times.get("handover", math.inf))
+    if late > PREFETCHED_BATCHES:
+        return "invalid", (
+            f"drew {late} batches of training tokens after harness.handover(): training"
+            " happens on the clock"
+        )
     if run.why_stopped == "diverged":
         return "crash", events.diverged or "loss diverged"
     if "handed_over" not in events.times:

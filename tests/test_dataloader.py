@@ -263,7 +263,8 @@ def test_served_batches_are_the_local_loaders(data: tuple[Path, list[list[int]]]
         (xs, ys), (xl, yl) = next(remote), next(local)
         assert xs.dtype == torch.long and torch.equal(xs, xl) and torch.equal(ys, yl)
     assert server.tokens_served == channel.tokens_served == 12 * B * T == local.tokens_served
-    assert server.batches == 12 and server.first_batch <= server.last_batch
+    assert len(server.times) == 12 and server.times == sorted(server.times)
+    assert server.batches_after(server.times[9]) == 2 and server.batches_after(0.0) == 12
     # Any batch size may be asked for: the rows go on where they left off.
     (x, _), (xl, _) = (
         next(ServedLoader(channel, 3, T, "cpu")),
@@ -289,7 +290,7 @@ def test_server_counts_what_was_drawn_before_the_start(served):
     channel.start()  # only the first start counts
     next(loader)
     assert server.started is not None and server.tokens_before_start == 2 * B * T
-    assert server.first_batch <= server.started <= server.last_batch
+    assert server.first_batch <= server.started <= server.times[-1]
 
 
 @pytest.mark.parametrize("rows", [-1, 1 << 30])

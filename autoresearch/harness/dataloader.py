@@ -331,15 +331,21 @@ class BatchServer:
         self.seq_len = seq_len
         self.budget_tokens = budget_tokens
         self.tokens_served = 0
-        self.batches = 0
-        self.first_batch: float | None = None  # time.monotonic() when each was served
-        self.last_batch: float | None = None
+        self.times: list[float] = []  # time.monotonic() when each batch was served
         self.started: float | None = None  # the first START: the candidate's budget.start()
         self.tokens_before_start = 0
         self.refused = 0  # requests past the token budget
         self.error: str | None = None  # why serving stopped early, if it did
         self._sock: socket.socket | None = None
         self._thread: threading.Thread | None = None
+
+    @property
+    def first_batch(self) -> float | None:
+        return self.times[0] if self.times else None
+
+    def batches_after(self, t: float) -> int:
+        """How many batches were served after time `t` (a `time.monotonic()`)."""
+        return len(self.times) - bisect_right(self.times, t)
 
     def serve(self, sock: socket.socket) -> None:
         """Answer requests on `sock` in a thread until the other end closes or `stop()`."""
@@ -389,9 +395,7 @@ class BatchServer:
             rows = np.empty((n_rows, row_len), dtype=dtype)
             stream.fill(rows)
             self.tokens_served += n_rows * self.seq_len
-            self.batches += 1
-            self.first_batch = self.first_batch or now
-            self.last_batch = now
+            self.times.append(now)
             sock.sendall(REPLY.pack(self.tokens_served, n_rows, dtype.itemsize))
             sock.sendall(rows.data)
 
