@@ -73,11 +73,11 @@ def test_forged_handover_then_replayed_batches_is_invalid(research_repo):
     # No new batch after the forged hand-over: only the export's bound sees the extra time.
     source = candidates.honest_with(
         at_start=FORGE,
-        before_handover="    forge('handover')\n    if True:\n" + trains_on(60, draws=False),
+        before_handover="    forge('handover')\n    if True:\n" + trains_on(30, draws=False),
     )
     out = attack(research_repo, source, **TIME_BUDGET)
     assert out.status == "invalid" and "export's bound" in out.reason, (out.status, out.reason)
-    assert out.training_seconds < 5 and out.total_seconds < 55  # stopped at the bound
+    assert out.training_seconds < 5 and out.total_seconds < 30  # stopped at the bound
 
 
 # --- training inside the export: the harness's own hand-over, stretched ----------------
