@@ -7,6 +7,16 @@ The training process runs in its own process group with a minimal environment
 arrival, kills the whole group on timeout, divergence or exit, and then starts
 the evaluator, whose val_bpb is the only score. Nothing the candidate prints
 is parsed.
+
+Time and tokens are the runner's own. The candidate cannot read the training split
+(hidden like the validation data): a thread here serves its rows over a socket
+(`dataloader.BatchServer`), counts the tokens served, refuses rows past the token
+budget, and stamps every batch. The training window runs from the earlier of the
+`start` event and the first batch served to the `handover` event, on the runner's
+clock. Events are the candidate's to forge, so the phases around the window are
+bounded: a start-up (spawn to window) over `run.startup_seconds`, an export
+(`handover` to `handed_over`) over `export_limit`, batches drawn outside the
+window: each makes the run `invalid`, since work there is training off the clock.
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -30,7 +41,8 @@ import autoresearch
 from autoresearch.config import CONFIG_FILE, Config
 from autoresearch.errors import UserError
 from autoresearch.harness.cache import cache_root
-from autoresearch.harness.context import CONTEXT_ENV, EVENTS_ENV, build_context
+from autoresearch.harness.context import CONTEXT_ENV, DATA_ENV, EVENTS_ENV, build_context
+from autoresearch.harness.dataloader import BatchServer
 from autoresearch.harness.evaluate import GO, EvalSpec
 from autoresearch.harness.events import LOSS_LIMIT
 from autoresearch.harness.fingerprint import harness_fingerprint, sha256_file
@@ -79,6 +91,15 @@ KILL_GRACE_SECONDS = 5.0  # SIGTERM, then SIGKILL for a group that has not gone
 # budget by 5% + 1 s, plus one mean step, but never by more than 10% for the step.
 BUDGET_TOLERANCE = 1.05
 LAST_STEP_SHARE = 0.10
+# The export (torch.export at the evaluation shape, then the weights written) runs after
+# the training clock stopped, so it is bounded: work there would be training off the clock.
+# Measured: 0.3-0.9 s for the tiny baselines on a loaded 2-core CPU; a ~50M-parameter GPT
+# on an H100 takes a few seconds (tracing, then ~200 MB written). 10 s leaves a wide margin
+# for a slow disk; the share of the budget lets bigger models of longer budgets export.
+EXPORT_SECONDS = 10.0
+EXPORT_BUDGET_SHARE = 0.03
+# A loader that prefetches in a thread may have one request in flight at the hand-over.
+PREFETCHED_BATCHES = 1
 EVAL_TIMEOUT_SECONDS = 900.0
 POLL_SECONDS = 0.05
 EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b.*")
@@ -136,14 +157,20 @@ class Outcome:
 
 
 class Events:
-    """Reads the candidate's event pipe in a thread; every event stamped on arrival."""
+    """Reads the candidate's event pipe in a thread; every event stamped on arrival.
+
+    The candidate can write any line to the pipe: the times here are when lines arrived,
+    never what they claim, and only the first of each kind counts. A forged `start` only
+    opens the window early; a forged `handover` stops the training clock early but opens
+    the export, which is bounded (`export_limit`), and any batch served after it is
+    training off the clock: both make the run invalid.
+    """
 
     def __init__(self, fd: int, handover_dir: Path, on_event: Callable[[dict], None] | None):
         self.times: dict[str, float] = {}  # first arrival of each event kind
         self.handover_dir = handover_dir
         self.handed_over: dict[str, tuple[int, ...] | None] = {}  # its files, as handed over
         self.last_step: dict = {}
-        self.start: dict = {}  # the first `start` event
         self.diverged: str | None = None
         self.violation: str | None = None  # the first thing the guard refused
         self._on_event = on_event
@@ -159,9 +186,7 @@ class Events:
                 except (ValueError, KeyError, TypeError):
                     continue  # garbage on the pipe is ignored, never trusted
                 self.times.setdefault(kind, time.monotonic())
-                if kind == "start" and not self.start:
-                    self.start = event
-                elif kind == "handed_over" and not self.handed_over:
+                if kind == "handed_over" and not self.handed_over:
                     self.handed_over = self.handover_files()
                 elif kind == "step":
                     self.last_step = event
@@ -275,7 +300,7 @@ def run_experiment(
     if train_py.resolve() != (run_dir / TRAIN_FILE).resolve():
         shutil.copyfile(train_py, run_dir / TRAIN_FILE)
         train_py = run_dir / TRAIN_FILE
-    ctx = build_context(config, run_dir / HANDOVER_DIR, manifest)
+    ctx = build_context(config, run_dir / HANDOVER_DIR, manifest, served=True)
     ctx.save(run_dir / "context.json")
     fingerprints = {
         "harness": harness_fingerprint(),
@@ -297,13 +322,23 @@ def run_experiment(
     protected = protected_files(root, manifest)
     before = file_states(protected)
     evaluator = Evaluator(spec, run_dir / "eval.log")  # loads its data while the candidate trains
+    data = BatchServer(
+        manifest.train_path,
+        config.data.sequence_len,
+        manifest.bos_id,
+        config.run.seed,
+        config.run.budget_tokens,
+    )
     try:
-        limit = config.run.budget_seconds + config.run.startup_seconds
         sandbox = sandbox_spec(train_py, config, run_dir, root, manifest, isolate, ctx.device)
-        run = _supervise(sandbox, run_dir, limit, on_event)
+        limits = (hard_limit(config), export_limit(config.run.budget_seconds))
+        run = _supervise(sandbox, run_dir, limits, on_event, data)
         t_end = time.monotonic()
         events = run.events
-        t_start = events.times.get("start", t_spawn)
+        # Either may be forged or missing; the earlier one opens the window: a late `start`
+        # cannot hide batches served before it, an early one only lengthens the window.
+        opened = [t for t in (events.times.get("start"), data.first_batch) if t is not None]
+        t_start = min(opened, default=t_spawn)
         t_handover = events.times.get("handover")
         training = (t_handover or t_end) - t_start
         timings = {"startup": t_start - t_spawn, "training": training}
@@ -315,20 +350,25 @@ def run_experiment(
             training_seconds=training,
             peak_rss_mb=_peak_rss_mb(run.rusage),
             num_steps=int(meta.get("steps") or events.last_step.get("step", -1) + 1),
-            tokens=int(meta.get("tokens") or events.last_step.get("tokens", 0)),
+            tokens=data.tokens_served,  # the runner's count, never the candidate's
             device=ctx.device,
             fingerprints=fingerprints,
             timings=timings,
             isolated=isolate,
         )
-        changed = [path for path, state in file_states(protected).items() if before[path] != state]
-        if changed:
-            reason = f"changed protected files while it ran: {', '.join(changed)[:300]}"
+
+        def tampered(when: str) -> Outcome | None:
+            """`invalid`, and the search stopped, if a protected file changed by now."""
+            changed = [p for p, state in file_states(protected).items() if before[p] != state]
+            if not changed:
+                return None
+            reason = f"changed protected files {when}: {', '.join(changed)[:300]}"
             total = time.monotonic() - t_spawn
             return Outcome("invalid", reason, total_seconds=total, fatal=True, **common)
-        failure = _training_failure(
-            run, config, training, common["num_steps"], common["tokens"], run_dir
-        )
+
+        if out := tampered("while it ran"):
+            return out
+        failure = _training_failure(run, config, timings, common["num_steps"], run_dir)
         if failure and shutil.disk_usage(run_dir).free < MIN_FREE_BYTES:
             raise UserError(  # the machine's fault, not the candidate's: stop, record nothing
                 f"disk full while {run_dir.name} ran ({failure[1]}): free space, then resume"
@@ -339,11 +379,8 @@ def run_experiment(
         result, error, refused = evaluator.score()
         timings["evaluation"] = time.monotonic() - t_eval
         # The evaluator runs the candidate's graph: it must leave the protected files as they were.
-        changed = [path for path, state in file_states(protected).items() if before[path] != state]
-        if changed:
-            reason = f"changed protected files while it was evaluated: {', '.join(changed)[:300]}"
-            total = time.monotonic() - t_spawn
-            return Outcome("invalid", reason, total_seconds=total, fatal=True, **common)
+        if out := tampered("while it was evaluated"):
+            return out
         if error:
             status, reason = (
                 ("invalid", error) if refused else ("crash", f"evaluation failed: {error}")
@@ -445,7 +482,8 @@ def sandbox_spec(
     home, tmp = run_dir / "home", run_dir / "tmp"  # its own, gone with the run folder
     home.mkdir(exist_ok=True)
     tmp.mkdir(exist_ok=True)
-    hidden = [manifest.val_path, cache_root() / "data"]  # raw shards hold the validation text
+    # The raw shards hold the validation text; the training rows are served by the runner.
+    hidden = [manifest.val_path, cache_root() / "data", manifest.train_path]
     if config.data.source == "folder" and config.data.path:
         hidden.append(((root or Path.cwd()) / config.data.path).resolve())
     if config.data.source == "stdlib":  # its validation text is files of Python's own library
@@ -483,19 +521,46 @@ def sandbox_spec(
 @dataclass
 class TrainingRun:
     events: Events
+    data: BatchServer  # what the runner served, when
     returncode: int | None
     rusage: object
-    why_stopped: str  # "", "timeout", "diverged", "violation", "over a cap" or "handed_over"
+    why_stopped: str  # "", timeout, export, diverged, violation, "over a cap" or handed_over
     over_cap: str = ""  # which cap of harness.limits it hit, if any
 
 
+def training_limit(budget: float, mean_step: float = math.inf) -> float:
+    """The longest training window that still keeps `budget` seconds (see BUDGET_TOLERANCE)."""
+    return budget * BUDGET_TOLERANCE + 1.0 + min(mean_step, budget * LAST_STEP_SHARE)
+
+
+def export_limit(budget: float) -> float:
+    """The longest export a run of `budget` seconds may take (see EXPORT_SECONDS)."""
+    return EXPORT_SECONDS + EXPORT_BUDGET_SHARE * budget
+
+
+def hard_limit(config: Config) -> float:
+    """Seconds from spawn to the kill: the budget plus the start-up allowance, which is meant
+    to cover the export too (a real start-up and export take a fraction of it). A run that
+    ends before it is still judged on each bound: start-up, training window, export."""
+    return config.run.budget_seconds + config.run.startup_seconds
+
+
 def _supervise(
-    sandbox: SandboxSpec, run_dir: Path, limit: float, on_event: Callable[[dict], None] | None
+    sandbox: SandboxSpec,
+    run_dir: Path,
+    limits: tuple[float, float],
+    on_event: Callable[[dict], None] | None,
+    data: BatchServer,
 ) -> TrainingRun:
-    """Run the sandbox until the candidate exits, hands over, diverges, cheats or times out."""
+    """Run the sandbox until the candidate exits, hands over, diverges, cheats or times out
+    (`limits`: seconds from spawn, and from `handover` to `handed_over`), serving it the
+    training rows from `data` all along."""
+    limit, export_seconds = limits
     t_spawn = time.monotonic()
     read_fd, write_fd = os.pipe()
+    ours, theirs = socket.socketpair()
     sandbox.env[EVENTS_ENV] = str(write_fd)
+    sandbox.env[DATA_ENV] = str(theirs.fileno())
     caps = Caps(sandbox.memory_bytes, sandbox.max_processes, sandbox.disk_bytes)
     sandbox.cgroups = make_cgroups(caps)  # the sandbox joins them; removed below
     disk = DiskWatch(run_dir, caps.disk_bytes)
@@ -508,12 +573,14 @@ def _supervise(
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
-            pass_fds=(write_fd,),
+            pass_fds=(write_fd, theirs.fileno()),
             start_new_session=True,
             preexec_fn=die_with_parent,
         )
     os.close(write_fd)
+    theirs.close()
     (run_dir / PGID_FILE).write_text(str(proc.pid))
+    data.serve(ours)
     events = Events(read_fd, run_dir / HANDOVER_DIR, on_event)
     returncode, rusage, why_stopped = None, None, ""
     try:
@@ -531,6 +598,8 @@ def _supervise(
                 why_stopped = "over a cap"
             elif "handed_over" in events.times:
                 why_stopped = "handed_over"  # nothing the process does from here on counts
+            elif time.monotonic() - events.times.get("handover", math.inf) > export_seconds:
+                why_stopped = "export"  # invalid whatever comes: no need to wait for it
             if why_stopped:
                 break
             time.sleep(POLL_SECONDS)
@@ -543,51 +612,77 @@ def _supervise(
         # Reaped here or by kill_group (then it died of SIGKILL): Popen must not wait again.
         proc.returncode = -signal.SIGKILL if returncode is None else returncode
         (run_dir / PGID_FILE).unlink(missing_ok=True)
+        data.stop()
         over_cap = cap_reason(caps, *cgroup_events(sandbox.cgroups), disk.measure())
         remove_cgroups(sandbox.cgroups)
     events.join(timeout=KILL_GRACE_SECONDS)
-    return TrainingRun(events, returncode, rusage, why_stopped, over_cap)
+    return TrainingRun(events, data, returncode, rusage, why_stopped, over_cap)
 
 
 def _training_failure(
-    run: TrainingRun, config: Config, training: float, steps: int, tokens: int, run_dir: Path
+    run: TrainingRun, config: Config, timings: dict[str, float], steps: int, run_dir: Path
 ) -> tuple[str, str] | None:
-    """(status, reason) when the training went wrong, else None."""
-    events = run.events
+    """(status, reason) when the training went wrong, else None. Times and tokens are the
+    runner's (`timings`, `run.data`); only `steps` is the candidate's, and it only sizes
+    the last step's allowance, which is capped."""
+    events, data = run.events, run.data
+    budget, budget_tokens = config.run.budget_seconds, config.run.budget_tokens
     if events.violation:
         return "invalid", events.violation
     if events.handed_over and events.handover_files() != events.handed_over:
         return "invalid", "the hand-over files changed after the hand-over was complete"
-    early = events.start.get("tokens")
-    if isinstance(early, int) and early > 0:
+    if data.tokens_before_start:
         return "invalid", (
-            f"drew {early:,} training tokens before budget.start(): training happens on the clock"
-            " (warm up compilation on made-up tokens such as torch.zeros)"
+            f"drew {data.tokens_before_start:,} training tokens before budget.start(): training"
+            " happens on the clock (warm up compilation on made-up tokens such as torch.zeros)"
+        )
+    late = data.batches_after(events.times.get("handover", math.inf))
+    if late > PREFETCHED_BATCHES:
+        return "invalid", (
+            f"drew {late} batches of training tokens after harness.handover(): training"
+            " happens on the clock"
         )
     if run.over_cap:
         return "crash", run.over_cap
     if run.why_stopped == "diverged":
         return "crash", events.diverged or "loss diverged"
     if "handed_over" not in events.times:
+        if data.refused and data.started is None:
+            return "invalid", (
+                f"drew all {data.tokens_served:,} training tokens of the budget before"
+                " budget.start(): training happens on the clock"
+            )
+        if run.why_stopped == "export":
+            return "invalid", (
+                f"no hand-over within {export_limit(budget):.0f} s of harness.handover() (the"
+                " export's bound): work after harness.handover() is training off the clock"
+            )
+        if data.refused:  # it asked on past the budget, then failed: the budget ended it
+            return "timeout", f"asked for training tokens past the {budget_tokens:,} token budget"
         if run.why_stopped == "timeout":
-            limit = config.run.budget_seconds + config.run.startup_seconds
             return "timeout", (
-                f"no hand-over within {limit:.0f} s (budget {config.run.budget_seconds:.0f} s"
+                f"no hand-over within {hard_limit(config):.0f} s (budget {budget:.0f} s"
                 f" + start-up allowance {config.run.startup_seconds:.0f} s)"
             )
         if run.returncode == 0:
             return "crash", "train.py exited without calling harness.handover(model)"
         log = log_tail(run_dir / "run.log") or log_tail(run_dir / SANDBOX_LOG)
         return "crash", f"exit code {run.returncode}: {error_line(log)}"
-    budget = config.run.budget_seconds
-    mean_step = training / max(steps, 1)
-    if training > budget * BUDGET_TOLERANCE + 1.0 + min(mean_step, budget * LAST_STEP_SHARE):
+    if timings["startup"] > config.run.startup_seconds:
+        return "invalid", (
+            f"started training {timings['startup']:.1f} s after launch, over the"
+            f" {config.run.startup_seconds:.0f} s start-up allowance (run.startup_seconds)"
+        )
+    export = timings.get("export", 0.0)
+    if export > export_limit(budget):
+        return "invalid", (
+            f"the export took {export:.1f} s, over its {export_limit(budget):.0f} s bound:"
+            " work after harness.handover() is training off the clock"
+        )
+    training = timings["training"]
+    if training > training_limit(budget, training / max(steps, 1)):
         return "timeout", f"trained {training:.1f} s, over the {budget:.0f} s budget"
-    # A token budget counts the harness loader's tokens (as the candidate reports them): the
-    # last step may draw one more batch than needed, a loop that ignores the budget many more.
-    budget_tokens = config.run.budget_tokens
-    if budget_tokens and tokens > budget_tokens + 2 * tokens / max(steps, 1):
-        return "timeout", f"trained on {tokens:,} tokens, over the {budget_tokens:,} token budget"
+    # The token budget is the server's: it never serves past the budget plus the last batch.
     return None
 
 

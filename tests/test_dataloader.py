@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,10 @@ import torch
 from autoresearch.errors import UserError
 from autoresearch.harness.dataloader import (
     DOC_BUFFER,
+    REQUEST,
+    BatchServer,
+    DataChannel,
+    ServedLoader,
     TrainLoader,
     document_spans,
     eval_rows,
@@ -142,7 +148,7 @@ def test_train_batches_invariants(data: tuple[Path, list[list[int]]]):
     assert used / (used + waste) >= 0.90
     # Bare-BOS crops hide their document, so the packer's own count of the waste is
     # the complete one; it must agree with what the rows show.
-    packer = loader._packer
+    packer = loader.stream._packer
     assert packer.tokens_used == used and packer.tokens_dropped >= waste
     assert used / (used + packer.tokens_dropped) >= 0.90
     assert loader.tokens_served == 40 * B * T
@@ -231,6 +237,71 @@ def test_empty_split_is_user_error(tmp_path: Path):
         TrainLoader(path, B, T, BOS, "cpu", seed=0)
 
 
+@pytest.fixture
+def served(data: tuple[Path, list[list[int]]]) -> Iterator:
+    """serve(budget_tokens) -> (server, the candidate's channel), over a real socket pair."""
+    path, _ = data
+    servers: list[BatchServer] = []
+
+    def serve(budget_tokens: int = 0) -> tuple[BatchServer, DataChannel]:
+        ours, theirs = socket.socketpair()
+        server = BatchServer(path, T, BOS, seed=3, budget_tokens=budget_tokens)
+        server.serve(ours)
+        servers.append(server)
+        return server, DataChannel(theirs.detach())
+
+    yield serve
+    for server in servers:
+        server.stop()
+
+
+def test_served_batches_are_the_local_loaders(data: tuple[Path, list[list[int]]], served):
+    path, _ = data
+    server, channel = served()
+    remote, local = ServedLoader(channel, B, T, "cpu"), TrainLoader(path, B, T, BOS, "cpu", seed=3)
+    for _ in range(12):  # same seed, same rows in the same order, whoever reads the file
+        (xs, ys), (xl, yl) = next(remote), next(local)
+        assert xs.dtype == torch.long and torch.equal(xs, xl) and torch.equal(ys, yl)
+    assert server.tokens_served == channel.tokens_served == 12 * B * T == local.tokens_served
+    assert len(server.times) == 12 and server.times == sorted(server.times)
+    assert server.batches_after(server.times[9]) == 2 and server.batches_after(0.0) == 12
+    # Any batch size may be asked for: the rows go on where they left off.
+    (x, _), (xl, _) = (
+        next(ServedLoader(channel, 3, T, "cpu")),
+        next(TrainLoader(path, 3, T, BOS, "cpu", seed=3)),
+    )
+    assert x.shape == (3, T) and server.tokens_served == (12 * B + 3) * T
+
+
+def test_server_stops_at_the_token_budget(served):
+    server, channel = served(budget_tokens=int(2.5 * B * T))
+    batches = list(ServedLoader(channel, B, T, "cpu"))  # ends by itself
+    assert len(batches) == 3  # the last one crosses the budget: none after it
+    assert server.tokens_served == channel.tokens_served == 3 * B * T
+    assert server.refused == 1 and channel.rows(1, T + 1) is None and server.refused == 2
+
+
+def test_server_counts_what_was_drawn_before_the_start(served):
+    server, channel = served()
+    loader = ServedLoader(channel, B, T, "cpu")
+    next(loader), next(loader)
+    channel.start()
+    next(loader)
+    channel.start()  # only the first start counts
+    next(loader)
+    assert server.started is not None and server.tokens_before_start == 2 * B * T
+    assert server.first_batch <= server.started <= server.times[-1]
+
+
+@pytest.mark.parametrize("rows", [-1, 1 << 30])
+def test_server_hangs_up_on_a_bad_request(served, rows: int):
+    server, channel = served()
+    channel._sock.sendall(REQUEST.pack(rows))
+    with pytest.raises(RuntimeError, match="stopped serving"):
+        channel.rows(B, T + 1)
+    assert "rows of training data" in server.error and server.tokens_served == 0
+
+
 def _packing_inputs(path: Path) -> tuple[np.ndarray, np.ndarray]:
     tokens = load_token_file(path)
     return tokens, document_spans(tokens, BOS)
@@ -243,5 +314,16 @@ def test_cuda_batches_match_cpu(data: tuple[Path, list[list[int]]]):
     gpu = TrainLoader(path, B, T, BOS, "cuda", seed=3)
     for _ in range(5):
         (xc, yc), (xg, yg) = next(cpu), next(gpu)
+        assert xg.device.type == "cuda"
+        assert torch.equal(xc, xg.cpu()) and torch.equal(yc, yg.cpu())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_served_batches_match_cpu(data: tuple[Path, list[list[int]]], served):
+    path, _ = data
+    _, channel = served()
+    gpu, cpu = ServedLoader(channel, B, T, "cuda"), TrainLoader(path, B, T, BOS, "cpu", seed=3)
+    for _ in range(5):
+        (xg, yg), (xc, yc) = next(gpu), next(cpu)
         assert xg.device.type == "cuda"
         assert torch.equal(xc, xg.cpu()) and torch.equal(yc, yg.cpu())

@@ -9,7 +9,9 @@
     harness.handover(model)                 # the harness scores it, in another process
 
 Everything else (data, tokenizer, evaluation) is fixed by the harness, so a
-candidate can only win by training a better model in the same time.
+candidate can only win by training a better model in the same time. Under the
+runner the time and the tokens are the runner's: it serves the training rows
+itself, counts them, and times the window on its own clock.
 """
 
 from __future__ import annotations
@@ -30,11 +32,21 @@ __all__ = ["Budget", "RunContext", "context", "handover", "report", "train_loade
 
 
 def train_loader(batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Endless (x, y) batches of BOS-aligned rows from the training split, on the run's device."""
-    from autoresearch.harness.dataloader import TrainLoader
-    from autoresearch.harness.events import count_tokens
+    """(x, y) batches of BOS-aligned rows from the training split, on the run's device.
+
+    Under the runner the rows are served by the runner, which counts them: with a token
+    budget the batches end once it is spent. Run by hand they are read from the file here.
+    """
+    from autoresearch.harness.dataloader import ServedLoader, TrainLoader, data_channel
+    from autoresearch.harness.events import _State, count_tokens
 
     ctx = context()
+    channel = data_channel()
+    if channel:
+        for x, y in ServedLoader(channel, batch_size, ctx.sequence_len, ctx.device):
+            _State.tokens = channel.tokens_served
+            yield x, y
+        return
     loader = TrainLoader(
         Path(ctx.train_tokens_path), batch_size, ctx.sequence_len, ctx.bos_id, ctx.device, ctx.seed
     )

@@ -1,9 +1,12 @@
 """The training budget, as `train.py` sees it.
 
 The budget is wall-clock training time (`run.budget_seconds`), or a number of
-training tokens served by `harness.train_loader` (`run.budget_tokens`), with the
-seconds then only a cap. The runner checks the time independently (from the
-arrival of the `start` and `handover` events), so a clock patched inside the
+training tokens (`run.budget_tokens`), with the seconds then only a cap. Under the
+runner the tokens are those the runner served (`harness.train_loader` keeps its
+count), and `start()` tells the runner's data server that the budget starts. None
+of this is trusted: the runner times the window with its own clock (from the first
+`start` or the first batch it served, to the `handover`), counts the tokens it
+served, and stops serving past the token budget, so a `Budget` patched inside the
 candidate changes nothing but the candidate's own schedule.
 """
 
@@ -26,9 +29,15 @@ class Budget:
         self._start_tokens = 0
 
     def start(self) -> None:
+        # Imported here: the harness package is imported by the sandbox too, which must stay
+        # single-threaded to enter its namespaces, and numpy may start threads.
+        from autoresearch.harness.dataloader import data_channel
+
         self._start = time.monotonic()
         self._start_tokens = _State.tokens
-        # Batches drawn before the clock starts would be training the runner cannot time.
+        channel = data_channel()
+        if channel:  # the runner's count of the batches drawn before this: they must be none
+            channel.start()
         emit("start", budget_seconds=self.seconds, budget_tokens=self.tokens, tokens=_State.tokens)
 
     @property
@@ -37,7 +46,7 @@ class Budget:
 
     @property
     def tokens_trained(self) -> int:
-        """Tokens served by `harness.train_loader` since `start()`."""
+        """Training tokens served since `start()` (counted by the runner, under the runner)."""
         return 0 if self._start is None else _State.tokens - self._start_tokens
 
     @property

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 CONTEXT_ENV = "AUTORESEARCH_CONTEXT"  # path of context.json, set by the runner
 EVENTS_ENV = "AUTORESEARCH_EVENTS_FD"  # file descriptor for progress events, set by the runner
+DATA_ENV = "AUTORESEARCH_DATA_FD"  # socket the runner serves the training rows on, set by it
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,9 @@ class RunContext:
     bos_id: int
     eval_batch_size: int  # the batch size the model is exported and evaluated at
     tokenizer_path: str
-    train_tokens_path: str  # training split only: the validation split is never named here
+    # The training split, for a train.py run by hand; "" under the runner, which serves the
+    # rows itself (the split is hidden from the candidate). The validation split is never named.
+    train_tokens_path: str
     handover_dir: str  # where `harness.handover` puts the model for the evaluator
 
     def save(self, path: Path) -> None:
@@ -77,10 +80,11 @@ def _accelerator_possible() -> bool:
 
 
 def build_context(
-    config: Config, handover_dir: Path, manifest: Manifest | None = None
+    config: Config, handover_dir: Path, manifest: Manifest | None = None, served: bool = False
 ) -> RunContext:
     """The context for one run of `config`; needs `autoresearch prepare` to have run
-    (`manifest`, where the caller has loaded and checked it already)."""
+    (`manifest`, where the caller has loaded and checked it already). `served`: the runner
+    serves the training rows, so the context names no training file."""
     from autoresearch.harness.prepare import load_manifest
 
     manifest = manifest or load_manifest(config)
@@ -94,7 +98,7 @@ def build_context(
         bos_id=manifest.bos_id,
         eval_batch_size=config.eval.batch_size,
         tokenizer_path=str(manifest.tokenizer_path),
-        train_tokens_path=str(manifest.train_path),
+        train_tokens_path="" if served else str(manifest.train_path),
         handover_dir=str(handover_dir),
     )
 

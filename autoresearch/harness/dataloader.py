@@ -7,11 +7,30 @@ document's BOS (so no token ever attends across a document it did not see
 begin), and the row is topped up with the largest buffered document that still
 fits. When none fits, the shortest one is cropped to fill the row exactly and
 its remainder is dropped. Rows are never padded, so every position trains.
+
+Under the runner the training rows are served, not read: the candidate cannot open
+the training split (the sandbox hides it, the audit guard refuses it). A thread of
+the runner (`BatchServer`, numpy only) packs the rows and writes them over a socket
+whose other end the candidate inherits (`AUTORESEARCH_DATA_FD`); `harness.train_loader`
+asks it for one batch at a time (`ServedLoader`). So the tokens a run trained on are
+the tokens the runner served, counted and timed by the runner, and the token budget
+is the server's: past it, it serves nothing more. Run by hand, `TrainLoader` reads the
+file itself; both give the same rows in the same order for the same seed.
+
+    candidate --rows wanted (int32; 0: budget.start())--> runner
+    candidate <--tokens served so far, rows, bytes per token; then the rows-- runner
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import io
+import os
+import socket
+import struct
+import threading
+import time
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -21,6 +40,7 @@ import numpy as np
 
 from autoresearch.atomic import atomic_write
 from autoresearch.errors import UserError
+from autoresearch.harness.context import DATA_ENV
 
 DOC_BUFFER = 1000  # documents the packer chooses from; more packs tighter but costs per row
 CHUNK_TOKENS = 1 << 20  # tokens written to disk per chunk by write_token_file
@@ -28,6 +48,13 @@ CHUNK_DOCS = 4096  # documents whose offsets are turned into Python ints at a ti
 SPANS_CHUNK = 1 << 26  # tokens scanned for BOS at a time, to bound the temporary mask
 UINT16_LIMIT = 1 << 16
 PREPARE_HINT = "run `autoresearch prepare`"
+# The data channel's messages. A request is the number of rows wanted, or START when the
+# candidate's budget starts; a reply is its header, then rows * (seq_len + 1) tokens.
+REQUEST = struct.Struct("<i")
+START = 0
+REPLY = struct.Struct("<QII")  # tokens served so far, rows that follow (0: none, budget spent),
+# bytes per token
+MAX_REQUEST_TOKENS = 1 << 26  # 128 MiB of uint16 in one reply: a bigger request is garbage
 
 if TYPE_CHECKING:  # torch is imported where batches are made: checking the token files
     import torch  # (the orchestrator, before every run) must not pay 2 s and 200 MB for it
@@ -213,33 +240,21 @@ def pack_rows(
     return out
 
 
-class TrainLoader:
-    """Endless (x, y) batches of torch.long [batch_size, seq_len] on `device`.
+class RowStream:
+    """Endless BOS-aligned rows of `seq_len + 1` tokens from a token file (numpy only).
 
     Documents are reshuffled each epoch with `np.random.default_rng(seed + epoch)`,
-    so a run is reproducible from its seed. y is x shifted left by one token.
+    so the rows are reproducible from the seed, whoever reads them.
     """
 
-    def __init__(
-        self, tokens_path: Path, batch_size: int, seq_len: int, bos_id: int, device: str, seed: int
-    ) -> None:
+    def __init__(self, tokens_path: Path, seq_len: int, bos_id: int, seed: int) -> None:
         self.tokens = load_token_file(tokens_path)
         self.spans = document_spans(self.tokens, bos_id)
         if len(self.spans) == 0:
             raise UserError(f"token file {tokens_path} holds no documents; {PREPARE_HINT}")
-        import torch
-
-        self.batch_size = batch_size
         self.seq_len = seq_len
-        self.device = torch.device(device)
         self.seed = seed
         self.epoch = 0
-        self.tokens_served = 0
-        # Pinned host memory lets the copy to the GPU run asynchronously; the caching
-        # host allocator keeps a block alive until its copy is done, so a fresh
-        # pinned tensor per batch is both cheap and safe.
-        self._pin = self.device.type == "cuda"
-        self._rows = np.empty((batch_size, seq_len + 1), dtype=self.tokens.dtype)
         self._packer = BestFitPacker(self.tokens, self.spans, seq_len + 1, self._epoch_orders())
 
     def _epoch_orders(self) -> Iterator[np.ndarray]:
@@ -249,22 +264,207 @@ class TrainLoader:
             yield np.random.default_rng(self.seed + epoch).permutation(len(self.spans))
             epoch += 1
 
+    def fill(self, rows: np.ndarray) -> None:
+        """Fill every row of `rows` ([n, seq_len + 1]): the orders are endless."""
+        self._packer.fill(rows)
+
+
+class TrainLoader:
+    """Endless (x, y) batches of torch.long [batch_size, seq_len] on `device`, read from the
+    token file by this process (a train.py run by hand; under the runner, `ServedLoader`).
+    y is x shifted left by one token."""
+
+    def __init__(
+        self, tokens_path: Path, batch_size: int, seq_len: int, bos_id: int, device: str, seed: int
+    ) -> None:
+        self.stream = RowStream(tokens_path, seq_len, bos_id, seed)
+        self.batch_size = batch_size
+        self.seq_len = seq_len
+        self.device = device
+        self.tokens_served = 0
+        self._rows = np.empty((batch_size, seq_len + 1), dtype=self.stream.tokens.dtype)
+
+    @property
+    def epoch(self) -> int:
+        return self.stream.epoch
+
     def __iter__(self) -> TrainLoader:
         return self
 
     def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        import torch  # already loaded by __init__: a dictionary lookup
+        self.stream.fill(self._rows)
+        self.tokens_served += self.batch_size * self.seq_len
+        return to_batch(self._rows, self.device)
 
-        self._packer.fill(self._rows)  # endless orders: always fills every row
-        B, T = self.batch_size, self.seq_len
-        host = torch.empty((2, B, T), dtype=torch.long, pin_memory=self._pin)
-        xy = host.numpy()
-        xy[0] = self._rows[:, :-1]
-        xy[1] = self._rows[:, 1:]
-        if self.device.type != "cpu":
-            host = host.to(self.device, non_blocking=True)
-        self.tokens_served += B * T
-        return host[0], host[1]
+
+def to_batch(rows: np.ndarray, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x, y) torch.long [n, seq_len] on `device` from rows [n, seq_len + 1]."""
+    import torch
+
+    # Pinned host memory lets the copy to the GPU run asynchronously; the caching host
+    # allocator keeps a block alive until its copy is done, so a fresh pinned tensor per
+    # batch is both cheap and safe.
+    kind = torch.device(device).type
+    n, row_len = rows.shape
+    host = torch.empty((2, n, row_len - 1), dtype=torch.long, pin_memory=kind == "cuda")
+    xy = host.numpy()
+    xy[0] = rows[:, :-1]
+    xy[1] = rows[:, 1:]
+    if kind != "cpu":
+        host = host.to(device, non_blocking=True)
+    return host[0], host[1]
+
+
+class BatchServer:
+    """The runner's end of the data channel: serves training rows, counts and times them.
+
+    A thread answers the candidate's requests in order, so what it counts before the
+    START message is exactly what the candidate drew before `budget.start()`. With a
+    token budget it serves while fewer tokens than the budget have gone out (the last
+    batch may cross it) and answers every later request with no rows.
+    """
+
+    def __init__(
+        self, tokens_path: Path, seq_len: int, bos_id: int, seed: int, budget_tokens: int = 0
+    ) -> None:
+        self._args = (tokens_path, seq_len, bos_id, seed)
+        self.seq_len = seq_len
+        self.budget_tokens = budget_tokens
+        self.tokens_served = 0
+        self.times: list[float] = []  # time.monotonic() when each batch was served
+        self.started: float | None = None  # the first START: the candidate's budget.start()
+        self.tokens_before_start = 0
+        self.refused = 0  # requests past the token budget
+        self.error: str | None = None  # why serving stopped early, if it did
+        self._sock: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def first_batch(self) -> float | None:
+        return self.times[0] if self.times else None
+
+    def batches_after(self, t: float) -> int:
+        """How many batches were served after time `t` (a `time.monotonic()`)."""
+        return len(self.times) - bisect_right(self.times, t)
+
+    def serve(self, sock: socket.socket) -> None:
+        """Answer requests on `sock` in a thread until the other end closes or `stop()`."""
+        self._sock = sock
+        self._thread = threading.Thread(target=self._serve, args=(sock,), daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop serving; the counts are final once this returns."""
+        if self._sock is None:
+            return
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+        if self._thread:
+            self._thread.join(timeout)
+        self._sock.close()
+
+    def _serve(self, sock: socket.socket) -> None:
+        try:
+            self._answer(sock)
+        except UserError as e:
+            self.error = str(e)
+        except OSError:
+            pass  # the candidate is gone, or stop() hung up
+        finally:  # the candidate's next read ends instead of waiting for ever
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def _answer(self, sock: socket.socket) -> None:
+        stream = RowStream(*self._args)  # loads while the candidate starts up
+        dtype = stream.tokens.dtype
+        row_len = self.seq_len + 1
+        while request := _recv_exact(sock, REQUEST.size):
+            (n_rows,) = REQUEST.unpack(request)
+            now = time.monotonic()
+            if n_rows == START:
+                if self.started is None:
+                    self.started, self.tokens_before_start = now, self.tokens_served
+                continue
+            if not 0 < n_rows * row_len <= MAX_REQUEST_TOKENS:
+                self.error = f"asked for {n_rows} rows of training data in one batch"
+                return
+            if self.budget_tokens and self.tokens_served >= self.budget_tokens:
+                self.refused += 1
+                sock.sendall(REPLY.pack(self.tokens_served, 0, dtype.itemsize))
+                continue
+            rows = np.empty((n_rows, row_len), dtype=dtype)
+            stream.fill(rows)
+            self.tokens_served += n_rows * self.seq_len
+            self.times.append(now)
+            sock.sendall(REPLY.pack(self.tokens_served, n_rows, dtype.itemsize))
+            sock.sendall(rows.data)
+
+
+class DataChannel:
+    """The candidate's end of the data channel (one per process, shared by its loaders)."""
+
+    def __init__(self, fd: int) -> None:
+        self._sock = socket.socket(fileno=fd)
+        self._lock = threading.Lock()
+        self.tokens_served = 0  # as the runner counted them, in its last reply
+
+    def start(self) -> None:
+        """Tell the runner that the budget starts now."""
+        with self._lock:
+            self._sock.sendall(REQUEST.pack(START))
+
+    def rows(self, n_rows: int, row_len: int) -> np.ndarray | None:
+        """The next `n_rows` rows from the runner, or None once the token budget is spent."""
+        with self._lock:
+            self._sock.sendall(REQUEST.pack(n_rows))
+            header = _recv_exact(self._sock, REPLY.size)
+            if header:
+                self.tokens_served, n, itemsize = REPLY.unpack(header)
+                if n == 0:
+                    return None
+                data = _recv_exact(self._sock, n * row_len * itemsize)
+            if not header or not data:
+                raise RuntimeError("autoresearch: the runner stopped serving training data")
+        dtype = np.dtype("<u2") if itemsize == 2 else np.dtype("<u4")
+        return np.frombuffer(data, dtype=dtype).reshape(n, row_len)
+
+
+@functools.cache
+def data_channel() -> DataChannel | None:
+    """This process's data channel to the runner; None when run by hand."""
+    fd = os.environ.get(DATA_ENV)
+    return DataChannel(int(fd)) if fd else None
+
+
+class ServedLoader:
+    """(x, y) batches of rows served by the runner; ends when the token budget is spent."""
+
+    def __init__(self, channel: DataChannel, batch_size: int, seq_len: int, device: str) -> None:
+        self.channel = channel
+        self.batch_size = batch_size
+        self.seq_len = seq_len
+        self.device = device
+
+    def __iter__(self) -> ServedLoader:
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = self.channel.rows(self.batch_size, self.seq_len + 1)
+        if rows is None:
+            raise StopIteration
+        return to_batch(rows, self.device)
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytearray:
+    """`n` bytes from `sock`, or none if it closed first."""
+    buf = bytearray(n)
+    view, got = memoryview(buf), 0
+    while got < n:
+        k = sock.recv_into(view[got:])
+        if k == 0:
+            return bytearray()
+        got += k
+    return buf
 
 
 def eval_rows(tokens_path: Path, seq_len: int, n_rows: int, bos_id: int) -> np.ndarray:

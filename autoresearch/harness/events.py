@@ -1,9 +1,12 @@
 """Progress events from the training process to the runner.
 
-Each event is one JSON line written to a pipe the runner opened. The runner
-stamps every event with its own clock on arrival, so a candidate cannot
-misreport when training started or ended; the fields are progress
-information, never the score.
+Each event is one JSON line written to a pipe the runner opened. The candidate
+holds the pipe and can write any line to it, so nothing here is trusted: the
+runner stamps every event with its own clock on arrival, takes the training
+window's start from the earlier of the `start` event and the first batch it
+served, and bounds the export (`handover` to `handed_over`) and the start-up,
+so a forged event can only make a run look slower or invalid. The fields are
+progress information, never the score nor the token count.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ STEP_EVENT_INTERVAL = 0.25  # seconds between step events; enough for a live pro
 class _State:
     fd: int | None = int(os.environ[EVENTS_ENV]) if os.environ.get(EVENTS_ENV) else None
     last_step_event = 0.0
-    tokens = 0  # tokens served by the harness's loaders
+    tokens = 0  # training tokens served (under the runner: as the runner counted them)
     steps = 0  # steps reported (step events are throttled; this counts every one)
 
 

@@ -3,11 +3,12 @@
     python -m autoresearch.harness.guard <sandbox spec> train.py
 
 Before any candidate code runs, an audit hook (PEP 578, which cannot be
-removed once added) refuses to open the validation data and the raw data for
-reading, and refuses to open, rename, delete or change protected files for
-writing: the research repo, the data cache and the harness itself, except the
-run's own folder. Each refusal is also reported to the runner, which marks
-the experiment `invalid`, even if the candidate catches the error.
+removed once added) refuses to open the validation data, the raw data and the
+training split (the runner serves its rows) for reading, and refuses to open,
+rename, delete or change protected files for writing: the research repo, the
+data cache and the harness itself, except the run's own folder. Each refusal is
+also reported to the runner, which marks the experiment `invalid`, even if the
+candidate catches the error.
 
 This is a guard against Python code, not a wall: native code (ctypes, a C
 extension, a subprocess) goes around it. The sandbox's namespaces are the
@@ -33,6 +34,7 @@ CHANGING_EVENTS: dict[str, tuple[tuple[int, int | None], ...]] = {
     "os.symlink": ((1, 2),), "shutil.rmtree": ((0, 1),), "shutil.move": ((0, None), (1, None)),
     "shutil.copyfile": ((1, None),),
 }  # fmt: skip
+TRAIN_SPLIT = "train.npy"  # Manifest.train_path's name: hidden too, but not validation data
 
 
 class Guard:
@@ -62,7 +64,8 @@ class Guard:
             path = os.path.join(_fd_path(dir_fd), path)
         real = os.path.realpath(path)
         if _under(real, self.hidden):
-            self._refuse(f"tried to read the validation data ({real})")
+            data = "the data" if os.path.basename(real) == TRAIN_SPLIT else "the validation data"
+            self._refuse(f"tried to read {data} ({real})")
         if writes and _under(real, self.readonly) and not _under(real, self.writable):
             self._refuse(f"tried to change a protected file ({real})")
 

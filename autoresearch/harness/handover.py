@@ -4,6 +4,10 @@
 evaluation shape and writes it out with the metadata the summary needs. The
 score is computed afterwards by `autoresearch.harness.evaluate` in a separate
 process that runs only the exported graph, never the candidate's Python.
+
+The runner times the export on its own clock, from the `handover` event to
+`handed_over`, and a run whose export takes longer than its bound is invalid:
+the export is not a place to go on training.
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ def handover(model: Any, flops_per_token: float | None = None) -> None:
     import torch
 
     ctx = context()
-    emit("handover")  # training is over: the runner stops the training clock here
+    # Training is over: the runner stops the training clock here and times the export, which
+    # it bounds (work done here would be training off the clock).
+    emit("handover")
     module = getattr(model, "_orig_mod", model)  # torch.compile wrapper
     module.eval()
     peak_vram_mb = torch.cuda.max_memory_allocated() / 2**20 if ctx.device == "cuda" else 0.0

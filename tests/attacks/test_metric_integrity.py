@@ -139,7 +139,7 @@ def test_2_patched_token_count_is_caught(research_repo):
 def test_3_validation_data_by_path_is_refused_before_training(research_repo):
     source = candidates.honest_with(
         at_start="    import numpy\n"
-        "    stolen = numpy.load(__import__('pathlib').Path(ctx.train_tokens_path)"
+        "    stolen = numpy.load(__import__('pathlib').Path(ctx.tokenizer_path)"
         ".with_name('val.npy'))\n"
     )
     out = attack(research_repo, source)
@@ -149,17 +149,18 @@ def test_3_validation_data_by_path_is_refused_before_training(research_repo):
 def test_3_validation_data_by_glob_is_refused(research_repo):
     source = candidates.honest_with(
         at_start="    import glob, os, numpy\n"
-        "    folder = os.path.dirname(ctx.train_tokens_path)\n"
+        "    folder = os.path.dirname(ctx.tokenizer_path)\n"
         "    stolen = [numpy.load(f) for f in glob.glob(folder + '/*.npy')]\n"
     )
     out = attack(research_repo, source)
-    assert out.status == "invalid" and "validation data" in out.reason, out.reason
+    # The training split is hidden too (the runner serves it): either may be refused first.
+    assert out.status == "invalid" and "tried to read" in out.reason, out.reason
 
 
 def test_3_validation_data_through_harness_internals_is_refused(research_repo):
     source = candidates.honest_with(
         at_start="    import importlib, json, numpy\n"
-        "    folder = __import__('pathlib').Path(ctx.train_tokens_path).parent\n"
+        "    folder = __import__('pathlib').Path(ctx.tokenizer_path).parent\n"
         "    manifest = json.loads((folder / 'manifest.json').read_text())\n"
         "    prepare = importlib.import_module('autoresearch.harness.pre' + 'pare')\n"
         "    m = prepare.Manifest(**manifest)\n"
@@ -183,7 +184,7 @@ def test_3_raw_data_folder_is_refused(research_repo):
 # namespaces stop it, where the validation tokens are an empty file.
 NATIVE_VAL_COPY = candidates.honest_with(
     at_start="    import subprocess, numpy\n"
-    "    folder = __import__('pathlib').Path(ctx.train_tokens_path).parent\n"
+    "    folder = __import__('pathlib').Path(ctx.tokenizer_path).parent\n"
     "    subprocess.run(['cp', str(folder / ('va' + 'l.npy')), 'copy.bin'])\n"
     "    got = open('copy.bin', 'rb').read() if __import__('os').path.exists('copy.bin') else b''\n"
     "    print('STOLEN BYTES', len(got))\n"
@@ -401,7 +402,7 @@ def test_no_attack_is_promoted_by_evolve(research_repo):
         AFTER_HANDOVER,
         candidates.honest_with(
             at_start="    import glob, os, numpy\n"
-            "    stolen = [numpy.load(f) for f in glob.glob(os.path.dirname(ctx.train_tokens_path)"
+            "    stolen = [numpy.load(f) for f in glob.glob(os.path.dirname(ctx.tokenizer_path)"
             " + '/*.npy')]\n"
         ),
         candidates.PEEKING,
