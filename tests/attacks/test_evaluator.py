@@ -72,7 +72,7 @@ def with_forward(setup: str, forward: str) -> str:
 # The bigram of the validation split itself, counted inside the graph from the tokens on disk.
 READ_VALIDATION = with_forward(
     "    import os\n"
-    "    Bigram.val = os.path.join(os.path.dirname(ctx.train_tokens_path), 'va' + 'l.npy')\n"
+    "    Bigram.val = os.path.join(os.path.dirname(ctx.tokenizer_path), 'va' + 'l.npy')\n"
     "    Bigram.n = os.path.getsize(Bigram.val) // 2  # uint16 tokens after a 128-byte header\n",
     "            raw = torch.from_file(self.val, shared=False, size=self.n, dtype=torch.int16)\n"
     "            toks = raw[64:].long()\n"
