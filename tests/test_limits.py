@@ -6,29 +6,25 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import attacking
 import candidates
 import pytest
+from attacking import needs_isolation
 
 from autoresearch.config import load_config
 from autoresearch.errors import ConfigError
 from autoresearch.harness import limits
-from autoresearch.harness.sandbox import isolation_works
-from autoresearch.runner import Outcome, run_experiment
+from autoresearch.runner import Outcome
 
 GiB = 2**30
 TOKENS = 8 * 16 * 64  # 8 steps of the honest bigram
-needs_isolation = pytest.mark.skipif(
-    not isolation_works(), reason="this system does not allow unprivileged user namespaces"
-)
 
 
 def attack(repo: Path, source: str, isolation: str = "off", **overrides) -> Outcome:
-    """Run `source` in a run folder of its own, as evolve does."""
-    settings = {"run.budget_tokens": TOKENS, "run.budget_seconds": 30, "run.isolation": isolation}
-    run_dir = repo / ".autoresearch" / "runs" / f"r{len(list(repo.glob('.autoresearch/runs/*')))}"
-    run_dir.mkdir(parents=True)
-    (run_dir / "train.py").write_text(source)
-    return run_experiment(run_dir / "train.py", load_config(repo, settings | overrides), run_dir)
+    """Run `source` as evolve does, for TOKENS of training."""
+    return attacking.attack(
+        repo, source, isolation, check=False, **{"run.budget_tokens": TOKENS} | overrides
+    )
 
 
 def our_cgroups() -> list[Path]:

@@ -6,13 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from autoresearch.harness.sandbox import isolation_works
-
-needs_isolation = pytest.mark.skipif(
-    not isolation_works(), reason="this system does not allow unprivileged user namespaces"
-)
+from attacking import needs_isolation
 
 # Enters the namespaces, makes everything read-only but one folder, then tries to write.
 PROBE = """

@@ -17,7 +17,7 @@ import sys
 
 import candidates
 import pytest
-from test_metric_integrity import TOKENS, attack, honest_bpb, needs_isolation  # noqa: F401
+from attacking import TOKENS, attack, needs_isolation
 
 from autoresearch.harness.context import EVENTS_ENV
 

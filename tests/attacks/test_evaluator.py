@@ -19,33 +19,7 @@ from pathlib import Path
 
 import candidates
 import pytest
-
-from autoresearch.config import load_config
-from autoresearch.harness.sandbox import isolation_works
-from autoresearch.runner import Outcome, run_experiment
-
-TOKENS = 12 * 16 * 64  # 12 steps of 16 rows of 64 tokens, as in test_metric_integrity
-needs_isolation = pytest.mark.skipif(
-    not isolation_works(), reason="this system does not allow unprivileged user namespaces"
-)
-
-
-def run(repo: Path, source: str, isolation: str = "off") -> Outcome:
-    """Train and score `source` through the real runner (no static checks: the attacks
-    here aim at what happens after them)."""
-    settings = {"run.budget_tokens": TOKENS, "run.budget_seconds": 30, "run.isolation": isolation}
-    config = load_config(repo, settings)
-    run_dir = repo / ".autoresearch" / "runs" / f"e{len(list(repo.glob('.autoresearch/runs/*')))}"
-    run_dir.mkdir(parents=True)
-    (run_dir / "train.py").write_text(source)
-    return run_experiment(run_dir / "train.py", config, run_dir)
-
-
-def in_repo(name: str) -> str:
-    """A repo file, named from the candidate's run folder (hex: no path in the source)."""
-    hidden = f"bytes.fromhex({name.encode().hex()!r}).decode()"
-    return f"str(__import__('pathlib').Path.cwd().parents[2] / {hidden})"
-
+from attacking import attack, in_repo, needs_isolation
 
 # The candidate gives aten::from_file a fake implementation, so that torch.export can trace it.
 FAKE_FROM_FILE = (
@@ -86,7 +60,7 @@ READ_VALIDATION = with_forward(
 def overwrite(name: str, old: str, new: str) -> str:
     """A model whose forward maps repo file `name` writable and puts `new` over `old`."""
     return with_forward(
-        f"    Bigram.path = {in_repo(name)}\n"
+        f"    Bigram.path = str({in_repo(name)})\n"
         "    text = open(Bigram.path, 'rb').read()\n"
         f"    Bigram.at, Bigram.size = text.index({old.encode()!r}), len(text)\n",
         "            f = torch.from_file(self.path, True, self.size, dtype=torch.uint8)\n"
@@ -97,7 +71,7 @@ def overwrite(name: str, old: str, new: str) -> str:
 
 
 def test_graph_reading_the_validation_tokens_is_refused(research_repo):
-    out = run(research_repo, READ_VALIDATION)
+    out = attack(research_repo, READ_VALIDATION, check=False)
     assert out.status == "invalid", (out.status, out.reason, out.val_bpb)
     assert "aten.from_file" in out.reason and "not allowed in the evaluator" in out.reason
 
@@ -106,7 +80,7 @@ def test_graph_reading_the_validation_tokens_is_refused(research_repo):
 def test_graph_writing_program_md_is_refused(research_repo, isolation):
     before = (research_repo / "program.md").read_bytes()
     source = overwrite("program.md", before.decode()[:8], "PWNED!!!")
-    out = run(research_repo, source, isolation=isolation)
+    out = attack(research_repo, source, isolation=isolation, check=False)
     assert (research_repo / "program.md").read_bytes() == before
     assert out.status == "invalid" and "aten.from_file" in out.reason, (out.status, out.reason)
 
@@ -116,7 +90,8 @@ def test_graph_rewriting_an_earlier_score_in_the_ledger_is_refused(research_repo
     ledger.parent.mkdir(exist_ok=True)
     ledger.write_text('{"id": "r1", "status": "keep", "val_bpb": 4.170}\n')
     before = ledger.read_bytes()
-    out = run(research_repo, overwrite(".autoresearch/ledger.jsonl", "4.170", "0.170"))
+    source = overwrite(".autoresearch/ledger.jsonl", "4.170", "0.170")
+    out = attack(research_repo, source, check=False)
     assert ledger.read_bytes() == before
     assert out.status == "invalid" and "aten.from_file" in out.reason, (out.status, out.reason)
 
@@ -135,7 +110,7 @@ def test_graph_rewriting_an_earlier_score_in_the_ledger_is_refused(research_repo
     ids=["rand", "attention-dropout"],
 )
 def test_graph_drawing_random_numbers_is_refused(research_repo, forward, op):
-    out = run(research_repo, with_forward("", forward))
+    out = attack(research_repo, with_forward("", forward), check=False)
     assert out.status == "invalid" and op in out.reason, (out.status, out.reason)
 
 
@@ -145,7 +120,7 @@ def test_graph_mutating_its_own_buffer_is_refused(research_repo):
         "        self.table = nn.Embedding(vocab, vocab)\n"
         "        self.register_buffer('seen', torch.zeros(()))\n",
     )
-    out = run(research_repo, source)
+    out = attack(research_repo, source, check=False)
     assert out.status == "invalid" and "aten.add_.Tensor, which writes" in out.reason, out.reason
 
 
@@ -162,7 +137,7 @@ def test_blinding_the_causality_probe_with_a_bos_logit_is_refused(research_repo,
         "            bos = torch.arange(logits.size(-1)) == logits.size(-1) - 1\n"
         f"            return logits.masked_fill(bos, {blind})\n",
     )
-    out = run(research_repo, source)
+    out = attack(research_repo, source, check=False)
     assert out.status == "invalid", (out.status, out.reason, out.val_bpb)
     assert "logit of magnitude" in out.reason, out.reason
 

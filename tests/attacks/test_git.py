@@ -16,7 +16,7 @@ from pathlib import Path
 import candidates
 import git
 import pytest
-from test_metric_integrity import TOKENS, attack, in_repo, needs_isolation
+from attacking import TOKENS, attack, in_repo, needs_isolation
 
 from autoresearch import workspace
 from autoresearch.config import load_config

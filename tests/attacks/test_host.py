@@ -19,8 +19,7 @@ from pathlib import Path
 import candidates
 import git
 import pytest
-from test_metric_integrity import TOKENS, attack, needs_isolation
-from test_metric_integrity import honest_bpb as honest_bpb  # the fixture, shared
+from attacking import TOKENS, attack, needs_isolation
 
 from autoresearch.config import load_config
 from autoresearch.engine import Engine
@@ -195,7 +194,7 @@ def test_5_disk_over_the_cap_is_a_crash(research_repo, source, isolation):
     assert out.reason.startswith("disk quota") and "0.005 GB (run.disk_gb)" in out.reason
 
 
-def test_5_the_honest_candidate_runs_within_the_caps(research_repo, honest_bpb):  # noqa: F811
+def test_5_the_honest_candidate_runs_within_the_caps(research_repo, honest_bpb):
     out = attack(research_repo, candidates.HONEST, check=False, **MEMORY_CAP, **PROCESS_CAP)
     assert out.status == "keep" and out.val_bpb == honest_bpb, out.reason
 

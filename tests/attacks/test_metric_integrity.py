@@ -2,9 +2,7 @@
 training a better model. Each must end `invalid` (or crash, or time out) or with the
 true score, and none may be promoted (the last test runs them through `evolve`).
 
-The honest model is the bigram of tests/candidates.py under a fixed token budget, so
-every honest run gets exactly the same val_bpb: an attack that trains the same model
-and still moves the score by any amount has changed the measurement.
+The honest model and the way each attack runs are in tests/attacking.py.
 
 Attacks run with `run.isolation = "off"` unless they need the namespaces: that is the
 weakest setting, and shows what the audit guard, the static checks and the before/after
@@ -14,65 +12,17 @@ file states catch on their own. docs/threat-model.md lists each attack and its d
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import candidates
 import git
 import pytest
+from attacking import TOKENS, attack, defended, in_repo, needs_isolation
 
 from autoresearch.config import load_config
 from autoresearch.constants import rewrite_constants
 from autoresearch.engine import Engine
-from autoresearch.harness.sandbox import isolation_works
-from autoresearch.runner import Outcome, run_experiment
 from autoresearch.testing import ScriptedProposer
 from autoresearch.validation import validate_proposal
-
-TOKENS = 12 * 16 * 64  # 12 steps of 16 rows of 64 tokens
-needs_isolation = pytest.mark.skipif(
-    not isolation_works(), reason="this system does not allow unprivileged user namespaces"
-)
-
-
-def attack(
-    repo: Path, source: str, isolation: str = "off", check: bool = True, **overrides
-) -> Outcome:
-    """Check `source` as evolve does, then run it as evolve does; `invalid` if refused."""
-    reason = check and validate_proposal(candidates.HONEST, source, seen_hashes=())
-    if reason:
-        return Outcome("invalid", reason)
-    settings = {"run.budget_tokens": TOKENS, "run.budget_seconds": 30, "run.isolation": isolation}
-    config = load_config(repo, settings | overrides)
-    run_dir = repo / ".autoresearch" / "runs" / f"a{len(list(repo.glob('.autoresearch/runs/*')))}"
-    run_dir.mkdir(parents=True)
-    (run_dir / "train.py").write_text(source)
-    return run_experiment(run_dir / "train.py", config, run_dir)
-
-
-_SCORES: dict[str, float] = {}
-
-
-@pytest.fixture
-def honest_bpb(research_repo) -> float:
-    """The true score: what the honest bigram gets (the same in every repo of the session)."""
-    if "honest" not in _SCORES:
-        out = attack(research_repo, candidates.HONEST, check=False)
-        assert out.status == "keep", out.reason
-        _SCORES["honest"] = out.val_bpb
-    return _SCORES["honest"]
-
-
-def defended(out: Outcome, honest: float) -> bool:
-    """Refused, or scored no better than the honest model it really is."""
-    return out.status in ("invalid", "crash", "timeout") or out.val_bpb >= honest - 1e-9
-
-
-def in_repo(path: str) -> str:
-    """Code for a candidate (working in its run folder) naming a repo file, hidden from the
-    static checks: they are easy to get around, and these attacks test what comes after."""
-    hidden = f"bytes.fromhex({path.encode().hex()!r}).decode()"
-    return f"__import__('pathlib').Path.cwd().parents[2] / {hidden}"
-
 
 # --- 1. printing a fake score, writing a fake result file ------------------------------
 

@@ -19,19 +19,13 @@ from pathlib import Path
 
 import candidates
 import pytest
+from attacking import attack, needs_isolation
 
 from autoresearch.config import load_config
 from autoresearch.harness import sources
 from autoresearch.harness.prepare import prepare
-from autoresearch.harness.sandbox import isolation_works
-from autoresearch.runner import Outcome, run_experiment
-from autoresearch.validation import validate_proposal
 from autoresearch.workspace import init_repo
 
-TOKENS = 12 * 16 * 64  # 12 steps of 16 rows of 64 tokens
-needs_isolation = pytest.mark.skipif(
-    not isolation_works(), reason="this system does not allow unprivileged user namespaces"
-)
 STDLIB_CONFIG = """\
 [run]
 budget_seconds = 2
@@ -51,21 +45,6 @@ tokens = 16384
 batch_size = 8
 """
 SKIPPED = ("site-packages", "dist-packages", "__pycache__")  # as the source walks the library
-
-
-def attack(
-    repo: Path, source: str, isolation: str = "off", check: bool = True, **overrides
-) -> Outcome:
-    """Check `source` as evolve does, then run it as evolve does; `invalid` if refused."""
-    reason = check and validate_proposal(candidates.HONEST, source, seen_hashes=())
-    if reason:
-        return Outcome("invalid", reason)
-    settings = {"run.budget_tokens": TOKENS, "run.budget_seconds": 30, "run.isolation": isolation}
-    config = load_config(repo, settings | overrides)
-    run_dir = repo / ".autoresearch" / "runs" / f"a{len(list(repo.glob('.autoresearch/runs/*')))}"
-    run_dir.mkdir(parents=True)
-    (run_dir / "train.py").write_text(source)
-    return run_experiment(run_dir / "train.py", config, run_dir)
 
 
 @pytest.fixture(scope="module")
