@@ -64,7 +64,9 @@ from autoresearch.harness.sandbox import (
     isolation_works,
     prctl,
 )
+from autoresearch.harness.untrusted import read_untrusted
 from autoresearch.ledger import Record
+from autoresearch.redact import redact
 from autoresearch.workspace import LEDGER_FILE, PROTECTED_FILES, STATE_DIR, TRAIN_FILE
 
 # Only these variables reach the candidate: never API keys, tokens or credentials. Not HOME
@@ -113,6 +115,8 @@ MEASURED_FIELDS = (
     "num_params", "mfu_percent", "device", "fingerprints", "timings",
 )  # fmt: skip
 LOG_TAIL_LINES = 40
+LOG_TAIL_BYTES = 64 * 1024  # read from the end of a log for its last lines
+META_BYTES = 64 * 1024  # the hand-over notes are a few fields: more is not notes
 MIN_FREE_BYTES = 64 * 2**20  # a run that failed with less free disk than this failed for that
 # bf16 dense peak FLOP/s by device name, for MFU; unknown devices report no MFU.
 PEAK_FLOPS = {
@@ -153,6 +157,7 @@ class Outcome:
     def to_record(self, **fields: object) -> Record:
         """The ledger record of this outcome; `fields` add what the runner cannot know (id, ...)."""
         measured = {name: getattr(self, name) for name in MEASURED_FIELDS}
+        measured["reason"] = redact(self.reason)  # it may quote the candidate's output
         return Record(**({"memory_gb": self.memory_gb} | measured | fields))
 
 
@@ -273,12 +278,13 @@ def _reap(pid: int, timeout: float) -> tuple[int | None, object]:
 
 
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    """The last `lines` lines of a run's log; "" if it is missing or not a plain file (the
+    candidate may have replaced it: see harness.untrusted)."""
     try:
-        with open(path, "rb") as f:
-            f.seek(max(0, os.fstat(f.fileno()).st_size - 64 * 1024))
-            return b"\n".join(f.read().splitlines()[-lines:]).decode("utf-8", "replace")
-    except FileNotFoundError:
+        tail = read_untrusted(path, LOG_TAIL_BYTES)
+    except OSError:
         return ""
+    return b"\n".join(tail.splitlines()[-lines:]).decode("utf-8", "replace")
 
 
 def run_experiment(
@@ -733,7 +739,7 @@ class Evaluator:
 def _read_meta(path: Path) -> dict:
     """The candidate's own hand-over notes: informational, every field optional."""
     try:
-        meta = json.loads(path.read_text())
+        meta = json.loads(read_untrusted(path, META_BYTES))
         return meta if isinstance(meta, dict) else {}
     except (OSError, ValueError):
         return {}

@@ -274,11 +274,20 @@ def test_served_batches_are_the_local_loaders(data: tuple[Path, list[list[int]]]
 
 
 def test_server_stops_at_the_token_budget(served):
-    server, channel = served(budget_tokens=int(2.5 * B * T))
+    server, channel = served(budget_tokens=int(20.5 * B * T))
     batches = list(ServedLoader(channel, B, T, "cpu"))  # ends by itself
-    assert len(batches) == 3  # the last one crosses the budget: none after it
-    assert server.tokens_served == channel.tokens_served == 3 * B * T
+    assert len(batches) == 21  # the last one crosses the budget, whole: none after it
+    assert server.tokens_served == channel.tokens_served == 21 * B * T
     assert server.refused == 1 and channel.rows(1, T + 1) is None and server.refused == 2
+
+
+def test_a_batch_far_past_the_budget_is_cut_to_it(served):
+    """A batch bigger than LAST_BATCH_SHARE of the budget gets only the rows it has left."""
+    server, channel = served(budget_tokens=int(2.5 * B * T))
+    sizes = [len(x) for x, _ in ServedLoader(channel, B, T, "cpu")]
+    assert sizes == [B, B, B // 2] and server.tokens_served == int(2.5 * B * T)
+    server, channel = served(budget_tokens=B * T)
+    assert len(channel.rows(100 * B, T + 1)) == B  # one huge request: the budget, no more
 
 
 def test_server_counts_what_was_drawn_before_the_start(served):

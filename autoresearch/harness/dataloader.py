@@ -54,6 +54,9 @@ REQUEST = struct.Struct("<i")
 START = 0
 REPLY = struct.Struct("<QII")  # tokens served so far, rows that follow (0: none, budget spent),
 # bytes per token
+# The batch that crosses a token budget is served whole if it is at most this share of the
+# budget (an honest loop's last batch), else cut to the budget: training stays within 10%.
+LAST_BATCH_SHARE = 0.10
 MAX_REQUEST_TOKENS = 1 << 26  # 128 MiB of uint16 in one reply: a bigger request is garbage
 
 if TYPE_CHECKING:  # torch is imported where batches are made: checking the token files
@@ -321,7 +324,8 @@ class BatchServer:
     A thread answers the candidate's requests in order, so what it counts before the
     START message is exactly what the candidate drew before `budget.start()`. With a
     token budget it serves while fewer tokens than the budget have gone out (the last
-    batch may cross it) and answers every later request with no rows.
+    batch may cross it by LAST_BATCH_SHARE of the budget, see `_allowed_rows`) and answers
+    every later request with no rows.
     """
 
     def __init__(
@@ -392,12 +396,24 @@ class BatchServer:
                 self.refused += 1
                 sock.sendall(REPLY.pack(self.tokens_served, 0, dtype.itemsize))
                 continue
+            n_rows = self._allowed_rows(n_rows)
             rows = np.empty((n_rows, row_len), dtype=dtype)
             stream.fill(rows)
             self.tokens_served += n_rows * self.seq_len
             self.times.append(now)
             sock.sendall(REPLY.pack(self.tokens_served, n_rows, dtype.itemsize))
             sock.sendall(rows.data)
+
+    def _allowed_rows(self, n_rows: int) -> int:
+        """How many of `n_rows` requested rows to serve under the token budget: all of them,
+        unless the batch crosses the budget by more than LAST_BATCH_SHARE of it; then the
+        rows the budget has left (one request for a huge batch buys no training past it)."""
+        left = self.budget_tokens - self.tokens_served
+        wanted = n_rows * self.seq_len
+        budget = self.budget_tokens
+        if not budget or wanted <= left or wanted <= LAST_BATCH_SHARE * budget:
+            return n_rows
+        return -(-left // self.seq_len)  # the rows left, the last one crossing the budget
 
 
 class DataChannel:

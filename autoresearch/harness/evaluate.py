@@ -57,7 +57,6 @@ PROBE_TOLERANCE_BF16 = 1e-2
 # No honest model needs logits this large (a softmax saturates long before): larger, or not
 # finite, and a logit of a never-scored token could hide what the model does elsewhere.
 LOGIT_LIMIT = 1e4
-EVAL_SEED = 1234  # for the probe's random edits only; the data order is fixed
 PROBE_PASSES = 4  # causality probes, each with a random cut per row
 
 
@@ -156,7 +155,12 @@ def evaluate(spec: EvalSpec, data: EvalData | None = None) -> EvalResult:
     first = _batch(rows, 0, B).to(device)
     reference = logits_of(first[:, :-1])
     tolerance = PROBE_TOLERANCE_BF16 if device.type == "cuda" else PROBE_TOLERANCE
-    _probe_causality(logits_of, first[:, :-1], reference, tokenizer.vocab_size, tolerance)
+    # The probe's rows and cuts are drawn afresh for each evaluation, from a seed no candidate
+    # can know: a model that knew them could peek at the next token everywhere else.
+    generator = torch.Generator(device="cpu").manual_seed(int.from_bytes(os.urandom(8), "little"))
+    probed = rows[torch.randint(0, n_rows, (B,), generator=generator)].to(device)[:, :-1]
+    vocab = tokenizer.vocab_size
+    _probe_causality(logits_of, probed, logits_of(probed), vocab, tolerance, generator)
 
     nats = torch.zeros((), dtype=torch.float64, device=device)
     nbytes = torch.zeros((), dtype=torch.int64, device=device)
@@ -190,7 +194,9 @@ def _batch(rows, start: int, size: int):
     return batch
 
 
-def _probe_causality(logits_of, x, reference, vocab_size: int, tolerance: float) -> None:
+def _probe_causality(
+    logits_of, x, reference, vocab_size: int, tolerance: float, generator: torch.Generator
+) -> None:
     """Edit every row from a random cut on; the log-probabilities before the cut must not move.
 
     Each row and each pass cuts somewhere else, so a model that peeks ahead at a fraction f
@@ -199,7 +205,6 @@ def _probe_causality(logits_of, x, reference, vocab_size: int, tolerance: float)
     import torch
 
     rows, length = x.shape
-    generator = torch.Generator(device="cpu").manual_seed(EVAL_SEED)
     reference = reference.log_softmax(dim=-1)
     for _ in range(PROBE_PASSES):
         cuts = torch.randint(1, length, (rows, 1), generator=generator)

@@ -20,12 +20,15 @@ from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from autoresearch.harness.untrusted import check_regular, read_untrusted
+
 if TYPE_CHECKING:
     import torch
     from torch.export import ExportedProgram
 
 GRAPH_FILE = "model.json"
 WEIGHTS_FILE = "weights.safetensors"
+GRAPH_BYTES = 2**30  # far more than any graph's JSON; a bigger file is not a graph
 
 # The ATen ops a hand-over graph may call: pure functions of their tensor arguments. Chosen as
 # the ops the baselines export to (tests/test_model_io.py exports each and checks it against
@@ -207,6 +210,7 @@ def load_exported(folder: Path, device: str) -> ExportedProgram:
     from torch.nn import Parameter
 
     state_dict, constants = {}, {}
+    check_regular(folder / WEIGHTS_FILE)  # not a link to the validation tokens, not a FIFO
     with safe_open(str(folder / WEIGHTS_FILE), framework="pt", device=device) as f:
         parameters = set(json.loads((f.metadata() or {}).get("parameters", "[]")))
         for key in f.keys():  # noqa: SIM118 - safe_open is not a mapping
@@ -219,7 +223,7 @@ def load_exported(folder: Path, device: str) -> ExportedProgram:
             else:
                 constants[name] = tensor
     # Empty bytes, not a tuple: "no example inputs", and never a torch.load.
-    graph = (folder / GRAPH_FILE).read_bytes()
+    graph = read_untrusted(folder / GRAPH_FILE, GRAPH_BYTES)
     check_graph(json.loads(graph))
     artifact = serialize.SerializedArtifact(graph, state_dict, constants, b"")
     return serialize.deserialize(artifact)

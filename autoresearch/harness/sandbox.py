@@ -259,15 +259,7 @@ def _kill(pid: int) -> None:
 # ---------------------------------------------------------------------------
 def enter_namespaces(spec: SandboxSpec) -> None:
     """Move this process into new namespaces (its next child becomes the PID namespace's init)."""
-    uid, gid = os.getuid(), os.getgid()
-    flags = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | (0 if spec.network else CLONE_NEWNET)
-    _check(_libc().unshare(flags), "unshare")
-    # The same ids inside as outside, so the candidate is no root there: after exec it holds
-    # no capabilities and cannot undo the mounts below.
-    Path("/proc/self/setgroups").write_text("deny")
-    Path("/proc/self/uid_map").write_text(f"{uid} {uid} 1")
-    Path("/proc/self/gid_map").write_text(f"{gid} {gid} 1")
-    _mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing we do here leaks out
+    _unshare(CLONE_NEWPID | (0 if spec.network else CLONE_NEWNET))
     for path in spec.writable:  # first, so the read-only binds below carry them along
         _mount(path, path, None, MS_BIND | MS_REC)
     for path in spec.readonly:
@@ -278,6 +270,18 @@ def enter_namespaces(spec: SandboxSpec) -> None:
             _mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, "size=4k")
         elif os.path.exists(path):
             _mount("/dev/null", path, None, MS_BIND)
+
+
+def _unshare(flags: int) -> None:
+    """New user and mount namespaces (and those in `flags`), with private mounts."""
+    uid, gid = os.getuid(), os.getgid()
+    _check(_libc().unshare(CLONE_NEWUSER | CLONE_NEWNS | flags), "unshare")
+    # The same ids inside as outside, so the process is no root there: after exec (or
+    # drop_capabilities) it holds no capabilities and cannot undo the mounts made here.
+    Path("/proc/self/setgroups").write_text("deny")
+    Path("/proc/self/uid_map").write_text(f"{uid} {uid} 1")
+    Path("/proc/self/gid_map").write_text(f"{gid} {gid} 1")
+    _mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing we do here leaks out
 
 
 def remount_everything_readonly(writable: list[str]) -> None:
@@ -386,12 +390,7 @@ def confine_in_place() -> None:
     after that a process may not start threads, and torch needs them. Call it before any
     thread starts: a process with threads cannot enter a user namespace.
     """
-    uid, gid = os.getuid(), os.getgid()
-    _check(_libc().unshare(CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWNET), "unshare")
-    Path("/proc/self/setgroups").write_text("deny")
-    Path("/proc/self/uid_map").write_text(f"{uid} {uid} 1")
-    Path("/proc/self/gid_map").write_text(f"{gid} {gid} 1")
-    _mount(None, "/", None, MS_REC | MS_PRIVATE)
+    _unshare(CLONE_NEWNET)
     remount_everything_readonly([])
     drop_capabilities()
     # capset(2), version 3: an empty effective, permitted and inheritable set, for good.
