@@ -14,6 +14,7 @@ test_host, knowing only the docs: each beat them once, and must not any more.
 
 from __future__ import annotations
 
+import os
 import signal
 
 import candidates
@@ -126,7 +127,8 @@ def test_3_a_log_linked_to_the_orchestrators_environment_reads_nothing(
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
     out = attack(research_repo, replaced("run.log", "'/proc/self/environ'"), isolation=isolation)
     assert out.status == "crash" and SECRET not in out.reason, out.reason
-    assert "OPENAI_API_KEY" not in out.reason, out.reason
+    quoted = [name for name, value in os.environ.items() if f"{name}={value}" in out.reason]
+    assert not quoted, out.reason  # not one variable of the orchestrator's environment
 
 
 def test_3_a_log_linked_to_a_fifo_does_not_hang_the_orchestrator(research_repo, no_hang):
