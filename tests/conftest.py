@@ -82,3 +82,20 @@ def research_repo(tmp_path, corpus, monkeypatch) -> Path:
     repo = make_research_repo(tmp_path / "research", corpus)
     monkeypatch.chdir(repo)
     return repo
+
+
+_SCORES: dict[str, float] = {}
+
+
+@pytest.fixture
+def honest_bpb(research_repo) -> float:
+    """The true score of the attack suite: what the honest bigram of tests/candidates.py gets
+    through the real runner (the same in every repo of the session)."""
+    if "honest" not in _SCORES:
+        import candidates
+        from attacking import attack
+
+        out = attack(research_repo, candidates.HONEST, check=False)
+        assert out.status == "keep", out.reason
+        _SCORES["honest"] = out.val_bpb
+    return _SCORES["honest"]

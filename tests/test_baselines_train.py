@@ -22,17 +22,20 @@ GPT_ON_A_CPU = {
 }  # fmt: skip
 
 
-def train(repo: Path, source: str, budget: float):
+def train(repo: Path, source: str, budget: float, tokens: int = 0):
     (repo / "train.py").write_text(source)
-    config = load_config(repo, {"run.budget_seconds": budget})
+    config = load_config(repo, {"run.budget_seconds": budget, "run.budget_tokens": tokens})
     return run_experiment(repo / "train.py", config, repo / ".autoresearch/runs/b")
 
 
 def test_tiny_baseline_learns_in_seconds(research_repo):
-    out = train(research_repo, (BASELINES / "tiny/train.py").read_text(), budget=8)
+    # A token budget: 20 steps of 16 rows of 64 tokens however busy the machine is (the
+    # seconds are only a cap; on an idle one they take a few).
+    tokens = 20 * 16 * 64
+    out = train(research_repo, (BASELINES / "tiny/train.py").read_text(), 60, tokens)
     assert out.status == "keep", out.reason
     assert out.val_bpb < UNIFORM_BPB - 3, out.val_bpb  # clearly learnt something
-    assert out.num_steps > 3  # a busy machine may manage only a few steps in 8 s
+    assert out.tokens == tokens and out.num_steps == 20
 
 
 def test_gpt_baseline_runs_on_cpu_when_shrunk(research_repo):
