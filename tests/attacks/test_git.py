@@ -220,6 +220,7 @@ def test_2_repo_git_files_changed_in_a_run_are_caught(research_repo, payload, ho
     assert not marker_of(payload).exists(), marker_of(payload).read_text()
 
 
+@pytest.mark.slow
 def test_2_evolve_stops_at_a_repo_config_attack(research_repo, payload, hooks_dir):
     """A real search: the attack is recorded `invalid`, the search stops, and the commands
     that follow (the result commit, then the CLI's next look at HEAD) run no payload."""

@@ -30,6 +30,8 @@ MEMORY_CAP = {"run.memory_gb": 0.75}  # torch alone is ~0.3 GB resident
 PROCESS_CAP = {"run.max_processes": 100}
 DISK_CAP = {"run.disk_gb": 0.005}  # 5 MB
 BOTH = ["off", pytest.param("on", marks=needs_isolation)]
+# The caps hold the same way with and without namespaces: CI runs each without them.
+CAPS_BOTH = ["off", pytest.param("on", marks=[needs_isolation, pytest.mark.slow])]
 
 
 @pytest.fixture
@@ -169,7 +171,7 @@ DISK_MANY_FILES = candidates.honest_with(
 )
 
 
-@pytest.mark.parametrize("isolation", BOTH)
+@pytest.mark.parametrize("isolation", CAPS_BOTH)
 @pytest.mark.parametrize("source", [MEMORY_HOG, MEMORY_HOG_CHILD], ids=["python", "child"])
 def test_5_memory_over_the_cap_is_a_crash(research_repo, source, isolation):
     out = attack(research_repo, source, isolation=isolation, **MEMORY_CAP)
@@ -177,7 +179,7 @@ def test_5_memory_over_the_cap_is_a_crash(research_repo, source, isolation):
     assert out.reason.startswith("out of memory") and "0.75 GB (run.memory_gb)" in out.reason
 
 
-@pytest.mark.parametrize("isolation", BOTH)
+@pytest.mark.parametrize("isolation", CAPS_BOTH)
 @pytest.mark.parametrize("source", [FORK_BOMB, THREAD_BOMB], ids=["forks", "threads"])
 def test_5_processes_over_the_cap_are_a_crash(research_repo, source, isolation):
     out = attack(research_repo, source, isolation=isolation, **PROCESS_CAP)
@@ -186,7 +188,7 @@ def test_5_processes_over_the_cap_are_a_crash(research_repo, source, isolation):
     assert "100 processes and threads (run.max_processes)" in out.reason
 
 
-@pytest.mark.parametrize("isolation", BOTH)
+@pytest.mark.parametrize("isolation", CAPS_BOTH)
 @pytest.mark.parametrize("source", [DISK_ONE_FILE, DISK_MANY_FILES], ids=["one-file", "many"])
 def test_5_disk_over_the_cap_is_a_crash(research_repo, source, isolation):
     out = attack(research_repo, source, isolation=isolation, **DISK_CAP)
@@ -199,6 +201,7 @@ def test_5_the_honest_candidate_runs_within_the_caps(research_repo, honest_bpb):
     assert out.status == "keep" and out.val_bpb == honest_bpb, out.reason
 
 
+@pytest.mark.slow
 def test_5_the_search_goes_on_after_each_cap(research_repo):
     """A run over a cap is an ordinary crash: the next experiment of the search runs."""
     repo = research_repo

@@ -228,6 +228,7 @@ def test_3_copies_in_other_installations_are_hidden_by_isolation(stdlib_repo, ho
 # --- what the hiding must not break -------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_tiny_baseline_needs_none_of_the_hidden_packages(stdlib_repo):
     """The real baseline (torch, numpy, the harness) under the guard and, where the system
     allows, the namespaces: nothing it imports lives in a hidden folder."""
