@@ -20,8 +20,9 @@ def read_untrusted(path: Path, limit: int) -> bytes:
     else: a missing file, a symbolic link, a FIFO, a device, a folder."""
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
-        size = os.fstat(fd).st_size
-        check_regular(path, os.fstat(fd).st_mode)
+        st = os.fstat(fd)
+        check_regular(path, st.st_mode)
+        size = st.st_size
         os.lseek(fd, max(0, size - limit), os.SEEK_SET)
         chunks, left = [], min(size, limit)
         while left > 0 and (chunk := os.read(fd, left)):
