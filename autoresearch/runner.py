@@ -43,7 +43,7 @@ from autoresearch.errors import UserError
 from autoresearch.harness.cache import cache_root
 from autoresearch.harness.context import CONTEXT_ENV, DATA_ENV, EVENTS_ENV, build_context
 from autoresearch.harness.dataloader import BatchServer
-from autoresearch.harness.evaluate import GO, EvalSpec
+from autoresearch.harness.evaluate import GO, WARM, EvalSpec
 from autoresearch.harness.events import LOSS_LIMIT
 from autoresearch.harness.fingerprint import harness_fingerprint, sha256_file
 from autoresearch.harness.handover import META_FILE
@@ -327,7 +327,7 @@ def run_experiment(
     root = research_root(train_py)
     protected = protected_files(root, manifest)
     before = file_states(protected)
-    evaluator = Evaluator(spec, run_dir / "eval.log")  # loads its data while the candidate trains
+    evaluator = Evaluator(spec, run_dir / "eval.log")  # warmed up once training starts
     data = BatchServer(
         manifest.train_path,
         config.data.sequence_len,
@@ -338,7 +338,7 @@ def run_experiment(
     try:
         sandbox = sandbox_spec(train_py, config, run_dir, root, manifest, isolate, ctx.device)
         limits = (hard_limit(config), export_limit(config.run.budget_seconds))
-        run = _supervise(sandbox, run_dir, limits, on_event, data)
+        run = _supervise(sandbox, run_dir, limits, on_event, data, evaluator.warm)
         t_end = time.monotonic()
         events = run.events
         # Either may be forged or missing; the earlier one opens the window: a late `start`
@@ -557,10 +557,11 @@ def _supervise(
     limits: tuple[float, float],
     on_event: Callable[[dict], None] | None,
     data: BatchServer,
+    on_training: Callable[[], None],
 ) -> TrainingRun:
     """Run the sandbox until the candidate exits, hands over, diverges, cheats or times out
     (`limits`: seconds from spawn, and from `handover` to `handed_over`), serving it the
-    training rows from `data` all along."""
+    training rows from `data` all along; `on_training` is called once training starts."""
     limit, export_seconds = limits
     t_spawn = time.monotonic()
     read_fd, write_fd = os.pipe()
@@ -589,11 +590,15 @@ def _supervise(
     data.serve(ours)
     events = Events(read_fd, run_dir / HANDOVER_DIR, on_event)
     returncode, rusage, why_stopped = None, None, ""
+    training = False
     try:
         while True:
             returncode, rusage = _reap(proc.pid, 0)
             if returncode is not None:
                 break
+            if not training and ("start" in events.times or data.first_batch is not None):
+                training = True
+                on_training()
             if time.monotonic() - t_spawn > limit:
                 why_stopped = "timeout"
             elif events.diverged:
@@ -693,8 +698,9 @@ def _training_failure(
 
 
 class Evaluator:
-    """The trusted evaluator process, started early: it imports torch and loads the validation
-    rows while the candidate trains, and loads the model only when told the hand-over is done."""
+    """The trusted evaluator process, started with the candidate: told `warm` once training
+    starts, it imports torch and loads the validation rows while the candidate trains, and
+    loads the model only when told the hand-over is done."""
 
     def __init__(self, spec: EvalSpec, log_path: Path):
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed by score() or cancel()
@@ -709,6 +715,12 @@ class Evaluator:
             preexec_fn=die_with_parent,
         )
         self._log_path = log_path
+
+    def warm(self) -> None:
+        """Training has started: load everything but the model now."""
+        with contextlib.suppress(OSError):  # it died: score() says so
+            self.proc.stdin.write(f"{WARM}\n".encode())
+            self.proc.stdin.flush()
 
     def score(self) -> tuple[dict, str, bool]:
         """(result, "", False), or ({}, error, refused): refused when the evaluator found the

@@ -1,10 +1,13 @@
 """The trusted evaluation: val_bpb of a handed-over model, in its own process.
 
-    python -m autoresearch.harness.evaluate '<spec json>'     # then "go" on stdin
+    python -m autoresearch.harness.evaluate '<spec json>'     # then "warm", "go" on stdin
 
-The runner starts this while the candidate trains: it imports torch and loads
-the validation rows meanwhile, then waits. Once the training process has
-handed over and exited, the runner writes "go" and this process loads the
+The runner starts this with the candidate. Once the candidate's training has
+started, "warm" tells it to import torch and its model loader and to load the
+validation rows, then wait (not earlier: on a CPU that work would slow the
+candidate's start-up, which is overhead, while during training it only costs a
+core for a second or two). Once the training process has handed over and exited,
+the runner writes "go" and this process loads the
 exported graph (no candidate Python runs here), scores a fixed number of
 tokens of the pinned validation split, and prints one JSON line. Before
 scoring, two probes catch models that cheat through their forward pass:
@@ -44,6 +47,7 @@ if TYPE_CHECKING:
 
     from autoresearch.harness.tokenizer import Tokenizer
 
+WARM = "warm"  # the runner's first signal on stdin: training has started, load what you can
 GO = "go"  # the runner's signal on stdin: the hand-over is complete, score it
 # The causality probe compares log-probabilities (shift-invariant: no scaling of the logits
 # widens the margin) before the cut against fixed bounds that nothing the model returns moves.
@@ -100,12 +104,15 @@ class EvalData:
 
 
 def load_data(spec: EvalSpec) -> EvalData:
+    """The tokenizer, byte counts and validation rows, and the model loader imported."""
     import numpy as np
     import torch
 
     from autoresearch.harness.dataloader import eval_rows
+    from autoresearch.harness.model_io import warm_up
     from autoresearch.harness.tokenizer import Tokenizer
 
+    warm_up()
     tokenizer = Tokenizer.load(Path(spec.tokenizer_path))
     token_bytes = torch.from_numpy(tokenizer.token_bytes().astype(np.int64)).to(spec.device)
     n_rows = spec.eval_tokens // spec.sequence_len
@@ -239,8 +246,11 @@ def main() -> None:
     spec = EvalSpec(**json.loads(sys.argv[1]))
     try:
         confine(spec.isolated)
-        data = load_data(spec)
-        if sys.stdin.readline().strip() != GO:
+        signal = sys.stdin.readline().strip()
+        data = load_data(spec) if signal in (WARM, GO) else None
+        if signal == WARM:
+            signal = sys.stdin.readline().strip()
+        if signal != GO:
             return  # the candidate failed: nothing to score
         result = evaluate(spec, data)
     except (EvalError, UserError) as e:

@@ -202,6 +202,13 @@ def _check_target(target: str, inputs: list) -> None:
             )
 
 
+def warm_up() -> None:
+    """Import what `load_exported` needs ahead of time: torch's export deserialiser takes over
+    a second to import on a CPU, which the evaluator pays while the candidate trains."""
+    import safetensors.torch  # noqa: F401
+    from torch._export.serde import serialize  # noqa: F401
+
+
 def load_exported(folder: Path, device: str) -> ExportedProgram:
     """Rebuild the program from JSON and safetensors only; raises on anything malformed, and
     ForbiddenGraph on a graph that `check_graph` refuses, before deserialising anything."""
