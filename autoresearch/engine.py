@@ -58,7 +58,7 @@ from autoresearch.population import BASELINE, CALIBRATE
 from autoresearch.progress import LiveProgress
 from autoresearch.proposal import HistoryEntry, Proposal, ProposalRequest, Proposer, Usage
 from autoresearch.redact import redact
-from autoresearch.runner import Outcome, kill_leftovers, log_tail, run_experiment
+from autoresearch.runner import Outcome, Runner, kill_leftovers, log_tail, run_experiment
 from autoresearch.validation import MAX_SOURCE_BYTES, source_hash, validate_proposal
 from autoresearch.workspace import (
     LEDGER_FILE,
@@ -159,8 +159,10 @@ class Engine:
         progress: Callable[..., LiveProgress] | None = None,
         notify: Callable[[Record], None] | None = None,
         configured: dict | None = None,
+        runner: Runner = run_experiment,
     ):
         self.repo, self.config, self.tag = repo, config, tag
+        self.runner = runner  # trains and scores one candidate (a test double in engine tests)
         self.settings = config.evolve
         self.proposers = proposers
         self.say = say
@@ -520,7 +522,7 @@ class Engine:
         self._write_status(phase="training", experiment=cid)
         budget = self.config.run.budget_seconds
         on_event = self.progress(budget, label=cid) if self.progress else None
-        outcome = run_experiment(train_py, self.config, run_dir, on_event=on_event)
+        outcome = self.runner(train_py, self.config, run_dir, on_event=on_event)
         if on_event is not None:
             on_event.close()  # a crash leaves the bar open: end it before the result line
         status, promoted = self._judge(outcome, spec)

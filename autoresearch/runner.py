@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import autoresearch
 from autoresearch.config import CONFIG_FILE, Config
@@ -285,6 +286,18 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     except OSError:
         return ""
     return b"\n".join(tail.splitlines()[-lines:]).decode("utf-8", "replace")
+
+
+class Runner(Protocol):
+    """What trains and scores one candidate: `run_experiment`, or a test double."""
+
+    def __call__(
+        self,
+        train_py: Path,
+        config: Config,
+        run_dir: Path,
+        on_event: Callable[[dict], None] | None = None,
+    ) -> Outcome: ...
 
 
 def run_experiment(

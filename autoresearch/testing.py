@@ -8,20 +8,34 @@ Each `propose` call takes the next reply of the script: a source (a default
 description is made up), a `(source, description)` pair, a whole `Proposal`,
 an exception instance (raised, to test recovery), or a callable taking the
 request. Every request is kept in `proposer.requests` for assertions.
+
+    runner = ScriptedRunner(lambda source: 3.0 - 0.1 * source.count("better"), seconds=0.2)
+    Engine(repo, config, tag, proposers, say=print, runner=runner).run(base_commit)
+
+`ScriptedRunner` stands in for the real runner: each experiment's outcome is
+computed from its `train.py` source (a val_bpb, or a whole `Outcome` such as a
+crash), after an optional sleep, so the engine's rules are tested in
+milliseconds and its concurrency with sleeps. Every call is kept in
+`runner.calls`.
 """
 
 from __future__ import annotations
 
 import random
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Union
 
+from autoresearch.config import Config
 from autoresearch.hookspecs import hookimpl
 from autoresearch.plugins import PluginManager, check_hooks, get_plugin_manager
 from autoresearch.proposal import HistoryEntry, Proposal, ProposalRequest
+from autoresearch.runner import Outcome
 
 SCRIPTED = "scripted"
 DESCRIPTION = "a scripted test double"
@@ -66,6 +80,54 @@ class ScriptedProposer:
         if callable(reply) and not isinstance(reply, Proposal):
             reply = reply(request)
         return _as_proposal(reply, f"{self.name} proposal {number}")
+
+
+@dataclass(frozen=True)
+class RunnerCall:
+    """One experiment the scripted runner was given."""
+
+    source: str
+    run_dir: Path
+    started: float  # time.monotonic() when it began
+    ended: float
+
+
+class ScriptedRunner:
+    """A thread-safe runner whose outcomes are computed from the source: `score(source)`
+    returns a val_bpb (status `keep`) or a whole `Outcome`, or raises (as the real runner
+    does on a machine fault). Each experiment takes `seconds` (a sleep)."""
+
+    def __init__(self, score: Callable[[str], float | Outcome], seconds: float = 0.0) -> None:
+        self.score = score
+        self.seconds = seconds
+        self.calls: list[RunnerCall] = []
+        self._lock = threading.Lock()
+
+    def __call__(
+        self,
+        train_py: Path,
+        config: Config,
+        run_dir: Path,
+        on_event: Callable[[dict], None] | None = None,
+    ) -> Outcome:
+        started = time.monotonic()
+        source = train_py.read_text(encoding="utf-8")
+        run_dir.mkdir(parents=True, exist_ok=True)
+        time.sleep(self.seconds)
+        scored = self.score(source)
+        outcome = (
+            scored
+            if isinstance(scored, Outcome)
+            else Outcome(
+                "keep", "scored by a test double", val_bpb=float(scored),
+                training_seconds=self.seconds, total_seconds=self.seconds, device="cpu",
+            )  # fmt: skip
+        )
+        # The engine hands a crash back to its proposer with the run's log tail.
+        (run_dir / "run.log").write_text(f"{outcome.status}: {outcome.reason}\n", encoding="utf-8")
+        with self._lock:
+            self.calls.append(RunnerCall(source, run_dir, started, time.monotonic()))
+        return outcome
 
 
 def _as_proposal(reply: object, default_description: str) -> Proposal:

@@ -1,4 +1,5 @@
-"""The evolve engine on real research repos, with real tiny training and scripted proposers."""
+"""The evolve engine on real research repos with scripted proposers: its rules with a
+scripted runner (an outcome computed from the source), one search with real tiny training."""
 
 from __future__ import annotations
 
@@ -12,13 +13,13 @@ import git
 import pytest
 
 from autoresearch.config import load_config
-from autoresearch.constants import rewrite_constants
+from autoresearch.constants import read_constants, rewrite_constants
 from autoresearch.engine import Engine, RunLock
 from autoresearch.errors import UserError
 from autoresearch.ledger import Record
 from autoresearch.population import champion, population
-from autoresearch.runner import Outcome
-from autoresearch.testing import ScriptedProposer
+from autoresearch.runner import Outcome, run_experiment
+from autoresearch.testing import ScriptedProposer, ScriptedRunner
 from autoresearch.workspace import candidate_branch, research_branch, state_dir
 
 # A bigram that does not learn (LR 0) is the baseline; LR 0.2 learns and is far better.
@@ -34,13 +35,26 @@ def committed(repo, source: str) -> str:
         return r.index.commit("baseline for the test").hexsha
 
 
-def make_engine(repo, proposer, *, budget=1.5, **evolve):
+def by_learning_rate(source: str) -> float | Outcome:
+    """The scripted runner's outcome: a higher LR scores better; a candidate that raises
+    before its hand-over crashes with what it raised."""
+    if "raise " in source:
+        raised = source.split("raise ", 1)[1].splitlines()[0]
+        return Outcome("crash", f"exit code 1: {raised}")
+    return 3.0 - 5 * float(read_constants(source)["LR"])
+
+
+def make_engine(repo, proposer, *, budget=1.5, runner=None, **evolve):
+    """An engine on `repo`; `runner` None: the scripted runner scoring by learning rate."""
     evolve = {"calibrate": 0, "prefetch": 1, "population": 1} | evolve
     config = load_config(
         repo, {"run.budget_seconds": budget} | {f"evolve.{k}": v for k, v in evolve.items()}
     )
     lines: list[str] = []
-    engine = Engine(repo, config, "t", {proposer.name: (proposer, 1.0)}, say=lines.append)
+    engine = Engine(
+        repo, config, "t", {proposer.name: (proposer, 1.0)}, say=lines.append,
+        runner=runner or ScriptedRunner(by_learning_rate),
+    )  # fmt: skip
     engine.lines = lines
     return engine
 
@@ -62,8 +76,9 @@ def test_greedy_loop_keeps_only_improvements(research_repo):
         ]
     )
     engine = make_engine(
-        research_repo, proposer, max_experiments=4, fix_attempts=0, max_invalid=3, prefetch=0
-    )
+        research_repo, proposer, max_experiments=4, fix_attempts=0, max_invalid=3, prefetch=0,
+        runner=run_experiment,
+    )  # fmt: skip
     records = engine.run(base)
 
     assert [(r.proposer, r.status, r.promoted) for r in records] == [
@@ -173,23 +188,26 @@ def test_unusable_proposer_stops_with_its_message(research_repo):
 
 
 def test_prefetch_keeps_the_device_busy(research_repo):
-    """A proposer as slow as the budget: with prefetch the device barely waits."""
+    """A proposer almost as slow as an experiment: with prefetch the device barely waits."""
     base = committed(research_repo, FROZEN)
     sources = [rewrite_constants(LEARNS, {"LR": 0.05 + 0.05 * i}) for i in range(4)]
 
     def slow(source):
         def reply(request):
-            time.sleep(1.5)
+            time.sleep(1.0)
             return source, "slow proposal"
 
         return reply
 
     proposer = ScriptedProposer([slow(s) for s in sources] + [slow(LEARNS)] * 2)
-    engine = make_engine(research_repo, proposer, population=4, prefetch=1, max_experiments=5)
+    runner = ScriptedRunner(by_learning_rate, seconds=1.5)
+    engine = make_engine(
+        research_repo, proposer, population=4, prefetch=1, max_experiments=5, runner=runner
+    )
     engine.run(base)
-    # Each experiment takes several seconds of start-up, training and evaluation, so the
-    # proposal prepared meanwhile is always ready, the first one included (prepared while
-    # the baseline trained).
+    # Each experiment takes 1.5 s, so the proposal prepared meanwhile is always ready, the
+    # first one included (prepared while the baseline trained).
+    assert len(runner.calls) == 5
     assert engine.idle_seconds < 1.0, engine.idle_seconds
 
 
