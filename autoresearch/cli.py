@@ -14,6 +14,7 @@ import click
 from autoresearch import __version__
 from autoresearch.config import DEVICES, load_config
 from autoresearch.errors import UserError, os_error_message
+from autoresearch.ledger import STATUSES
 from autoresearch.plugins import add_plugin_commands, load_data_sources
 from autoresearch.workspace import (
     BASELINES,
@@ -369,7 +370,7 @@ def _population_size(repo: Path) -> int:
     "--status",
     "statuses",
     multiple=True,
-    type=click.Choice(("keep", "discard", "crash", "timeout", "invalid")),
+    type=click.Choice(STATUSES),
     help="Only experiments with this status (of every experiment); repeat for several.",
 )
 @click.option("--tag", help='The evolve run to show (default: the latest; "" for `run`).')

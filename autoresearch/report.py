@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from autoresearch.errors import UserError, did_you_mean
-from autoresearch.ledger import Ledger, Record
+from autoresearch.ledger import STATUSES, Ledger, Record
 from autoresearch.population import (
     BASELINE,
     CALIBRATE,
@@ -254,9 +254,9 @@ def evolve_summary(
     tag = base.tag
     repeats = sum(r.proposer == CALIBRATE for r in records)
     tried = [r for r in records if r.proposer not in (BASELINE, CALIBRATE)]
-    counts = {s: sum(r.status == s for r in tried) for s in ("keep", "discard", "crash", "timeout")}
+    counts = {s: sum(r.status == s for r in tried) for s in STATUSES}
+    rejected = counts.pop("invalid")  # said apart: most never trained
     outcomes = ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "none"
-    rejected = sum(r.status == "invalid" for r in tried)
     candidates = len(tried) - rejected
     why = stop_reason or "done"
     plural = "s" * (rejected != 1)
