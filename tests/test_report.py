@@ -18,7 +18,7 @@ import pytest
 from autoresearch import report
 from autoresearch.errors import UserError
 from autoresearch.ledger import Ledger, Record
-from autoresearch.population import lineage
+from autoresearch.population import CALIBRATE, lineage
 from autoresearch.report import (
     EMPTY_LEDGER,
     baseline,
@@ -313,6 +313,17 @@ def test_status_of_a_finished_run_shows_the_last_record(research, tmp_path):
     assert text.startswith("no evolve run is going (the last one, tag 'mar5'")
     assert "last experiment: mar5/c0007 keep val_bpb 1.440000" in text
     assert "best of its tag: mar5/c0005" in text
+
+
+def test_status_names_the_champion_even_below_a_lucky_calibration_repeat(research, tmp_path):
+    records = research.ledger.records()
+    at = next(i for i, r in enumerate(records) if r.id == "c0001") + 1
+    repeat = Record(id="c0001r", status="keep", val_bpb=1.30, proposer=CALIBRATE, tag=TAG,
+                    parent="c0001", description="calibration repeat", created=2100.0)  # fmt: skip
+    records.insert(at, repeat)  # noise: the same train.py as the baseline, a lower score
+    text = format_status(run_status(tmp_path), records, now=10_000.0)
+    assert "best of its tag: mar5/c0005 keep val_bpb 1.400000" in text  # the starred row
+    assert "c0001r" not in text
 
 
 def test_status_without_any_run_or_record_is_the_empty_message(tmp_path):
