@@ -14,7 +14,8 @@ import click
 from autoresearch import __version__
 from autoresearch.config import DEVICES, load_config
 from autoresearch.errors import UserError, os_error_message
-from autoresearch.plugins import add_plugin_commands
+from autoresearch.ledger import STATUSES
+from autoresearch.plugins import add_plugin_commands, load_data_sources
 from autoresearch.workspace import (
     BASELINES,
     EXPORTS_DIR,
@@ -59,6 +60,7 @@ def prepare(source: str | None) -> None:
     from autoresearch.harness.prepare import prepare as prepare_data
 
     config = load_config(find_repo(), {"data.source": source})
+    load_data_sources()  # the harness knows only its built-ins by itself
     manifest = prepare_data(config, log=lambda line: click.echo(line, err=True))
     click.echo(
         f"prepared {manifest.source}: {manifest.train_tokens:,} train and"
@@ -368,7 +370,7 @@ def _population_size(repo: Path) -> int:
     "--status",
     "statuses",
     multiple=True,
-    type=click.Choice(("keep", "discard", "crash", "timeout", "invalid")),
+    type=click.Choice(STATUSES),
     help="Only experiments with this status (of every experiment); repeat for several.",
 )
 @click.option("--tag", help='The evolve run to show (default: the latest; "" for `run`).')
@@ -528,6 +530,7 @@ def _check_ready(config) -> None:
     missing or damaged, or a device this machine does not have."""
     from autoresearch.harness.prepare import load_manifest
 
+    load_data_sources()  # the harness knows only its built-ins by itself
     load_manifest(config)  # checks the tokenizer and token files too
     device = config.run.device
     if device in ("cuda", "mps"):

@@ -37,7 +37,11 @@ from typing import Any
 from autoresearch.errors import UserError
 
 SCHEMA_VERSION = 1
-STATUSES = ("keep", "discard", "crash", "timeout", "invalid")
+# Every status a record can have, declared here only. `invalid`: rejected before training
+# (syntax, a protected file, the contract broken, a duplicate) or caught cheating.
+SCORED_STATUSES = ("keep", "discard")  # trained and scored: the record has a val_bpb
+FAILED_STATUSES = ("crash", "timeout", "invalid")  # no score: the record's reason says why
+STATUSES = (*SCORED_STATUSES, *FAILED_STATUSES)
 TSV_COLUMNS = ("commit", "val_bpb", "memory_gb", "status", "description")
 CHAIN_FIELD = "chain"  # in each line, outside `Record`: a property of the file, not the run
 TAIL_BYTES = 2**16  # read back from the end to find the record a new one links to

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from autoresearch.errors import UserError
-from autoresearch.ledger import Record
+from autoresearch.ledger import FAILED_STATUSES, Record
 from autoresearch.population import baseline
 
 if TYPE_CHECKING:
@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 
 FIGSIZE = (13.0, 7.5)  # inches; with DPI, the PNG is 1560 x 900 pixels
 DPI = 120
-FAILED_STATUSES = ("crash", "timeout", "invalid")
 FAILED_MARKERS = {"crash": "X", "timeout": "v", "invalid": "s"}
 MANUAL_COLOR = "#4d4d4d"  # `autoresearch run` experiments: neutral, they are not a proposer
 PALETTE = ("#1f77b4", "#ff7f0e", "#9467bd", "#17becf", "#e377c2", "#bcbd22", "#8c564b", "#2ca02c")

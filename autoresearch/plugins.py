@@ -321,7 +321,11 @@ def make_proposer(
 
 
 def load_data_sources(pm: PluginManager | None = None) -> dict[str, Any]:
-    """Fill the harness's data-source registry through `register_data_sources`; return it."""
+    """Hand the data sources that plugins register through `register_data_sources` to the
+    harness's registry (`harness.sources.SOURCES`); return them by name.
+
+    The harness knows its built-ins by itself and never loads plugins, so a command that
+    resolves `data.source` calls this first for the sources of third-party plugins."""
     from autoresearch.harness import sources  # pyarrow: only when data is actually needed
 
     pm = pm if pm is not None else get_plugin_manager()

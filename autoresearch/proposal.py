@@ -20,7 +20,7 @@ class HistoryEntry:
 
     id: str
     parent: str | None
-    status: str  # keep | discard | crash | timeout | invalid
+    status: str  # one of autoresearch.ledger.STATUSES
     val_bpb: float | None
     delta: float | None  # val_bpb minus the parent's; negative is better
     description: str

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from autoresearch.errors import UserError, did_you_mean
-from autoresearch.ledger import Ledger, Record
+from autoresearch.ledger import STATUSES, Ledger, Record
 from autoresearch.population import (
     BASELINE,
     CALIBRATE,
@@ -254,9 +254,9 @@ def evolve_summary(
     tag = base.tag
     repeats = sum(r.proposer == CALIBRATE for r in records)
     tried = [r for r in records if r.proposer not in (BASELINE, CALIBRATE)]
-    counts = {s: sum(r.status == s for r in tried) for s in ("keep", "discard", "crash", "timeout")}
+    counts = {s: sum(r.status == s for r in tried) for s in STATUSES}
+    rejected = counts.pop("invalid")  # said apart: most never trained
     outcomes = ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "none"
-    rejected = sum(r.status == "invalid" for r in tried)
     candidates = len(tried) - rejected
     why = stop_reason or "done"
     plural = "s" * (rejected != 1)
@@ -688,7 +688,7 @@ def format_status(status: RunStatus, records: list[Record], now: float | None = 
         if not records:
             raise UserError(EMPTY_LEDGER)
         lines.append("last experiment: " + _record_line(records[-1], now))
-        best = _best_of(tag_records(records, records[-1].tag))
+        best = champion(tag_records(records, records[-1].tag))  # the leaderboard's starred row
         if best is not None and best is not records[-1]:
             lines.append("best of its tag: " + _record_line(best, now))
         return "\n".join(lines)
@@ -710,18 +710,13 @@ def format_status(status: RunStatus, records: list[Record], now: float | None = 
     else:
         lines.append(f"phase: {s.get('phase') or 'starting'}")
     lines.append(f"experiments done: {s.get('experiments_done', 0)}")
-    best = s.get("best")
+    best = s.get("best")  # the champion, as the engine writes it
     if isinstance(best, dict) and best.get("val_bpb") is not None:
         lines.append(f"best so far: {best.get('id')} val_bpb {best['val_bpb']:.6f}")
     else:
         lines.append("best so far: -")
     lines.append(f"spend so far: ${float(s.get('spend_usd') or 0.0):.2f}")
     return "\n".join(lines)
-
-
-def _best_of(records: list[Record]) -> Record | None:
-    scored = [r for r in records if r.val_bpb is not None]
-    return min(scored, key=lambda r: r.val_bpb) if scored else None
 
 
 def _record_line(r: Record, now: float) -> str:

@@ -32,6 +32,7 @@ from typing import Any
 from autoresearch import hookimpl
 from autoresearch.constants import Value, format_value, read_constants, rewrite_constants
 from autoresearch.errors import UserError
+from autoresearch.ledger import SCORED_STATUSES, STATUSES
 from autoresearch.plugins import check_option_names
 from autoresearch.proposal import HistoryEntry, Proposal, ProposalRequest
 
@@ -47,8 +48,6 @@ SIGNIFICANT = 3  # floats are written with three significant digits: tidy diffs
 MAX_ASKS = 5  # asks per proposal before giving up on finding a change
 SEED_WORD = "SEED"  # never tuned: a seed-only change measures noise
 DESCRIPTION = re.compile(r"^optuna trial (\d+): (.+)$")
-FINISHED = {"keep", "discard"}  # statuses with a val_bpb to learn from
-FAILED = {"crash", "timeout", "invalid"}
 DEFAULTS: dict[str, Any] = {
     "include": None,  # only these constants (default: every tunable one)
     "exclude": (),  # never these constants
@@ -228,9 +227,13 @@ def parse_description(description: str) -> dict[str, Value] | None:
 
 def _outcome(entry: HistoryEntry) -> float | str | None:
     """val_bpb of a finished experiment, 'fail', or None while it is not finished."""
-    if entry.status in FINISHED and entry.val_bpb is not None and math.isfinite(entry.val_bpb):
+    if (
+        entry.status in SCORED_STATUSES
+        and entry.val_bpb is not None
+        and math.isfinite(entry.val_bpb)
+    ):
         return float(entry.val_bpb)
-    if entry.status in FAILED or entry.status in FINISHED:
+    if entry.status in STATUSES:
         return "fail"
     return None
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 
+from autoresearch.ledger import FAILED_STATUSES
 from autoresearch.proposal import HistoryEntry, ProposalRequest
 
 MAX_BEST = 12  # history lines shown as "results so far"
@@ -17,7 +18,6 @@ MAX_FAILURES = 8  # history lines shown as "recent failures"
 MAX_HISTORY_DESCRIPTION = 160  # characters of each past description
 CRASH_TAIL_LINES = 60  # the end of a traceback is where the cause is
 CRASH_TAIL_CHARS = 6000
-FAILED_STATUSES = {"crash", "timeout", "invalid"}
 
 SYSTEM = """\
 You are an expert machine-learning research engineer. You improve a small \

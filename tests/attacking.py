@@ -15,6 +15,7 @@ import pytest
 
 from autoresearch.config import load_config
 from autoresearch.harness.sandbox import isolation_works
+from autoresearch.ledger import FAILED_STATUSES
 from autoresearch.runner import Outcome, run_experiment
 from autoresearch.validation import validate_proposal
 
@@ -42,7 +43,7 @@ def attack(
 
 def defended(out: Outcome, honest: float) -> bool:
     """Refused, or scored no better than the honest model it really is."""
-    return out.status in ("invalid", "crash", "timeout") or out.val_bpb >= honest - 1e-9
+    return out.status in FAILED_STATUSES or out.val_bpb >= honest - 1e-9
 
 
 def in_repo(path: str) -> str:

@@ -3,6 +3,9 @@
 Every test session gets its own AUTORESEARCH_CACHE, so tests never touch the
 user's cache and prepared data is shared between the tests of one session.
 litellm is told to use its bundled price map: no test may reach the network.
+No external plugin loads (AUTORESEARCH_PLUGINS is empty), so the plugins
+installed on the machine cannot change what a test sees; a test of the plugin
+system installs its own and chooses the filter itself.
 """
 
 from __future__ import annotations
@@ -16,7 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from autoresearch.plugins import PLUGINS_ENV
+
 os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+os.environ[PLUGINS_ENV] = ""  # built-ins only, in this process and in the CLI's subprocesses
 if "AUTORESEARCH_CACHE" not in os.environ:  # a session cache, removed when the session ends
     _cache = tempfile.mkdtemp(prefix="autoresearch-test-cache-")
     os.environ["AUTORESEARCH_CACHE"] = _cache

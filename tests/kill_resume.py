@@ -134,7 +134,7 @@ def kill_all(pids: list[int]) -> None:
 def make_trial_repo(folder: Path, corpus: Path) -> Path:
     """A prepared research repo whose committed train.py is the tests' learning bigram."""
     from conftest import make_research_repo
-    from test_engine import LEARNS, committed
+    from helpers import LEARNS, committed
 
     repo = make_research_repo(folder, corpus)
     committed(repo, LEARNS)

@@ -22,9 +22,8 @@ from typing import Any
 import git
 import pytest
 import torch
+from helpers import LEARNS, cli, committed, error_line
 from kill_resume import ledger
-from test_cli import cli
-from test_engine import LEARNS, committed
 
 from autoresearch.ledger import Ledger, Record
 from autoresearch.workspace import LEDGER_FILE, STATE_DIR
@@ -36,16 +35,6 @@ CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 1, 2  # linux/capability.h
 EVOLVE_ONCE = (  # one experiment: the baseline
     "evolve", "--max-experiments", "1", "--calibrate", "0", "--budget", "1", "--proposer", "random",
 )  # fmt: skip
-
-
-def error_line(result: subprocess.CompletedProcess, after_progress: bool = False) -> str:
-    """The one error line of a failed command; `after_progress`: progress lines may precede it."""
-    assert result.returncode != 0, result.stdout
-    assert "Traceback" not in result.stderr, result.stderr
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert lines and lines[-1].startswith("error: "), result.stderr
-    assert after_progress or len(lines) == 1, result.stderr
-    return lines[-1]
 
 
 # --------------------------------------------------------------------------- setups

@@ -10,40 +10,10 @@ the real optimizers (Muon + AdamW) make the loss fall.
 from __future__ import annotations
 
 import ast
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-BASELINES = ROOT / "baselines"
-VOCAB = 97
-SEQ = 32
-
-# Tiny sizes for each baseline; every model size in train.py derives from these.
-SIZES = {
-    "gpt": dict(DEPTH=4, ASPECT_RATIO=16, HEAD_DIM=16),  # dim 64, 4 heads, windows S S S L
-    "tiny": dict(DEPTH=2, MODEL_DIM=32, N_HEAD=2),
-}
-
-
-def load_baseline(name: str, **overrides):
-    """Import baselines/<name>/train.py as a fresh module, with constants overridden."""
-    path = BASELINES / name / "train.py"
-    spec = importlib.util.spec_from_file_location(f"baseline_{name}_train", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    for key, value in {**SIZES[name], **overrides}.items():
-        assert hasattr(module, key), f"{name}: no constant {key}"
-        setattr(module, key, value)
-    return module
-
-
-def build(name: str, seed: int = 0, **overrides):
-    module = load_baseline(name, **overrides)
-    torch.manual_seed(seed)
-    return module, module.build_model(VOCAB, SEQ)
+from helpers import BASELINES, SEQ, SIZES, VOCAB, build, load_baseline
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -5,32 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from pathlib import Path
-from typing import Any
 
 import git
 import pytest
-
-
-def cli(*args: str, cwd: Path, **popen: Any) -> subprocess.CompletedProcess:
-    """`autoresearch ARGS` in `cwd`; `popen`: more for subprocess.run (env, preexec_fn)."""
-    return subprocess.run(
-        [sys.executable, "-m", "autoresearch", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        **popen,
-    )
-
-
-def one_line_error(result: subprocess.CompletedProcess) -> str:
-    """Bad input must give a non-zero exit and one line on stderr, never a traceback."""
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, result.stderr
-    return lines[0]
+from helpers import cli, error_line
 
 
 def test_help_is_fast(tmp_path):
@@ -117,6 +95,6 @@ def test_run_is_refused_while_another_experiment_trains(research_repo):
     from autoresearch.workspace import state_dir
 
     with RunLock(state_dir(research_repo)):
-        line = one_line_error(cli("run", cwd=research_repo))
+        line = error_line(cli("run", cwd=research_repo))
     assert "is training in this repo" in line
     assert not (research_repo / ".autoresearch/ledger.jsonl").exists()

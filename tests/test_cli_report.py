@@ -14,7 +14,7 @@ import textwrap
 
 import git
 import pytest
-from test_report import CANDIDATES, MANUAL, TAG, make_research
+from helpers import CANDIDATES, MANUAL, TAG, error_line, make_research
 
 from autoresearch.cli import main
 
@@ -51,10 +51,8 @@ def run(research, capsys, monkeypatch):
 
 
 def one_line_error(code: int, err: str) -> str:
-    assert code != 0
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
+    """`helpers.error_line` of an in-process run."""
+    return error_line(subprocess.CompletedProcess(["autoresearch"], code, "", err))
 
 
 # --------------------------------------------------------------------------- leaderboard

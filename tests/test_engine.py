@@ -10,29 +10,19 @@ import time
 
 import candidates
 import git
+import helpers
 import pytest
+from helpers import FROZEN, LEARNS, committed, rec
 
-from autoresearch.config import load_config
 from autoresearch.constants import read_constants, rewrite_constants
-from autoresearch.engine import Engine, RunLock
+from autoresearch.engine import RunLock
 from autoresearch.errors import UserError
-from autoresearch.ledger import Record
 from autoresearch.population import champion, population
 from autoresearch.runner import Outcome, run_experiment
 from autoresearch.testing import ScriptedProposer, ScriptedRunner
 from autoresearch.workspace import candidate_branch, research_branch, state_dir
 
-# A bigram that does not learn (LR 0) is the baseline; LR 0.2 learns and is far better.
-FROZEN = rewrite_constants(candidates.HONEST, {"LR": 0.0})
-LEARNS = rewrite_constants(candidates.HONEST, {"LR": 0.2})
 LEARNS_SLOWLY = rewrite_constants(candidates.HONEST, {"LR": 0.001})  # barely moves in 1.5 s
-
-
-def committed(repo, source: str) -> str:
-    (repo / "train.py").write_text(source)
-    with git.Repo(repo) as r:  # closed: no git process is left to look like a run's orphan
-        r.index.add(["train.py", "autoresearch.toml"])
-        return r.index.commit("baseline for the test").hexsha
 
 
 def by_learning_rate(source: str) -> float | Outcome:
@@ -44,19 +34,11 @@ def by_learning_rate(source: str) -> float | Outcome:
     return 3.0 - 5 * float(read_constants(source)["LR"])
 
 
-def make_engine(repo, proposer, *, budget=1.5, runner=None, **evolve):
-    """An engine on `repo`; `runner` None: the scripted runner scoring by learning rate."""
-    evolve = {"calibrate": 0, "prefetch": 1, "population": 1} | evolve
-    config = load_config(
-        repo, {"run.budget_seconds": budget} | {f"evolve.{k}": v for k, v in evolve.items()}
+def make_engine(repo, proposer, **settings):
+    """`helpers.make_engine` with the scripted runner, unless a test names another."""
+    return helpers.make_engine(
+        repo, proposer, **({"runner": ScriptedRunner(by_learning_rate)} | settings)
     )
-    lines: list[str] = []
-    engine = Engine(
-        repo, config, "t", {proposer.name: (proposer, 1.0)}, say=lines.append,
-        runner=runner or ScriptedRunner(by_learning_rate),
-    )  # fmt: skip
-    engine.lines = lines
-    return engine
 
 
 def test_greedy_loop_keeps_only_improvements(research_repo):
@@ -230,13 +212,6 @@ def test_second_evolve_is_refused_while_one_runs(research_repo):
         pass
     with RunLock(state):  # and released on exit
         pass
-
-
-def rec(i, bpb, status="keep", source=None, **kw):
-    return Record(
-        id=f"e{i:04d}", status=status, val_bpb=bpb, tag="t",
-        fingerprints={"source": source or f"s{i}"}, **kw,
-    )  # fmt: skip
 
 
 def test_population_is_the_champion_plus_the_best_distinct():

@@ -10,9 +10,8 @@ import sys
 import time
 
 import pytest
+from helpers import LEARNS, cli, committed, error_line
 from kill_resume import EVOLVE, ledger, wait_gone
-from test_cli import cli, one_line_error
-from test_engine import LEARNS, committed
 
 from autoresearch.constants import rewrite_constants
 
@@ -52,7 +51,7 @@ def test_evolve_bad_input_gets_one_clear_line(research_repo, args, setup, expect
         assert (
             cli(*EVOLVE, "--tag", "x", "--max-experiments", "1", cwd=research_repo).returncode == 0
         )
-    assert expected in one_line_error(cli(*args, cwd=research_repo))
+    assert expected in error_line(cli(*args, cwd=research_repo))
 
 
 def test_first_ctrl_c_finishes_the_experiment_then_stops_with_a_leaderboard(research_repo):

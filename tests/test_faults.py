@@ -35,6 +35,7 @@ from pathlib import Path
 
 import candidates
 import pytest
+from helpers import FROZEN, LEARNS, cli, committed, make_engine
 from kill_resume import (
     describe,
     kill_all,
@@ -45,8 +46,6 @@ from kill_resume import (
     wait_gone,
 )
 from openai_stub import OpenAIStub
-from test_cli import cli
-from test_engine import FROZEN, LEARNS, committed, make_engine
 
 from autoresearch.config import load_config
 from autoresearch.harness.context import CONTEXT_ENV

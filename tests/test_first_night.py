@@ -10,10 +10,8 @@ import sys
 
 import git
 import pytest
+from helpers import FROZEN, LEARNS, cli, committed, error_line, rec
 from kill_resume import ledger
-from test_bad_input import error_line
-from test_cli import cli
-from test_engine import FROZEN, LEARNS, committed, rec
 
 from autoresearch import tags
 from autoresearch.errors import UserError

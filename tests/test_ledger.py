@@ -9,7 +9,7 @@ import json
 import os
 
 import pytest
-from test_cli import cli, one_line_error
+from helpers import cli, error_line
 
 from autoresearch.ledger import Ledger, LedgerTampered, Record
 from autoresearch.workspace import LEDGER_FILE, STATE_DIR, init_repo
@@ -188,7 +188,7 @@ def test_leaderboard_and_resume_refuse_a_tampered_ledger(tmp_path, how):
     before = path.read_bytes()
     for args in (("leaderboard", "--all"), ("evolve", "--resume", "--tag", "t")):
         result = cli(*args, cwd=repo)
-        assert one_line_error(result).startswith(f"error: {path} {says}"), result.stderr
+        assert error_line(result).startswith(f"error: {path} {says}"), result.stderr
         assert result.returncode == LedgerTampered.exit_code
     assert path.read_bytes() == before  # reported, never repaired
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from helpers import SEQ, build
 
 from autoresearch.harness import model_io
 
@@ -125,8 +126,6 @@ class AutocastInside(CastsToFloat):
 @pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("name", ["tiny", "gpt"])
 def test_every_baseline_graph_passes_the_check(tmp_path, name, autocast):
-    from test_baseline_models import SEQ, build
-
     _, model = build(name)
     idx = torch.zeros(2, SEQ, dtype=torch.long)
     model_io.check_graph(graph_of(model, idx, tmp_path, autocast))  # a too strict list fails

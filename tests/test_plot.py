@@ -9,7 +9,7 @@ import pytest
 from PIL import Image, ImageChops
 
 from autoresearch.errors import UserError
-from autoresearch.ledger import Record
+from autoresearch.ledger import FAILED_STATUSES, Record
 from autoresearch.plot import DPI, FIGSIZE, MAX_LABELS, plot_progress, progress_figure
 
 WIDTH, HEIGHT = round(FIGSIZE[0] * DPI), round(FIGSIZE[1] * DPI)
@@ -26,7 +26,7 @@ def night(n: int = 24, shift: float = 0.0, spend: bool = True) -> list[Record]:
         proposer = ("llm:test/model", "optuna", "random")[i % 3]
         usage = {"cost_usd": 0.03} if spend and proposer.startswith("llm") else {}
         if i % 7 == 0:
-            status, bpb = ("crash", "timeout", "invalid")[i % 3], None
+            status, bpb = FAILED_STATUSES[i % 3], None
         elif i % 4 == 0:
             best -= 0.01
             status, bpb = "keep", best

@@ -320,6 +320,21 @@ def test_hook_register_data_sources(monkeypatch):
     assert isinstance(sources.get_source("stdlib"), sources.StdlibSource)
 
 
+def test_prepare_hands_the_sources_of_plugins_to_the_harness(monkeypatch, tmp_path):
+    from autoresearch.cli import cli
+    from autoresearch.harness import sources
+    from autoresearch.workspace import init_repo
+
+    monkeypatch.setattr(sources, "SOURCES", dict(sources.SOURCES))  # the built-ins only
+    monkeypatch.setenv("AUTORESEARCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(init_repo(tmp_path / "research", "tiny"))
+    with installed_plugins(_Sources()):
+        result = CliRunner().invoke(cli, ["prepare", "--source", "plugin-corpus"])
+    assert "fetched" in result.output  # found and fetched: the shards it made are its own affair
+    assert isinstance(result.exception, UserError)
+    assert "source 'plugin-corpus' made no train or no val shards" in str(result.exception)
+
+
 class _Notifier:
     def __init__(self):
         self.records = []

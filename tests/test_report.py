@@ -1,24 +1,21 @@
 """Leaderboard rows, `show`, exports and run status, on real ledgers in real research repos.
 
-`make_research` builds what an evolve run leaves behind: candidate commits of
-train.py on branches `autoresearch/<tag>/<id>` whose parent commit is the
-parent candidate's, their run folders, and ledger records written through
-the real `Ledger` API. `test_cli_report.py` uses it too.
+The research repo is what an evolve run leaves behind, built by `helpers.make_research`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 
 import git
 import pytest
+from helpers import CANDIDATES, MANUAL, TAG, Research, make_research
 
 from autoresearch import report
 from autoresearch.errors import UserError
 from autoresearch.ledger import Ledger, Record
-from autoresearch.population import lineage
+from autoresearch.population import CALIBRATE, lineage
 from autoresearch.report import (
     EMPTY_LEDGER,
     baseline,
@@ -33,84 +30,6 @@ from autoresearch.report import (
     select,
     show_text,
 )
-
-TAG = "mar5"
-AUTHOR = git.Actor("autoresearch tests", "tests@localhost")
-# (id, parent, status, val_bpb, proposer, promoted, the edit to the parent's train.py)
-CANDIDATES = (
-    ("c0001", None, "keep", 1.50, "baseline", True, None),
-    ("c0002", "c0001", "keep", 1.45, "llm:test/model", True, ("MATRIX_LR", "0.05")),
-    ("c0003", "c0002", "discard", 1.47, "optuna", False, ("WEIGHT_DECAY", "0.3")),
-    ("c0004", "c0002", "crash", None, "random", False, ("DEPTH", "40")),
-    ("c0005", "c0002", "keep", 1.40, "llm:test/model", True, ("WARMDOWN_RATIO", "0.6")),
-    ("c0006", "c0005", "keep", 1.42, "optuna", False, ("SCALAR_LR", "0.4")),
-    ("c0007", "c0003", "keep", 1.44, "random", False, ("EMBEDDING_LR", "0.5")),
-)
-MANUAL = (("e0001", 1.55), ("e0002", 1.52))  # `autoresearch run` experiments before the evolve
-
-
-@dataclasses.dataclass
-class Research:
-    repo: Path
-    state: Path
-    ledger: Ledger
-    commits: dict[str, str]  # candidate id -> commit sha
-
-
-def make_research(tmp_path: Path, population: int | None = 2, manual: bool = True) -> Research:
-    from autoresearch.workspace import init_repo, state_dir
-
-    repo = init_repo(tmp_path / "research", "tiny")
-    if population is not None:
-        with open(repo / "autoresearch.toml", "a") as f:
-            f.write(f"\n[evolve]\npopulation = {population}\n")
-    state = state_dir(repo)
-    ledger = Ledger(state / "ledger.jsonl")
-    g = git.Repo(repo)
-    base = g.head.commit.hexsha
-    if manual:
-        for i, (exp_id, bpb) in enumerate(MANUAL):
-            ledger.append(
-                Record(id=exp_id, status="keep", val_bpb=bpb, commit=base, proposer="manual",
-                       description=f"manual run {i}", created=1000.0 + i)
-            )  # fmt: skip
-    commits: dict[str, str] = {}
-    for n, (cid, parent, status, bpb, proposer, promoted, edit) in enumerate(CANDIDATES):
-        run_dir = state / "runs" / cid
-        run_dir.mkdir(parents=True)
-        if parent is None:
-            commits[cid] = base
-        else:
-            g.git.checkout("-q", "-b", f"autoresearch/{TAG}/{cid}", commits[parent])
-            source = (repo / "train.py").read_text()
-            name, value = edit
-            lines = [
-                f"{name} = {value}  # edited by {cid}" if line.startswith(f"{name} = ") else line
-                for line in source.splitlines()
-            ]
-            assert lines != source.splitlines(), f"{name} is not a constant of the tiny baseline"
-            (repo / "train.py").write_text("\n".join(lines) + "\n")
-            g.index.add(["train.py"])
-            commits[cid] = g.index.commit(f"{cid}: {name}", author=AUTHOR, committer=AUTHOR).hexsha
-        (run_dir / "train.py").write_text(g.git.show(f"{commits[cid]}:train.py") + "\n")
-        (run_dir / "run.log").write_text("".join(f"{cid} log line {i}\n" for i in range(30)))
-        usage = {}
-        if proposer.startswith("llm"):
-            (run_dir / "prompt_1.md").write_text("the prompt")
-            (run_dir / "reply_1.md").write_text("the reply")
-            usage = {"prompt_tokens": 1200, "completion_tokens": 300, "cost_usd": 0.02 * (n + 1)}
-        ledger.append(
-            Record(
-                id=cid, status=status, val_bpb=bpb, commit=commits[cid], parent=parent,
-                proposer=proposer, promoted=promoted, tag=TAG, usage=usage,
-                reason="RuntimeError: boom" if status == "crash" else "",
-                description=f"{edit[0]} = {edit[1]}" if edit else "baseline",
-                memory_gb=1.0 + n / 10, fingerprints={"source": f"src-{cid}", "harness": "h1"},
-                timings={"train": 60.0, "eval": 3.5}, created=2000.0 + 400 * n,
-            )
-        )  # fmt: skip
-    g.git.checkout("-q", "main")
-    return Research(repo, state, ledger, commits)
 
 
 @pytest.fixture(scope="module")
@@ -313,6 +232,17 @@ def test_status_of_a_finished_run_shows_the_last_record(research, tmp_path):
     assert text.startswith("no evolve run is going (the last one, tag 'mar5'")
     assert "last experiment: mar5/c0007 keep val_bpb 1.440000" in text
     assert "best of its tag: mar5/c0005" in text
+
+
+def test_status_names_the_champion_even_below_a_lucky_calibration_repeat(research, tmp_path):
+    records = research.ledger.records()
+    at = next(i for i, r in enumerate(records) if r.id == "c0001") + 1
+    repeat = Record(id="c0001r", status="keep", val_bpb=1.30, proposer=CALIBRATE, tag=TAG,
+                    parent="c0001", description="calibration repeat", created=2100.0)  # fmt: skip
+    records.insert(at, repeat)  # noise: the same train.py as the baseline, a lower score
+    text = format_status(run_status(tmp_path), records, now=10_000.0)
+    assert "best of its tag: mar5/c0005 keep val_bpb 1.400000" in text  # the starred row
+    assert "c0001r" not in text
 
 
 def test_status_without_any_run_or_record_is_the_empty_message(tmp_path):

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import git
 from candidates import HONEST
+from helpers import cli
 from openai_stub import OpenAIStub
-from test_cli import cli
 
 from autoresearch.constants import rewrite_constants
 from autoresearch.harness.sandbox import isolation_works

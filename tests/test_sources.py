@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import sys
 import sysconfig
 import threading
@@ -429,6 +430,34 @@ def test_builtin_sources_are_registered() -> None:
     assert {"stdlib", "climbmix", "tinystories", "folder"} <= set(sources.SOURCES)
     for source in sources.SOURCES.values():
         assert source.description and "\n" not in source.description
+
+
+def test_the_harness_resolves_a_run_s_data_without_loading_plugins(tmp_path: Path) -> None:
+    """The cache folders and the manifest of a built-in source are found where no plugin may
+    run (a fresh process, as the runner's and a hand-run train.py's are)."""
+    code = """
+import sys
+from autoresearch.config import Config
+from autoresearch.errors import UserError
+from autoresearch.harness.cache import dataset_dir, prepared_dir
+from autoresearch.harness.prepare import load_manifest
+
+config = Config()
+print(dataset_dir(config.data).name, prepared_dir(config).name)
+try:
+    load_manifest(config)
+except UserError as e:
+    print(e)
+print(sorted(m for m in sys.modules if m.startswith("autoresearch.") and "plugins" in m))
+"""
+    env = os.environ | {"AUTORESEARCH_CACHE": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    folders, missing, plugins = result.stdout.splitlines()
+    assert folders == "stdlib stdlib-bpe8192"
+    assert missing.startswith("no prepared data for source 'stdlib'")
+    assert plugins == "[]"
 
 
 def test_unknown_source_lists_the_valid_ones() -> None:

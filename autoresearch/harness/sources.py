@@ -73,6 +73,10 @@ class DataSource(Protocol):
         ...
 
 
+# The one registry of data sources, by name. It holds the built-ins (`BUILTIN_SOURCES`, at the
+# end of this module) from the start; the sources of plugins are handed to it by the processes
+# that load plugins (`autoresearch.plugins.load_data_sources`). The harness never loads a
+# plugin itself: it resolves the cache paths of a run where no third-party code may run.
 SOURCES: dict[str, DataSource] = {}
 
 
@@ -83,10 +87,6 @@ def register_source(source: DataSource) -> None:
 
 def get_source(name: str) -> DataSource:
     """The registered source called `name`, or a `UserError` listing the valid ones."""
-    if not SOURCES:  # built-in and third-party sources arrive through the plugin hook
-        from autoresearch.plugins import load_data_sources
-
-        load_data_sources()
     try:
         return SOURCES[name]
     except KeyError:
@@ -469,3 +469,15 @@ def _jsonl_texts(path: Path) -> Iterator[tuple[int, str]]:
                 )
             yield number, record["text"]
 
+
+# ---------------------------------------------------------------------------
+# The built-ins, registered from the start
+# ---------------------------------------------------------------------------
+
+BUILTIN_SOURCES: tuple[DataSource, ...] = (
+    StdlibSource(),
+    ClimbMixSource(),
+    TinyStoriesSource(),
+    FolderSource(),
+)
+SOURCES.update((source.name, source) for source in BUILTIN_SOURCES)
