@@ -53,7 +53,7 @@ from autoresearch.atomic import write_text
 from autoresearch.config import Config
 from autoresearch.constants import depth_of
 from autoresearch.errors import UserError
-from autoresearch.ledger import Ledger, Record
+from autoresearch.ledger import FAILED_STATUSES, Ledger, Record
 from autoresearch.population import BASELINE, CALIBRATE
 from autoresearch.progress import LiveProgress
 from autoresearch.proposal import HistoryEntry, Proposal, ProposalRequest, Proposer, Usage
@@ -81,7 +81,6 @@ PROPOSALS_DIR = "proposals"  # a proposer's scratch folder, moved into the run f
 # A scratch file is kept whole up to this size; a bigger one (a runaway reply) keeps its head
 # and tail. An LLM reply of max_tokens is ~30 KB, a prompt with a 200 KB train.py ~250 KB.
 SCRATCH_FILE_BYTES = 512 * 2**10
-FAILED = ("crash", "timeout", "invalid")
 # Plain words when the baseline shows that results will be noise (docs/evolve.md).
 FEW_STEPS = 100  # optimizer steps of the baseline below which the machine is too slow or busy
 NOISY_FRACTION = 0.01  # noise_k x noise over 1% of the baseline's val_bpb: more than edits gain
@@ -641,7 +640,7 @@ class Engine:
         # The delta is against the parent: say when a kept one is worse than the start.
         worse = r.status == "keep" and pop.worse_than_baseline(r, pop.baseline(self.records))
         mark = " (promoted)" if r.promoted else " (worse than the baseline)" if worse else ""
-        why = f" [{r.reason}]" if r.status in FAILED else ""
+        why = f" [{r.reason}]" if r.status in FAILED_STATUSES else ""
         return (
             f"{r.id}  parent {r.parent or '-':5}  {r.proposer:<12} val_bpb {bpb} {delta:>10}"
             f"  {r.status}{mark}  {r.description}{why}"
