@@ -53,7 +53,7 @@ from autoresearch.atomic import write_text
 from autoresearch.config import Config
 from autoresearch.constants import depth_of
 from autoresearch.errors import UserError
-from autoresearch.ledger import FAILED_STATUSES, Ledger, Record
+from autoresearch.ledger import FAILED_STATUSES, Ledger, Record, format_id, highest_number
 from autoresearch.population import BASELINE, CALIBRATE
 from autoresearch.progress import LiveProgress
 from autoresearch.proposal import HistoryEntry, Proposal, ProposalRequest, Proposer, Usage
@@ -169,7 +169,13 @@ class Engine:
         self.notify = notify or (lambda record: None)
         self.state = state_dir(repo)
         self.ledger = Ledger(self.state / LEDGER_FILE)
-        self.records = pop.tag_records(self.ledger.records(), tag)
+        recorded = self.ledger.records()
+        self.records = pop.tag_records(recorded, tag)
+        # Kept in memory from here on, so that an experiment's bookkeeping does not grow with
+        # the history: the highest id of every tag, this tag's candidate branches (the
+        # engine is the only writer while it holds the run lock).
+        self._last_number = highest_number(r.id for r in recorded)
+        self._tips: dict[str, str] = {}
         self.rng = random.Random(f"{config.run.seed}-{tag}")
         self.program = (repo / PROGRAM_FILE).read_text(encoding="utf-8")
         remembered = tags.load(self.state, tag)
@@ -198,6 +204,9 @@ class Engine:
             # this run numbers its proposals from 1 again and must not adopt their files.
             shutil.rmtree(self.state / PROPOSALS_DIR, ignore_errors=True)
             try:
+                self._tips = self._branches()
+                self._last_number = max(self._last_number, highest_number(self._cut_off_ids()))
+                self.ledger.export_tsv(self.state / RESULTS_FILE)  # mended once, then appended
                 self._reconcile_results()
                 self._reconcile_research_branch()
                 self._baseline(base_commit)
@@ -292,12 +301,10 @@ class Engine:
 
     def _rerun_interrupted(self) -> None:
         """Candidates committed but never recorded were cut off mid-run: train them again."""
-        recorded = {r.id for r in self.records}
-        prefix = candidate_branch(self.tag, "")
-        for name, sha in sorted(self._branches().items()):
-            cid = name[len(prefix) :]
-            if cid in recorded or self._should_stop():
-                continue
+        for cid in self._cut_off_ids():
+            if self._should_stop():
+                return
+            sha = self._tips[candidate_branch(self.tag, cid)]
             trailers = _trailers(commit_message(self.repo, sha))
             parent = next((r for r in self.records if r.id == trailers.get("Parent")), None)
             self.say(f"{cid}: was cut off, training it again")
@@ -469,7 +476,7 @@ class Engine:
             f"Description: {description}\n"
         )
         sha = commit_candidate(self.repo, self._tip(job.parent), proposal.source, message)
-        set_branch(self.repo, candidate_branch(self.tag, cid), sha)
+        self._set_candidate_branch(cid, sha)
         self._train(
             proposal.source, sha, parent=job.parent, spec=job.spec, description=description,
             candidate_id=cid, usage=proposal.usage, work_dir=job.work_dir,
@@ -579,9 +586,8 @@ class Engine:
     # -- records, limits, state ----------------------------------------------------------------
 
     def _record(self, record: Record) -> None:
-        self.ledger.append(record)
+        self.ledger.record(record, self.state / RESULTS_FILE)
         self.records.append(record)
-        self.ledger.export_tsv(self.state / RESULTS_FILE)
         self._commit_result(record)  # before anything slow: a kill here is mended on resume
         self.notify(record)
         self.say(self._line(record))
@@ -589,8 +595,7 @@ class Engine:
     def _commit_result(self, record: Record) -> None:
         """End a candidate's branch with a result commit (the same tree, the score in its
         subject), so that `git log --graph --all --oneline` reads as the lineage."""
-        branch = candidate_branch(self.tag, record.id)
-        if branch_sha(self.repo, branch) != record.commit:
+        if self._tips.get(candidate_branch(self.tag, record.id)) != record.commit:
             return  # no branch of its own (the baseline, a repeat), or its result is committed
         parent = next((r for r in self.records if r.id == record.parent), None)
         score = f"val_bpb {record.val_bpb:.4f}" if record.val_bpb is not None else record.status
@@ -602,18 +607,16 @@ class Engine:
             f"{record.id} {score}: {record.description}\n\nResult: {record.status}\n"
             + (f"Reason: {record.reason}\n" if record.reason else "")
         )
-        set_branch(self.repo, branch, commit_result(self.repo, record.commit, message))
+        self._set_candidate_branch(record.id, commit_result(self.repo, record.commit, message))
 
     def _reconcile_results(self) -> None:
         """After a kill between a record and its result commit, make the commit now."""
-        tips = self._branches()
         for record in self.records:
-            if tips.get(candidate_branch(self.tag, record.id)) == record.commit:
-                self._commit_result(record)
+            self._commit_result(record)  # a no-op for every record whose result is committed
 
     def _tip(self, record: Record) -> str:
         """The commit a child of `record` is made on: its result commit, else what it trained."""
-        return branch_sha(self.repo, candidate_branch(self.tag, record.id)) or record.commit
+        return self._tips.get(candidate_branch(self.tag, record.id)) or record.commit
 
     def elapsed(self) -> float:
         """Seconds this tag has been running, over all its sessions."""
@@ -658,9 +661,20 @@ class Engine:
         return why is not None
 
     def _next_id(self) -> str:
-        """Ids of cut-off candidates (a branch, no record yet) stay theirs."""
+        """One past every recorded id; ids of cut-off candidates (a branch, no record yet)
+        stay theirs."""
+        self._last_number += 1
+        return format_id(self._last_number)
+
+    def _cut_off_ids(self) -> list[str]:
+        """Candidates with a branch but no record: a run was cut off while they trained."""
         prefix = candidate_branch(self.tag, "")
-        return self.ledger.next_id(taken=(name[len(prefix) :] for name in self._branches()))
+        recorded = {r.id for r in self.records}
+        return sorted(n[len(prefix) :] for n in self._tips if n[len(prefix) :] not in recorded)
+
+    def _set_candidate_branch(self, cid: str, sha: str) -> None:
+        set_branch(self.repo, candidate_branch(self.tag, cid), sha)
+        self._tips[candidate_branch(self.tag, cid)] = sha
 
     def _champion(self) -> Record:
         best = self.champion()

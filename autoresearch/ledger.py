@@ -44,6 +44,7 @@ FAILED_STATUSES = ("crash", "timeout", "invalid")  # no score: the record's reas
 STATUSES = (*SCORED_STATUSES, *FAILED_STATUSES)
 TSV_COLUMNS = ("commit", "val_bpb", "memory_gb", "status", "description")
 CHAIN_FIELD = "chain"  # in each line, outside `Record`: a property of the file, not the run
+ID_PREFIX = "e"  # experiment ids: e0001, e0002, ...
 TAIL_BYTES = 2**16  # read back from the end to find the record a new one links to
 
 
@@ -209,25 +210,44 @@ class Ledger:
             " every line after it: the records from there on cannot be trusted"
         )
 
-    def next_id(self, prefix: str = "e", taken: Iterable[str] = ()) -> str:
+    def next_id(self, prefix: str = ID_PREFIX, taken: Iterable[str] = ()) -> str:
         """The next free id of the form e0001, past every recorded (and `taken`) one."""
         ids = [r.id for r in self.records()] + list(taken)
-        numbers = [
-            int(i[len(prefix) :])
-            for i in ids
-            if i.startswith(prefix) and i[len(prefix) :].isdigit()
-        ]
-        return f"{prefix}{max(numbers, default=0) + 1:04d}"
+        return format_id(highest_number(ids, prefix) + 1, prefix)
+
+    def record(self, record: Record, results: Path) -> None:
+        """How every command records an experiment: the ledger line, then its row of
+        `results` (results.tsv), appended: the cost of a record does not grow with history."""
+        self.append(record)
+        with _named(results):
+            new = not results.exists() or results.stat().st_size == 0
+            with open(results, "a", encoding="utf-8") as f:
+                f.write(("\t".join(TSV_COLUMNS) + "\n" if new else "") + _tsv_row(record) + "\n")
 
     def export_tsv(self, path: Path) -> None:
-        """`results.tsv` in the original project's five columns."""
-        lines = ["\t".join(TSV_COLUMNS)]
-        for r in self.records():
-            bpb = f"{r.val_bpb:.6f}" if r.val_bpb is not None else "0.000000"
-            desc = " ".join(r.description.split())  # tabs and newlines would break the columns
-            lines.append(f"{r.commit[:7]}\t{bpb}\t{r.memory_gb:.1f}\t{r.status}\t{desc}")
+        """`results.tsv` in the original project's five columns, rewritten from the ledger (a
+        run mends it so when it starts: a kill between a record and its row loses the row)."""
+        lines = ["\t".join(TSV_COLUMNS)] + [_tsv_row(r) for r in self.records()]
         with _named(path):
-            path.write_text("\n".join(lines) + "\n")  # derived: rewritten after every record
+            path.write_text("\n".join(lines) + "\n")
+
+
+def highest_number(ids: Iterable[str], prefix: str = ID_PREFIX) -> int:
+    """The largest N of the ids of the form <prefix>N, 0 when there is none."""
+    return max(
+        (int(i[len(prefix) :]) for i in ids if i.startswith(prefix) and i[len(prefix) :].isdigit()),
+        default=0,
+    )
+
+
+def format_id(number: int, prefix: str = ID_PREFIX) -> str:
+    return f"{prefix}{number:04d}"
+
+
+def _tsv_row(r: Record) -> str:
+    bpb = f"{r.val_bpb:.6f}" if r.val_bpb is not None else "0.000000"
+    desc = " ".join(r.description.split())  # tabs and newlines would break the columns
+    return f"{r.commit[:7]}\t{bpb}\t{r.memory_gb:.1f}\t{r.status}\t{desc}"
 
 
 def _parse(raw: bytes) -> tuple[dict, Record]:

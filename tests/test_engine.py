@@ -273,3 +273,31 @@ def test_a_cut_off_candidate_keeps_its_id(research_repo):
     by_id = {r.id: r for r in records}
     assert by_id["e0002"].commit == sha and by_id["e0002"].description == "try LR 0.2"
     assert by_id["e0003"].proposer == "calibrate"  # calibration did not take e0002
+
+
+@pytest.mark.parametrize("experiments", [2, 6])
+def test_bookkeeping_reads_neither_the_ledger_nor_the_branches_per_experiment(
+    research_repo, monkeypatch, experiments
+):
+    """What the engine reads of the history it reads once, when it starts: the cost of an
+    experiment does not grow with the ledger (benchmarks/scale.py measures it)."""
+    import autoresearch.workspace as workspace
+    from autoresearch.ledger import Ledger
+
+    reads = {"ledger": 0, "branches": 0}
+    records, heads = Ledger.records, workspace._heads
+
+    def counted(name, real):
+        def call(*args, **kwargs):
+            reads[name] += 1
+            return real(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(Ledger, "records", counted("ledger", records))
+    monkeypatch.setattr(workspace, "_heads", counted("branches", heads))
+    base = committed(research_repo, FROZEN)
+    worse = [rewrite_constants(LEARNS, {"LR": -0.01 * (i + 1)}) for i in range(experiments + 2)]
+    engine = make_engine(research_repo, ScriptedProposer(worse), max_experiments=experiments + 1)
+    assert len(engine.run(base)) == experiments + 1  # the baseline, then the candidates
+    assert reads == {"ledger": 2, "branches": 2}  # the same for 2 and for 6 experiments

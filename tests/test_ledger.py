@@ -11,7 +11,7 @@ import os
 import pytest
 from helpers import cli, error_line
 
-from autoresearch.ledger import Ledger, LedgerTampered, Record
+from autoresearch.ledger import Ledger, LedgerTampered, Record, format_id, highest_number
 from autoresearch.workspace import LEDGER_FILE, STATE_DIR, init_repo
 
 
@@ -65,6 +65,22 @@ def test_results_tsv_has_the_original_five_columns(tmp_path):
     assert lines[0] == "commit\tval_bpb\tmemory_gb\tstatus\tdescription"
     assert lines[1] == "a1b2c3d\t2.000000\t44.0\tkeep\tbaseline"
     assert lines[2] == "fffffff\t0.000000\t0.0\tcrash\ttabs and newlines"
+
+
+def test_recording_appends_the_rows_that_an_export_would_write(tmp_path):
+    """Each record adds its row to results.tsv; the file stays what a full export writes."""
+    ledger, results = Ledger(tmp_path / "ledger.jsonl"), tmp_path / "results.tsv"
+    for i, status in enumerate(["keep", "crash", "discard"], 1):
+        ledger.record(Record(id=f"e{i:04d}", status=status, description=f"n{i}"), results)
+        assert len(results.read_text().splitlines()) == 1 + i  # the header, then one per record
+    appended = results.read_text()
+    ledger.export_tsv(tmp_path / "exported.tsv")
+    assert appended == (tmp_path / "exported.tsv").read_text()
+
+
+def test_ids_count_past_the_highest_recorded_and_taken():
+    assert highest_number(["e0002", "e0010", "manual", "e12x"]) == 10
+    assert format_id(highest_number([]) + 1) == "e0001"
 
 
 def no_space(*args: object) -> None:
