@@ -53,7 +53,14 @@ from autoresearch.atomic import write_text
 from autoresearch.config import Config
 from autoresearch.constants import depth_of
 from autoresearch.errors import UserError
-from autoresearch.ledger import FAILED_STATUSES, Ledger, Record, format_id, highest_number
+from autoresearch.ledger import (
+    CRASHED_STATUSES,
+    FAILED_STATUSES,
+    Ledger,
+    Record,
+    format_id,
+    highest_number,
+)
 from autoresearch.population import BASELINE, CALIBRATE
 from autoresearch.progress import LiveProgress
 from autoresearch.proposal import HistoryEntry, Proposal, ProposalRequest, Proposer, Usage
@@ -348,7 +355,7 @@ class Engine:
                 program=self.program,
                 history=self._history(),
                 crash_log=log_tail(self.state / "runs" / parent.id / "run.log")
-                if parent.status in ("crash", "timeout")
+                if parent.status in CRASHED_STATUSES
                 else None,
                 rng=random.Random(f"{self.config.run.seed}-{self.tag}-{job.number}"),
                 work_dir=job.work_dir,
@@ -547,7 +554,7 @@ class Engine:
             )
         if promoted:
             set_branch(self.repo, research_branch(self.tag), self._tip(record))
-        elif outcome.status in ("crash", "timeout") and self._fix_budget(record):
+        elif outcome.status in CRASHED_STATUSES and self._fix_budget(record):
             self._fixes.append(record)
         return record
 
@@ -578,7 +585,7 @@ class Engine:
         chain = pop.lineage(self.records, crashed)
         failures = 0
         for r in chain:
-            if r.status not in ("crash", "timeout"):
+            if r.status not in CRASHED_STATUSES:
                 break
             failures += 1
         return failures <= self.settings.fix_attempts

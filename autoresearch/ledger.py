@@ -41,6 +41,7 @@ SCHEMA_VERSION = 1
 # (syntax, a protected file, the contract broken, a duplicate) or caught cheating.
 SCORED_STATUSES = ("keep", "discard")  # trained and scored: the record has a val_bpb
 FAILED_STATUSES = ("crash", "timeout", "invalid")  # no score: the record's reason says why
+CRASHED_STATUSES = ("crash", "timeout")  # trained and failed: a log to read, a fix to try
 STATUSES = (*SCORED_STATUSES, *FAILED_STATUSES)
 TSV_COLUMNS = ("commit", "val_bpb", "memory_gb", "status", "description")
 CHAIN_FIELD = "chain"  # in each line, outside `Record`: a property of the file, not the run

@@ -54,7 +54,7 @@ from tabulate import tabulate  # noqa: E402
 
 from autoresearch.config import Config, load_config  # noqa: E402
 from autoresearch.engine import Engine, make_proposers  # noqa: E402
-from autoresearch.ledger import Ledger, Record  # noqa: E402
+from autoresearch.ledger import CRASHED_STATUSES, Ledger, Record  # noqa: E402
 from autoresearch.plot import PALETTE  # noqa: E402
 from autoresearch.runner import run_experiment  # noqa: E402
 from autoresearch.validation import source_hash  # noqa: E402
@@ -77,7 +77,6 @@ SEARCHED = (
 )  # fmt: skip
 NOISE_FILE, RERUN_FILE, META_FILE = "noise.jsonl", "reruns.jsonl", "meta.json"
 SUMMARY_FILE, FIGURE_FILE = "summary.md", "search.png"
-FAILED = ("crash", "timeout")
 
 
 @dataclass(frozen=True)
@@ -303,7 +302,7 @@ def search_rows(searches: list[Search], reruns: dict[str, float | None]) -> list
         rows.append([
             s.arm, s.tag, len(trained), best, best - s.baseline.val_bpb,
             sum(r.status == "keep" for r in trained) / len(trained),
-            sum(r.status in FAILED for r in trained) / len(trained),
+            sum(r.status in CRASHED_STATUSES for r in trained) / len(trained),
             len(s.records) - 1 - len(trained), f"{held}/{promotions}", fresh,
             s.experiments_per_hour(),
         ])  # fmt: skip
