@@ -71,8 +71,12 @@ from autoresearch.workspace import (
     LEDGER_FILE,
     LOCK_FILE,
     PROGRAM_FILE,
+    PROPOSALS_DIR,
     RESULTS_FILE,
+    RUN_LOG,
+    RUNS_DIR,
     STATUS_FILE,
+    TRAIN_FILE,
     branch_sha,
     candidate_branch,
     commit_candidate,
@@ -80,11 +84,11 @@ from autoresearch.workspace import (
     commit_result,
     read_train,
     research_branch,
+    run_dir,
     set_branch,
     state_dir,
 )
 
-PROPOSALS_DIR = "proposals"  # a proposer's scratch folder, moved into the run folder later
 # A scratch file is kept whole up to this size; a bigger one (a runaway reply) keeps its head
 # and tail. An LLM reply of max_tokens is ~30 KB, a prompt with a 200 KB train.py ~250 KB.
 SCRATCH_FILE_BYTES = 512 * 2**10
@@ -206,7 +210,7 @@ class Engine:
     def run(self, base_commit: str) -> list[Record]:
         """Run until a limit or Ctrl-C; returns this tag's records."""
         with RunLock(self.state), self._signals():
-            kill_leftovers(self.state / "runs")
+            kill_leftovers(self.state / RUNS_DIR)
             # Proposals in flight when an earlier run was killed left their scratch folders;
             # this run numbers its proposals from 1 again and must not adopt their files.
             shutil.rmtree(self.state / PROPOSALS_DIR, ignore_errors=True)
@@ -244,7 +248,7 @@ class Engine:
             raise UserError(
                 f"the baseline failed ({record.status}: {record.reason}); fix train.py (and commit"
                 f" it), the budget or the data, then `{self.resume_command()}`"
-                f" (log: {self.state / 'runs' / record.id / 'run.log'})"
+                f" (log: {run_dir(self.state, record.id) / RUN_LOG})"
             )
         if record.num_steps < FEW_STEPS:
             self.say(
@@ -354,7 +358,7 @@ class Engine:
                 parent_source=read_train(self.repo, parent.commit),
                 program=self.program,
                 history=self._history(),
-                crash_log=log_tail(self.state / "runs" / parent.id / "run.log")
+                crash_log=log_tail(run_dir(self.state, parent.id) / RUN_LOG)
                 if parent.status in CRASHED_STATUSES
                 else None,
                 rng=random.Random(f"{self.config.run.seed}-{self.tag}-{job.number}"),
@@ -491,14 +495,14 @@ class Engine:
 
     def _invalid(self, job: Job, proposal: Proposal | None, source: str, reason: str) -> None:
         cid = self._next_id()
-        run_dir = self.state / "runs" / cid
-        run_dir.mkdir(parents=True, exist_ok=True)
+        folder = run_dir(self.state, cid)
+        folder.mkdir(parents=True, exist_ok=True)
         # The rejected source is kept as evidence, unless it is too big to be one (the reason
         # says so); whatever it holds, as text that can be written.
         data = source.encode("utf-8", "backslashreplace")
         if 0 < len(data) <= MAX_SOURCE_BYTES:
-            (run_dir / "train.py").write_bytes(data)
-        _adopt(job.work_dir, run_dir)
+            (folder / TRAIN_FILE).write_bytes(data)
+        _adopt(job.work_dir, folder)
         usage = _usage(proposal.usage) if proposal else {}
         description = _one_line(proposal.description) if proposal else ""
         record = Record(
@@ -526,16 +530,16 @@ class Engine:
         work_dir: Path | None = None,
     ) -> Record:
         cid = candidate_id or self._next_id()
-        run_dir = self.state / "runs" / cid
-        run_dir.mkdir(parents=True, exist_ok=True)
+        folder = run_dir(self.state, cid)
+        folder.mkdir(parents=True, exist_ok=True)
         if work_dir:
-            _adopt(work_dir, run_dir)
-        train_py = run_dir / "train.py"
+            _adopt(work_dir, folder)
+        train_py = folder / TRAIN_FILE
         train_py.write_text(source, encoding="utf-8")
         self._write_status(phase="training", experiment=cid)
         budget = self.config.run.budget_seconds
         on_event = self.progress(budget, label=cid) if self.progress else None
-        outcome = self.runner(train_py, self.config, run_dir, on_event=on_event)
+        outcome = self.runner(train_py, self.config, folder, on_event=on_event)
         if on_event is not None:
             on_event.close()  # a crash leaves the bar open: end it before the result line
         status, promoted = self._judge(outcome, spec)

@@ -33,15 +33,13 @@ from autoresearch.population import (
     worse_than_baseline,
 )
 from autoresearch.runner import log_tail
-from autoresearch.workspace import LOCK_FILE, STATUS_FILE, open_repo
+from autoresearch.workspace import LOCK_FILE, RUN_LOG, STATUS_FILE, TRAIN_FILE, open_repo, run_dir
 
 EMPTY_LEDGER = "no experiments yet: run `autoresearch run`"
 DEFAULT_POPULATION = 4  # when autoresearch.toml has no [evolve] population
 DELTA_DIGITS = 9  # rounds away float noise (1.4 - 1.5 = -0.10000000000000009) in JSON
 DESCRIPTION_WIDTH = 60  # characters of a description in a table; JSON keeps it whole
 LOG_TAIL_LINES = 20
-RUNS_DIR = "runs"
-TRAIN_FILE = "train.py"
 EXPORT_FORMATS = ("tsv", "parquet", "jsonl")
 DEFAULT_EXPORT_NAMES = {"tsv": "results.tsv", "parquet": "ledger.parquet", "jsonl": "ledger.jsonl"}
 # Parquet columns holding dicts are stored as JSON text: exact round trips, whatever the keys.
@@ -455,8 +453,8 @@ def git_diff(repo: Path, old: str, new: str) -> str | None:
 def _snapshot_diff(state: Path, parent: Record, record: Record) -> str | None:
     import difflib
 
-    old = state / RUNS_DIR / parent.id / TRAIN_FILE
-    new = state / RUNS_DIR / record.id / TRAIN_FILE
+    old = run_dir(state, parent.id) / TRAIN_FILE
+    new = run_dir(state, record.id) / TRAIN_FILE
     if not (old.is_file() and new.is_file()):
         return None
     lines = difflib.unified_diff(
@@ -491,7 +489,7 @@ def _status_text(text: str, color: bool, status: str | None = None) -> str:
 
 
 def _show_log(state: Path, record: Record) -> str:
-    path = state / RUNS_DIR / record.id / "run.log"
+    path = run_dir(state, record.id) / RUN_LOG
     if not path.is_file():
         return ""
     tail = log_tail(path, LOG_TAIL_LINES).splitlines()
@@ -499,7 +497,7 @@ def _show_log(state: Path, record: Record) -> str:
 
 
 def _proposal_files(state: Path, record: Record) -> list[Path]:
-    folder = state / RUNS_DIR / record.id
+    folder = run_dir(state, record.id)
     if not folder.is_dir():
         return []
     return sorted(folder.glob("prompt_*.md")) + sorted(folder.glob("reply_*.md"))

@@ -27,6 +27,9 @@ LOCK_FILE = "evolve.lock"  # inside STATE_DIR: flock'ed for as long as `evolve` 
 STATUS_FILE = "status.json"  # inside STATE_DIR: what `evolve` is doing, rewritten atomically
 PLOT_FILE = "progress.png"  # inside STATE_DIR: `autoresearch plot` by default
 EXPORTS_DIR = "exports"  # inside STATE_DIR: `autoresearch export` by default
+RUNS_DIR = "runs"  # inside STATE_DIR: one folder per experiment, see `run_dir`
+RUN_LOG = "run.log"  # inside a run folder: the candidate's output
+PROPOSALS_DIR = "proposals"  # inside STATE_DIR: proposers' scratch, moved into run folders later
 TRAIN_FILE = "train.py"
 PROGRAM_FILE = "program.md"
 PROTECTED_FILES = (PROGRAM_FILE, CONFIG_FILE)  # proposers may change train.py only
@@ -124,6 +127,11 @@ def find_repo(start: Path | None = None) -> Path:
         f"not inside a research repo (no {CONFIG_FILE} in {here} or above):"
         " cd into one, or create one with `autoresearch init DIR`"
     )
+
+
+def run_dir(state: Path, experiment_id: str) -> Path:
+    """An experiment's folder in the state folder: its train.py, run.log, prompts and replies."""
+    return state / RUNS_DIR / experiment_id
 
 
 def state_dir(repo: Path) -> Path:

@@ -58,7 +58,7 @@ from autoresearch.ledger import CRASHED_STATUSES, Ledger, Record  # noqa: E402
 from autoresearch.plot import PALETTE  # noqa: E402
 from autoresearch.runner import run_experiment  # noqa: E402
 from autoresearch.validation import source_hash  # noqa: E402
-from autoresearch.workspace import state_dir  # noqa: E402
+from autoresearch.workspace import run_dir, state_dir  # noqa: E402
 
 OUT = Path(__file__).parent / "results" / "search"
 SEEDS, EXPERIMENTS, TOKENS, REPEATS = 2, 16, 200_000, 5  # the defaults: what was run
@@ -133,13 +133,13 @@ def search(name: str, repo: Path, seed: int, args: argparse.Namespace) -> None:
 def train_once(source: str, config: Config, repo: Path, name: str, **fields: object) -> Record:
     """Train and score `source` outside any search, in a run folder of `repo` (the sandbox
     lets a candidate write there only); the record of it."""
-    run_dir = state_dir(repo) / "runs" / name
-    run_dir.mkdir(parents=True)
-    (run_dir / "train.py").write_text(source, encoding="utf-8")
-    outcome = run_experiment(run_dir / "train.py", config, run_dir)
+    folder = run_dir(state_dir(repo), name)
+    folder.mkdir(parents=True)
+    (folder / "train.py").write_text(source, encoding="utf-8")
+    outcome = run_experiment(folder / "train.py", config, folder)
     fingerprints = outcome.fingerprints | {"source": source_hash(source)}
     return outcome.to_record(
-        id=run_dir.name, status=outcome.status, seed=config.run.seed,
+        id=name, status=outcome.status, seed=config.run.seed,
         fingerprints=fingerprints, **fields,
     )  # fmt: skip
 
