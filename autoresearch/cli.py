@@ -87,11 +87,11 @@ def run(
 ) -> None:
     """Run one experiment of the research repo's current train.py and record it."""
     from autoresearch.constants import depth_of
-    from autoresearch.engine import RunLock
     from autoresearch.ledger import Ledger
     from autoresearch.plugins import notify_experiment_finished
     from autoresearch.progress import LiveProgress
     from autoresearch.runner import run_experiment
+    from autoresearch.status import RunLock
     from autoresearch.workspace import RUN_LOG, TRAIN_FILE, current_commit, run_dir, state_dir
 
     repo = find_repo()
@@ -180,12 +180,12 @@ def evolve(
 ) -> None:
     """Search for a better train.py: a population of candidates on git branches, overnight."""
     from autoresearch import engine, tags
-    from autoresearch.engine import RunLock
     from autoresearch.ledger import Ledger
     from autoresearch.plugins import notify_experiment_finished
     from autoresearch.population import limit_reached, tag_records, trained
     from autoresearch.progress import LiveProgress
     from autoresearch.runner import describe_isolation
+    from autoresearch.status import RunLock
     from autoresearch.workspace import TRAIN_FILE, current_commit, read_train, state_dir
 
     repo = find_repo()
@@ -490,14 +490,17 @@ def export(fmt: str, output: Path | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the run's state as JSON on stdout.")
 def status(as_json: bool) -> None:
     """Is an evolve run going: which experiment, how far, best and spend so far."""
+    import dataclasses
     import json
 
-    from autoresearch.report import format_status, run_status
+    from autoresearch.report import format_status
+    from autoresearch.status import run_status
 
     _, state, ledger = _read_ledger()
     current = run_status(state)
     if as_json:
-        click.echo(json.dumps({"running": current.running, "pid": current.pid, **current.state}))
+        written = dataclasses.asdict(current.state) if current.state else {}
+        click.echo(json.dumps({"running": current.running, "pid": current.pid, **written}))
         return
     records = ledger.records()
     _warn(ledger)

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import os
 import queue
@@ -49,7 +48,6 @@ from pathlib import Path
 
 from autoresearch import population as pop
 from autoresearch import tags
-from autoresearch.atomic import write_text
 from autoresearch.config import Config
 from autoresearch.constants import depth_of
 from autoresearch.errors import UserError
@@ -66,16 +64,15 @@ from autoresearch.progress import LiveProgress
 from autoresearch.proposal import HistoryEntry, Proposal, ProposalRequest, Proposer, Usage
 from autoresearch.redact import redact
 from autoresearch.runner import Outcome, Runner, kill_leftovers, log_tail, run_experiment
+from autoresearch.status import EvolveStatus, RunLock, write_status
 from autoresearch.validation import MAX_SOURCE_BYTES, source_hash, validate_proposal
 from autoresearch.workspace import (
     LEDGER_FILE,
-    LOCK_FILE,
     PROGRAM_FILE,
     PROPOSALS_DIR,
     RESULTS_FILE,
     RUN_LOG,
     RUNS_DIR,
-    STATUS_FILE,
     TRAIN_FILE,
     branch_sha,
     candidate_branch,
@@ -113,49 +110,6 @@ class Job:
 
 class StopNow(Exception):
     """The run must end at once (a second Ctrl-C, SIGTERM)."""
-
-
-class RunLock:
-    """One experiment process (`evolve` or `run`) per research repo: experiments never share
-    the device. An exclusive flock, released by the OS if the holder dies. Reentrant within
-    a process, so the command line can take it before it prints anything and the engine
-    still holds it when used on its own."""
-
-    _held: dict[Path, list[int]] = {}  # path -> [fd, depth] of the locks this process holds
-
-    def __init__(self, state: Path):
-        self.path = (state / LOCK_FILE).resolve()
-
-    def __enter__(self) -> RunLock:
-        import fcntl
-
-        if self.path in self._held:
-            self._held[self.path][1] += 1
-            return self
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise UserError(
-                f"another `autoresearch evolve` or `run` (pid {holder}) is training in this repo:"
-                " wait for it, or stop it first"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._held[self.path] = [fd, 1]
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        held = self._held.get(self.path)
-        if held is None:
-            return
-        held[1] -= 1
-        if held[1] == 0:
-            del self._held[self.path]
-            os.ftruncate(held[0], 0)
-            os.close(held[0])  # closing releases the flock
 
 
 class Engine:
@@ -713,19 +667,19 @@ class Engine:
 
     def _write_status(self, phase: str, experiment: str | None) -> None:
         best = self.champion()
-        status = {
-            "pid": os.getpid(),
-            "tag": self.tag,
-            "started": time.time() - (time.monotonic() - self.started),
-            "experiment": experiment,
-            "phase": phase,
-            "experiment_started": time.time() if experiment else None,
-            "budget_seconds": self.config.run.budget_seconds,
-            "experiments_done": len(self.records),
-            "best": {"id": best.id, "val_bpb": best.val_bpb} if best else None,
-            "spend_usd": pop.spent_usd(self.records),
-        }
-        write_text(self.state / STATUS_FILE, json.dumps(status) + "\n")
+        status = EvolveStatus(
+            pid=os.getpid(),
+            tag=self.tag,
+            started=time.time() - (time.monotonic() - self.started),
+            experiment=experiment,
+            phase=phase,
+            experiment_started=time.time() if experiment else None,
+            budget_seconds=self.config.run.budget_seconds,
+            experiments_done=len(self.records),
+            best={"id": best.id, "val_bpb": best.val_bpb} if best else None,
+            spend_usd=pop.spent_usd(self.records),
+        )
+        write_status(self.state, status)
         # The tag's state goes with it: its running time (a SIGKILL loses at most a phase)
         # and its record count (lagging one behind after a kill is safe: only fewer records
         # in the ledger than counted is an error).

@@ -90,7 +90,7 @@ class Record:
         values = {k: v for k, v in data.items() if k in hints}  # newer fields are ignored
         for name, value in values.items():
             # A wrong type would only fail later, in whatever report reads the field.
-            if not _fits(value, hints[name]):
+            if not fits_type(value, hints[name]):
                 raise TypeError(f"{name} is {value!r}")
         return cls(**values)
 
@@ -100,10 +100,10 @@ def _field_types() -> dict[str, Any]:
     return typing.get_type_hints(Record)
 
 
-def _fits(value: Any, hint: Any) -> bool:
+def fits_type(value: Any, hint: Any) -> bool:
     """Whether a JSON value fits a field's type (an int fits a float, only a bool fits bool)."""
     if isinstance(hint, types.UnionType):
-        return any(_fits(value, h) for h in typing.get_args(hint))
+        return any(fits_type(value, h) for h in typing.get_args(hint))
     if typing.get_origin(hint) is dict:
         return isinstance(value, dict)  # its values are free-form (a plugin's usage, say)
     if isinstance(value, bool) or hint is bool:
