@@ -76,11 +76,14 @@ from autoresearch.workspace import (
     TRAIN_FILE,
     branch_sha,
     candidate_branch,
+    candidate_message,
     commit_candidate,
     commit_message,
     commit_result,
+    parse_trailers,
     read_train,
     research_branch,
+    result_message,
     run_dir,
     set_branch,
     state_dir,
@@ -270,12 +273,12 @@ class Engine:
             if self._should_stop():
                 return
             sha = self._tips[candidate_branch(self.tag, cid)]
-            trailers = _trailers(commit_message(self.repo, sha))
-            parent = next((r for r in self.records if r.id == trailers.get("Parent")), None)
+            trailers = parse_trailers(commit_message(self.repo, sha))
+            parent = next((r for r in self.records if r.id == trailers.parent), None)
             self.say(f"{cid}: was cut off, training it again")
             self._train(
                 read_train(self.repo, sha), sha, parent=parent,
-                spec=trailers.get("Proposer", "?"), description=trailers.get("Description", ""),
+                spec=trailers.proposer, description=trailers.description,
                 candidate_id=cid,
             )  # fmt: skip
 
@@ -436,10 +439,7 @@ class Engine:
         self._invalid_in_a_row = 0
         description = _one_line(proposal.description) or "no description"
         cid = self._next_id()
-        message = (
-            f"{cid}: {description}\n\nParent: {job.parent.id}\nProposer: {job.spec}\n"
-            f"Description: {description}\n"
-        )
+        message = candidate_message(cid, description, job.parent.id, job.spec)
         sha = commit_candidate(self.repo, self._tip(job.parent), proposal.source, message)
         self._set_candidate_branch(cid, sha)
         self._train(
@@ -568,10 +568,8 @@ class Engine:
             score += f" ({record.val_bpb - parent.val_bpb:+.4f})"
         if record.val_bpb is not None:
             score += " promoted" if record.promoted else f" {record.status}"
-        message = (
-            f"{record.id} {score}: {record.description}\n\nResult: {record.status}\n"
-            + (f"Reason: {record.reason}\n" if record.reason else "")
-        )
+        subject = f"{record.id} {score}: {record.description}"
+        message = result_message(subject, record.status, record.reason)
         self._set_candidate_branch(record.id, commit_result(self.repo, record.commit, message))
 
     def _reconcile_results(self) -> None:
@@ -730,15 +728,6 @@ def _shorten(path: Path, limit: int) -> None:
         f.seek(0)
         f.write(head + f"\n[... {size - 2 * half} bytes cut ...]\n".encode() + tail)
         f.truncate()
-
-
-def _trailers(message: str) -> dict[str, str]:
-    out = {}
-    for line in message.splitlines():
-        key, sep, value = line.partition(": ")
-        if sep and key in ("Parent", "Proposer", "Description"):
-            out[key] = value.strip()
-    return out
 
 
 def _one_line(value: object, limit: int = 300) -> str:

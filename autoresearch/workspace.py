@@ -186,6 +186,39 @@ def candidate_branch(tag: str, candidate_id: str) -> str:
     return f"autoresearch/{tag}-candidates/{candidate_id}"
 
 
+@dataclass(frozen=True)
+class CandidateTrailers:
+    """What a candidate commit's message says of it, below its subject (a resumed run reads
+    it back for a candidate cut off before its record)."""
+
+    parent: str | None = None  # the parent candidate's id
+    proposer: str = "?"
+    description: str = ""
+
+
+def candidate_message(candidate_id: str, description: str, parent_id: str, proposer: str) -> str:
+    """The message of the commit a candidate trains: its subject, then its trailers."""
+    return (
+        f"{candidate_id}: {description}\n\nParent: {parent_id}\nProposer: {proposer}\n"
+        f"Description: {description}\n"
+    )
+
+
+def parse_trailers(message: str) -> CandidateTrailers:
+    """The trailers `candidate_message` wrote; a missing one reads as its default."""
+    found = {}
+    for line in message.splitlines():
+        key, sep, value = line.partition(": ")
+        if sep and key in ("Parent", "Proposer", "Description"):
+            found[key.lower()] = value.strip()
+    return CandidateTrailers(**found)
+
+
+def result_message(subject: str, status: str, reason: str) -> str:
+    """The message of a result commit: `subject` (the score), then its status and reason."""
+    return f"{subject}\n\nResult: {status}\n" + (f"Reason: {reason}\n" if reason else "")
+
+
 def commit_candidate(repo: Path, parent_sha: str, source: str, message: str) -> str:
     """Commit `source` as train.py on top of `parent_sha`, leaving the user's index and files."""
     from io import BytesIO
