@@ -87,12 +87,12 @@ def run(
 ) -> None:
     """Run one experiment of the research repo's current train.py and record it."""
     from autoresearch.constants import depth_of
-    from autoresearch.engine import RunLock
     from autoresearch.ledger import Ledger
     from autoresearch.plugins import notify_experiment_finished
     from autoresearch.progress import LiveProgress
     from autoresearch.runner import run_experiment
-    from autoresearch.workspace import TRAIN_FILE, current_commit, state_dir
+    from autoresearch.status import RunLock
+    from autoresearch.workspace import RUN_LOG, TRAIN_FILE, current_commit, run_dir, state_dir
 
     repo = find_repo()
     overrides = {
@@ -110,12 +110,13 @@ def run(
         ledger = Ledger(state / LEDGER_FILE)
         exp_id = ledger.next_id()
         _warn(ledger)
+        ledger.export_tsv(state / RESULTS_FILE)  # mended, as `evolve` does, then appended
         commit = current_commit(repo)
         click.echo(
             f"{exp_id}: training {TRAIN_FILE} for {config.run.describe_budget()}", err=True
         )
         progress = LiveProgress(config.run.budget_seconds, label=exp_id)
-        outcome = run_experiment(train_py, config, state / "runs" / exp_id, on_event=progress)
+        outcome = run_experiment(train_py, config, run_dir(state, exp_id), on_event=progress)
         progress.close()
         record = outcome.to_record(
             id=exp_id,
@@ -126,13 +127,12 @@ def run(
             description=description
             or ("uncommitted train.py" if commit.dirty else commit.subject or "train.py"),
         )
-        ledger.append(record)
-        ledger.export_tsv(state / RESULTS_FILE)
+        ledger.record(record, state / RESULTS_FILE)
     notify_experiment_finished(record)
     click.echo(format_summary(record, outcome.peak_vram_mb))
     if outcome.status != "keep":
         click.echo(
-            f"{outcome.status}: {outcome.reason} (log: {state / 'runs' / exp_id / 'run.log'})",
+            f"{outcome.status}: {outcome.reason} (log: {run_dir(state, exp_id) / RUN_LOG})",
             err=True,
         )
         sys.exit(1)
@@ -180,12 +180,12 @@ def evolve(
 ) -> None:
     """Search for a better train.py: a population of candidates on git branches, overnight."""
     from autoresearch import engine, tags
-    from autoresearch.engine import RunLock
     from autoresearch.ledger import Ledger
     from autoresearch.plugins import notify_experiment_finished
     from autoresearch.population import limit_reached, tag_records, trained
     from autoresearch.progress import LiveProgress
     from autoresearch.runner import describe_isolation
+    from autoresearch.status import RunLock
     from autoresearch.workspace import TRAIN_FILE, current_commit, read_train, state_dir
 
     repo = find_repo()
@@ -490,14 +490,17 @@ def export(fmt: str, output: Path | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the run's state as JSON on stdout.")
 def status(as_json: bool) -> None:
     """Is an evolve run going: which experiment, how far, best and spend so far."""
+    import dataclasses
     import json
 
-    from autoresearch.report import format_status, run_status
+    from autoresearch.report import format_status
+    from autoresearch.status import run_status
 
     _, state, ledger = _read_ledger()
     current = run_status(state)
     if as_json:
-        click.echo(json.dumps({"running": current.running, "pid": current.pid, **current.state}))
+        written = dataclasses.asdict(current.state) if current.state else {}
+        click.echo(json.dumps({"running": current.running, "pid": current.pid, **written}))
         return
     records = ledger.records()
     _warn(ledger)

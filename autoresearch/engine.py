@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import math
 import os
 import queue
@@ -49,35 +48,47 @@ from pathlib import Path
 
 from autoresearch import population as pop
 from autoresearch import tags
-from autoresearch.atomic import write_text
 from autoresearch.config import Config
 from autoresearch.constants import depth_of
 from autoresearch.errors import UserError
-from autoresearch.ledger import FAILED_STATUSES, Ledger, Record, format_id, highest_number
+from autoresearch.ledger import (
+    CRASHED_STATUSES,
+    FAILED_STATUSES,
+    Ledger,
+    Record,
+    format_id,
+    highest_number,
+)
 from autoresearch.population import BASELINE, CALIBRATE
 from autoresearch.progress import LiveProgress
 from autoresearch.proposal import HistoryEntry, Proposal, ProposalRequest, Proposer, Usage
 from autoresearch.redact import redact
 from autoresearch.runner import Outcome, Runner, kill_leftovers, log_tail, run_experiment
+from autoresearch.status import EvolveStatus, RunLock, write_status
 from autoresearch.validation import MAX_SOURCE_BYTES, source_hash, validate_proposal
 from autoresearch.workspace import (
     LEDGER_FILE,
-    LOCK_FILE,
     PROGRAM_FILE,
+    PROPOSALS_DIR,
     RESULTS_FILE,
-    STATUS_FILE,
+    RUN_LOG,
+    RUNS_DIR,
+    TRAIN_FILE,
     branch_sha,
     candidate_branch,
+    candidate_message,
     commit_candidate,
     commit_message,
     commit_result,
+    parse_trailers,
     read_train,
     research_branch,
+    result_message,
+    run_dir,
     set_branch,
     state_dir,
 )
 
-PROPOSALS_DIR = "proposals"  # a proposer's scratch folder, moved into the run folder later
 # A scratch file is kept whole up to this size; a bigger one (a runaway reply) keeps its head
 # and tail. An LLM reply of max_tokens is ~30 KB, a prompt with a 200 KB train.py ~250 KB.
 SCRATCH_FILE_BYTES = 512 * 2**10
@@ -102,49 +113,6 @@ class Job:
 
 class StopNow(Exception):
     """The run must end at once (a second Ctrl-C, SIGTERM)."""
-
-
-class RunLock:
-    """One experiment process (`evolve` or `run`) per research repo: experiments never share
-    the device. An exclusive flock, released by the OS if the holder dies. Reentrant within
-    a process, so the command line can take it before it prints anything and the engine
-    still holds it when used on its own."""
-
-    _held: dict[Path, list[int]] = {}  # path -> [fd, depth] of the locks this process holds
-
-    def __init__(self, state: Path):
-        self.path = (state / LOCK_FILE).resolve()
-
-    def __enter__(self) -> RunLock:
-        import fcntl
-
-        if self.path in self._held:
-            self._held[self.path][1] += 1
-            return self
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise UserError(
-                f"another `autoresearch evolve` or `run` (pid {holder}) is training in this repo:"
-                " wait for it, or stop it first"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._held[self.path] = [fd, 1]
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        held = self._held.get(self.path)
-        if held is None:
-            return
-        held[1] -= 1
-        if held[1] == 0:
-            del self._held[self.path]
-            os.ftruncate(held[0], 0)
-            os.close(held[0])  # closing releases the flock
 
 
 class Engine:
@@ -199,7 +167,7 @@ class Engine:
     def run(self, base_commit: str) -> list[Record]:
         """Run until a limit or Ctrl-C; returns this tag's records."""
         with RunLock(self.state), self._signals():
-            kill_leftovers(self.state / "runs")
+            kill_leftovers(self.state / RUNS_DIR)
             # Proposals in flight when an earlier run was killed left their scratch folders;
             # this run numbers its proposals from 1 again and must not adopt their files.
             shutil.rmtree(self.state / PROPOSALS_DIR, ignore_errors=True)
@@ -237,7 +205,7 @@ class Engine:
             raise UserError(
                 f"the baseline failed ({record.status}: {record.reason}); fix train.py (and commit"
                 f" it), the budget or the data, then `{self.resume_command()}`"
-                f" (log: {self.state / 'runs' / record.id / 'run.log'})"
+                f" (log: {run_dir(self.state, record.id) / RUN_LOG})"
             )
         if record.num_steps < FEW_STEPS:
             self.say(
@@ -305,12 +273,12 @@ class Engine:
             if self._should_stop():
                 return
             sha = self._tips[candidate_branch(self.tag, cid)]
-            trailers = _trailers(commit_message(self.repo, sha))
-            parent = next((r for r in self.records if r.id == trailers.get("Parent")), None)
+            trailers = parse_trailers(commit_message(self.repo, sha))
+            parent = next((r for r in self.records if r.id == trailers.parent), None)
             self.say(f"{cid}: was cut off, training it again")
             self._train(
                 read_train(self.repo, sha), sha, parent=parent,
-                spec=trailers.get("Proposer", "?"), description=trailers.get("Description", ""),
+                spec=trailers.proposer, description=trailers.description,
                 candidate_id=cid,
             )  # fmt: skip
 
@@ -347,8 +315,8 @@ class Engine:
                 parent_source=read_train(self.repo, parent.commit),
                 program=self.program,
                 history=self._history(),
-                crash_log=log_tail(self.state / "runs" / parent.id / "run.log")
-                if parent.status in ("crash", "timeout")
+                crash_log=log_tail(run_dir(self.state, parent.id) / RUN_LOG)
+                if parent.status in CRASHED_STATUSES
                 else None,
                 rng=random.Random(f"{self.config.run.seed}-{self.tag}-{job.number}"),
                 work_dir=job.work_dir,
@@ -471,10 +439,7 @@ class Engine:
         self._invalid_in_a_row = 0
         description = _one_line(proposal.description) or "no description"
         cid = self._next_id()
-        message = (
-            f"{cid}: {description}\n\nParent: {job.parent.id}\nProposer: {job.spec}\n"
-            f"Description: {description}\n"
-        )
+        message = candidate_message(cid, description, job.parent.id, job.spec)
         sha = commit_candidate(self.repo, self._tip(job.parent), proposal.source, message)
         self._set_candidate_branch(cid, sha)
         self._train(
@@ -484,14 +449,14 @@ class Engine:
 
     def _invalid(self, job: Job, proposal: Proposal | None, source: str, reason: str) -> None:
         cid = self._next_id()
-        run_dir = self.state / "runs" / cid
-        run_dir.mkdir(parents=True, exist_ok=True)
+        folder = run_dir(self.state, cid)
+        folder.mkdir(parents=True, exist_ok=True)
         # The rejected source is kept as evidence, unless it is too big to be one (the reason
         # says so); whatever it holds, as text that can be written.
         data = source.encode("utf-8", "backslashreplace")
         if 0 < len(data) <= MAX_SOURCE_BYTES:
-            (run_dir / "train.py").write_bytes(data)
-        _adopt(job.work_dir, run_dir)
+            (folder / TRAIN_FILE).write_bytes(data)
+        _adopt(job.work_dir, folder)
         usage = _usage(proposal.usage) if proposal else {}
         description = _one_line(proposal.description) if proposal else ""
         record = Record(
@@ -519,16 +484,16 @@ class Engine:
         work_dir: Path | None = None,
     ) -> Record:
         cid = candidate_id or self._next_id()
-        run_dir = self.state / "runs" / cid
-        run_dir.mkdir(parents=True, exist_ok=True)
+        folder = run_dir(self.state, cid)
+        folder.mkdir(parents=True, exist_ok=True)
         if work_dir:
-            _adopt(work_dir, run_dir)
-        train_py = run_dir / "train.py"
+            _adopt(work_dir, folder)
+        train_py = folder / TRAIN_FILE
         train_py.write_text(source, encoding="utf-8")
         self._write_status(phase="training", experiment=cid)
         budget = self.config.run.budget_seconds
         on_event = self.progress(budget, label=cid) if self.progress else None
-        outcome = self.runner(train_py, self.config, run_dir, on_event=on_event)
+        outcome = self.runner(train_py, self.config, folder, on_event=on_event)
         if on_event is not None:
             on_event.close()  # a crash leaves the bar open: end it before the result line
         status, promoted = self._judge(outcome, spec)
@@ -547,7 +512,7 @@ class Engine:
             )
         if promoted:
             set_branch(self.repo, research_branch(self.tag), self._tip(record))
-        elif outcome.status in ("crash", "timeout") and self._fix_budget(record):
+        elif outcome.status in CRASHED_STATUSES and self._fix_budget(record):
             self._fixes.append(record)
         return record
 
@@ -578,7 +543,7 @@ class Engine:
         chain = pop.lineage(self.records, crashed)
         failures = 0
         for r in chain:
-            if r.status not in ("crash", "timeout"):
+            if r.status not in CRASHED_STATUSES:
                 break
             failures += 1
         return failures <= self.settings.fix_attempts
@@ -603,10 +568,8 @@ class Engine:
             score += f" ({record.val_bpb - parent.val_bpb:+.4f})"
         if record.val_bpb is not None:
             score += " promoted" if record.promoted else f" {record.status}"
-        message = (
-            f"{record.id} {score}: {record.description}\n\nResult: {record.status}\n"
-            + (f"Reason: {record.reason}\n" if record.reason else "")
-        )
+        subject = f"{record.id} {score}: {record.description}"
+        message = result_message(subject, record.status, record.reason)
         self._set_candidate_branch(record.id, commit_result(self.repo, record.commit, message))
 
     def _reconcile_results(self) -> None:
@@ -702,19 +665,19 @@ class Engine:
 
     def _write_status(self, phase: str, experiment: str | None) -> None:
         best = self.champion()
-        status = {
-            "pid": os.getpid(),
-            "tag": self.tag,
-            "started": time.time() - (time.monotonic() - self.started),
-            "experiment": experiment,
-            "phase": phase,
-            "experiment_started": time.time() if experiment else None,
-            "budget_seconds": self.config.run.budget_seconds,
-            "experiments_done": len(self.records),
-            "best": {"id": best.id, "val_bpb": best.val_bpb} if best else None,
-            "spend_usd": pop.spent_usd(self.records),
-        }
-        write_text(self.state / STATUS_FILE, json.dumps(status) + "\n")
+        status = EvolveStatus(
+            pid=os.getpid(),
+            tag=self.tag,
+            started=time.time() - (time.monotonic() - self.started),
+            experiment=experiment,
+            phase=phase,
+            experiment_started=time.time() if experiment else None,
+            budget_seconds=self.config.run.budget_seconds,
+            experiments_done=len(self.records),
+            best={"id": best.id, "val_bpb": best.val_bpb} if best else None,
+            spend_usd=pop.spent_usd(self.records),
+        )
+        write_status(self.state, status)
         # The tag's state goes with it: its running time (a SIGKILL loses at most a phase)
         # and its record count (lagging one behind after a kill is safe: only fewer records
         # in the ledger than counted is an error).
@@ -765,15 +728,6 @@ def _shorten(path: Path, limit: int) -> None:
         f.seek(0)
         f.write(head + f"\n[... {size - 2 * half} bytes cut ...]\n".encode() + tail)
         f.truncate()
-
-
-def _trailers(message: str) -> dict[str, str]:
-    out = {}
-    for line in message.splitlines():
-        key, sep, value = line.partition(": ")
-        if sep and key in ("Parent", "Proposer", "Description"):
-            out[key] = value.strip()
-    return out
 
 
 def _one_line(value: object, limit: int = 300) -> str:

@@ -41,6 +41,7 @@ SCHEMA_VERSION = 1
 # (syntax, a protected file, the contract broken, a duplicate) or caught cheating.
 SCORED_STATUSES = ("keep", "discard")  # trained and scored: the record has a val_bpb
 FAILED_STATUSES = ("crash", "timeout", "invalid")  # no score: the record's reason says why
+CRASHED_STATUSES = ("crash", "timeout")  # trained and failed: a log to read, a fix to try
 STATUSES = (*SCORED_STATUSES, *FAILED_STATUSES)
 TSV_COLUMNS = ("commit", "val_bpb", "memory_gb", "status", "description")
 CHAIN_FIELD = "chain"  # in each line, outside `Record`: a property of the file, not the run
@@ -89,7 +90,7 @@ class Record:
         values = {k: v for k, v in data.items() if k in hints}  # newer fields are ignored
         for name, value in values.items():
             # A wrong type would only fail later, in whatever report reads the field.
-            if not _fits(value, hints[name]):
+            if not fits_type(value, hints[name]):
                 raise TypeError(f"{name} is {value!r}")
         return cls(**values)
 
@@ -99,10 +100,10 @@ def _field_types() -> dict[str, Any]:
     return typing.get_type_hints(Record)
 
 
-def _fits(value: Any, hint: Any) -> bool:
+def fits_type(value: Any, hint: Any) -> bool:
     """Whether a JSON value fits a field's type (an int fits a float, only a bool fits bool)."""
     if isinstance(hint, types.UnionType):
-        return any(_fits(value, h) for h in typing.get_args(hint))
+        return any(fits_type(value, h) for h in typing.get_args(hint))
     if typing.get_origin(hint) is dict:
         return isinstance(value, dict)  # its values are free-form (a plugin's usage, say)
     if isinstance(value, bool) or hint is bool:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -33,15 +32,14 @@ from autoresearch.population import (
     worse_than_baseline,
 )
 from autoresearch.runner import log_tail
-from autoresearch.workspace import LOCK_FILE, STATUS_FILE, open_repo
+from autoresearch.status import EvolveStatus, RunStatus
+from autoresearch.workspace import RUN_LOG, TRAIN_FILE, open_repo, run_dir
 
 EMPTY_LEDGER = "no experiments yet: run `autoresearch run`"
 DEFAULT_POPULATION = 4  # when autoresearch.toml has no [evolve] population
 DELTA_DIGITS = 9  # rounds away float noise (1.4 - 1.5 = -0.10000000000000009) in JSON
 DESCRIPTION_WIDTH = 60  # characters of a description in a table; JSON keeps it whole
 LOG_TAIL_LINES = 20
-RUNS_DIR = "runs"
-TRAIN_FILE = "train.py"
 EXPORT_FORMATS = ("tsv", "parquet", "jsonl")
 DEFAULT_EXPORT_NAMES = {"tsv": "results.tsv", "parquet": "ledger.parquet", "jsonl": "ledger.jsonl"}
 # Parquet columns holding dicts are stored as JSON text: exact round trips, whatever the keys.
@@ -455,8 +453,8 @@ def git_diff(repo: Path, old: str, new: str) -> str | None:
 def _snapshot_diff(state: Path, parent: Record, record: Record) -> str | None:
     import difflib
 
-    old = state / RUNS_DIR / parent.id / TRAIN_FILE
-    new = state / RUNS_DIR / record.id / TRAIN_FILE
+    old = run_dir(state, parent.id) / TRAIN_FILE
+    new = run_dir(state, record.id) / TRAIN_FILE
     if not (old.is_file() and new.is_file()):
         return None
     lines = difflib.unified_diff(
@@ -491,7 +489,7 @@ def _status_text(text: str, color: bool, status: str | None = None) -> str:
 
 
 def _show_log(state: Path, record: Record) -> str:
-    path = state / RUNS_DIR / record.id / "run.log"
+    path = run_dir(state, record.id) / RUN_LOG
     if not path.is_file():
         return ""
     tail = log_tail(path, LOG_TAIL_LINES).splitlines()
@@ -499,7 +497,7 @@ def _show_log(state: Path, record: Record) -> str:
 
 
 def _proposal_files(state: Path, record: Record) -> list[Path]:
-    folder = state / RUNS_DIR / record.id
+    folder = run_dir(state, record.id)
     if not folder.is_dir():
         return []
     return sorted(folder.glob("prompt_*.md")) + sorted(folder.glob("reply_*.md"))
@@ -607,83 +605,16 @@ def _json_columns(schema: Any) -> set[str]:
 # --------------------------------------------------------------------------- status
 
 
-@dataclass(frozen=True)
-class RunStatus:
-    running: bool
-    pid: int | None
-    state: dict[str, Any]  # the engine's status.json ({} when there is none)
-
-
-def run_status(state: Path) -> RunStatus:
-    """Is `evolve` running here? The engine's lock decides; the pid confirms."""
-    info = _read_json(state / STATUS_FILE)
-    lock = state / LOCK_FILE
-    pid = info.get("pid") if isinstance(info.get("pid"), int) else None
-    if not lock.exists():
-        return RunStatus(False, pid, info)
-    try:
-        text = lock.read_text().strip()
-        pid = int(text) if text.isdigit() else pid
-    except OSError:
-        pass
-    held = _lock_is_held(lock)
-    if held is None:  # no flock on this platform: trust the pid
-        held = pid is not None and _pid_alive(pid)
-    return RunStatus(held, pid, info)
-
-
-def _lock_is_held(lock: Path) -> bool | None:
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        return None
-    try:
-        fd = os.open(lock, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        # Taking the lock for an instant is the only portable question to ask; a shared lock
-        # is enough to collide with the engine's exclusive one.
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    except OSError:
-        return None
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    finally:
-        os.close(fd)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process: alive
-    return True
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def format_status(status: RunStatus, records: list[Record], now: float | None = None) -> str:
     """What `autoresearch status` prints: the live run, or that nothing runs and the last record."""
     now = time.time() if now is None else now
-    s = status.state
+    s = status.state or EvolveStatus()
     if not status.running:
         lines = ["no evolve run is going"]
-        if s.get("tag") is not None:
+        if s.tag is not None:
             lines[0] += (
-                f" (the last one, tag {s.get('tag')!r}, pid {s.get('pid')}, stopped after"
-                f" {s.get('experiments_done', 0)} experiments)"
+                f" (the last one, tag {s.tag!r}, pid {s.pid}, stopped after"
+                f" {s.experiments_done} experiments)"
             )
         if not records:
             raise UserError(EMPTY_LEDGER)
@@ -692,30 +623,28 @@ def format_status(status: RunStatus, records: list[Record], now: float | None = 
         if best is not None and best is not records[-1]:
             lines.append("best of its tag: " + _record_line(best, now))
         return "\n".join(lines)
-    started = s.get("started")
-    since = f", for {_duration(now - started)}" if isinstance(started, (int, float)) else ""
-    tag = f"tag {s['tag']!r}, " if s.get("tag") else ""  # status.json may not be written yet
+    since = f", for {_duration(now - s.started)}" if s.started is not None else ""
+    tag = f"tag {s.tag!r}, " if s.tag else ""  # status.json may not be written yet
     lines = [f"evolve is running: {tag}pid {status.pid}{since}"]
-    experiment = s.get("experiment")
-    if experiment:
-        phase = s.get("phase") or "?"
-        line = f"experiment {experiment}: {phase}"
-        began, budget = s.get("experiment_started"), s.get("budget_seconds")
-        if isinstance(began, (int, float)) and phase == "training" and budget:
+    if s.experiment:
+        phase = s.phase or "?"
+        line = f"experiment {s.experiment}: {phase}"
+        began, budget = s.experiment_started, s.budget_seconds
+        if began is not None and phase == "training" and budget:
             elapsed = max(0.0, now - began)
             line += f", {elapsed:.0f} of {budget:.0f} s ({min(elapsed / budget, 1.0):.0%})"
-        elif isinstance(began, (int, float)):
+        elif began is not None:
             line += f" for {_duration(now - began)}"
         lines.append(line)
     else:
-        lines.append(f"phase: {s.get('phase') or 'starting'}")
-    lines.append(f"experiments done: {s.get('experiments_done', 0)}")
-    best = s.get("best")  # the champion, as the engine writes it
-    if isinstance(best, dict) and best.get("val_bpb") is not None:
+        lines.append(f"phase: {s.phase or 'starting'}")
+    lines.append(f"experiments done: {s.experiments_done}")
+    best = s.best  # the champion, as the engine writes it
+    if best and best.get("val_bpb") is not None:
         lines.append(f"best so far: {best.get('id')} val_bpb {best['val_bpb']:.6f}")
     else:
         lines.append("best so far: -")
-    lines.append(f"spend so far: ${float(s.get('spend_usd') or 0.0):.2f}")
+    lines.append(f"spend so far: ${s.spend_usd:.2f}")
     return "\n".join(lines)
 
 

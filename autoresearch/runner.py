@@ -68,7 +68,7 @@ from autoresearch.harness.sandbox import (
 from autoresearch.harness.untrusted import read_untrusted
 from autoresearch.ledger import Record
 from autoresearch.redact import redact
-from autoresearch.workspace import LEDGER_FILE, PROTECTED_FILES, STATE_DIR, TRAIN_FILE
+from autoresearch.workspace import LEDGER_FILE, PROTECTED_FILES, RUN_LOG, STATE_DIR, TRAIN_FILE
 
 # Only these variables reach the candidate: never API keys, tokens or credentials. Not HOME
 # or TMPDIR either: the candidate gets its own (`sandbox_spec`), and XDG's folders follow HOME.
@@ -524,7 +524,7 @@ def sandbox_spec(
         argv=[sys.executable, "-m", "autoresearch.harness.guard", str(spec_path), train_py.name],
         cwd=str(train_py.parent),
         env=env,
-        log=str(run_dir / "run.log"),
+        log=str(run_dir / RUN_LOG),
         isolate=isolate,
         network=config.run.network,
         hidden=[str(p) for p in hidden],
@@ -690,7 +690,7 @@ def _training_failure(
             )
         if run.returncode == 0:
             return "crash", "train.py exited without calling harness.handover(model)"
-        log = log_tail(run_dir / "run.log") or log_tail(run_dir / SANDBOX_LOG)
+        log = log_tail(run_dir / RUN_LOG) or log_tail(run_dir / SANDBOX_LOG)
         return "crash", f"exit code {run.returncode}: {error_line(log)}"
     if timings["startup"] > config.run.startup_seconds:
         return "invalid", (

@@ -36,6 +36,7 @@ from autoresearch.hookspecs import hookimpl
 from autoresearch.plugins import PluginManager, check_hooks, get_plugin_manager
 from autoresearch.proposal import HistoryEntry, Proposal, ProposalRequest
 from autoresearch.runner import Outcome
+from autoresearch.workspace import RUN_LOG
 
 SCRIPTED = "scripted"
 DESCRIPTION = "a scripted test double"
@@ -124,7 +125,7 @@ class ScriptedRunner:
             )  # fmt: skip
         )
         # The engine hands a crash back to its proposer with the run's log tail.
-        (run_dir / "run.log").write_text(f"{outcome.status}: {outcome.reason}\n", encoding="utf-8")
+        (run_dir / RUN_LOG).write_text(f"{outcome.status}: {outcome.reason}\n", encoding="utf-8")
         with self._lock:
             self.calls.append(RunnerCall(source, run_dir, started, time.monotonic()))
         return outcome

@@ -27,6 +27,9 @@ LOCK_FILE = "evolve.lock"  # inside STATE_DIR: flock'ed for as long as `evolve` 
 STATUS_FILE = "status.json"  # inside STATE_DIR: what `evolve` is doing, rewritten atomically
 PLOT_FILE = "progress.png"  # inside STATE_DIR: `autoresearch plot` by default
 EXPORTS_DIR = "exports"  # inside STATE_DIR: `autoresearch export` by default
+RUNS_DIR = "runs"  # inside STATE_DIR: one folder per experiment, see `run_dir`
+RUN_LOG = "run.log"  # inside a run folder: the candidate's output
+PROPOSALS_DIR = "proposals"  # inside STATE_DIR: proposers' scratch, moved into run folders later
 TRAIN_FILE = "train.py"
 PROGRAM_FILE = "program.md"
 PROTECTED_FILES = (PROGRAM_FILE, CONFIG_FILE)  # proposers may change train.py only
@@ -126,6 +129,11 @@ def find_repo(start: Path | None = None) -> Path:
     )
 
 
+def run_dir(state: Path, experiment_id: str) -> Path:
+    """An experiment's folder in the state folder: its train.py, run.log, prompts and replies."""
+    return state / RUNS_DIR / experiment_id
+
+
 def state_dir(repo: Path) -> Path:
     """`.autoresearch/` in `repo`, created if need be; a `UserError` unless it can be written."""
     path = repo / STATE_DIR
@@ -176,6 +184,39 @@ def research_branch(tag: str) -> str:
 
 def candidate_branch(tag: str, candidate_id: str) -> str:
     return f"autoresearch/{tag}-candidates/{candidate_id}"
+
+
+@dataclass(frozen=True)
+class CandidateTrailers:
+    """What a candidate commit's message says of it, below its subject (a resumed run reads
+    it back for a candidate cut off before its record)."""
+
+    parent: str | None = None  # the parent candidate's id
+    proposer: str = "?"
+    description: str = ""
+
+
+def candidate_message(candidate_id: str, description: str, parent_id: str, proposer: str) -> str:
+    """The message of the commit a candidate trains: its subject, then its trailers."""
+    return (
+        f"{candidate_id}: {description}\n\nParent: {parent_id}\nProposer: {proposer}\n"
+        f"Description: {description}\n"
+    )
+
+
+def parse_trailers(message: str) -> CandidateTrailers:
+    """The trailers `candidate_message` wrote; a missing one reads as its default."""
+    found = {}
+    for line in message.splitlines():
+        key, sep, value = line.partition(": ")
+        if sep and key in ("Parent", "Proposer", "Description"):
+            found[key.lower()] = value.strip()
+    return CandidateTrailers(**found)
+
+
+def result_message(subject: str, status: str, reason: str) -> str:
+    """The message of a result commit: `subject` (the score), then its status and reason."""
+    return f"{subject}\n\nResult: {status}\n" + (f"Reason: {reason}\n" if reason else "")
 
 
 def commit_candidate(repo: Path, parent_sha: str, source: str, message: str) -> str:

@@ -29,7 +29,14 @@ from autoresearch.engine import Engine
 from autoresearch.ledger import Ledger, Record
 from autoresearch.testing import ScriptedProposer, ScriptedRunner
 from autoresearch.validation import source_hash
-from autoresearch.workspace import LEDGER_FILE, candidate_branch, init_repo, read_train, state_dir
+from autoresearch.workspace import (
+    LEDGER_FILE,
+    candidate_branch,
+    candidate_message,
+    init_repo,
+    read_train,
+    state_dir,
+)
 
 TAG = "big"
 
@@ -45,7 +52,7 @@ def synthetic_history(repo: Path, n: int) -> None:
     for i in range(2, n + 1):
         variant = rewrite_constants(source, {"MATRIX_LR": round(0.01 + i * 1e-6, 7)}).encode()
         branch = candidate_branch(TAG, f"e{i:04d}")
-        message = f"e{i:04d}: synthetic\n\nParent: e0001\nProposer: scripted\n".encode()
+        message = candidate_message(f"e{i:04d}", "synthetic", "e0001", "scripted").encode()
         stream += [
             b"blob\n", f"mark :{3 * i}\n".encode(), f"data {len(variant)}\n".encode(), variant,
             f"\ncommit refs/heads/{branch}\nmark :{3 * i + 1}\n".encode(),

@@ -54,11 +54,11 @@ from tabulate import tabulate  # noqa: E402
 
 from autoresearch.config import Config, load_config  # noqa: E402
 from autoresearch.engine import Engine, make_proposers  # noqa: E402
-from autoresearch.ledger import Ledger, Record  # noqa: E402
+from autoresearch.ledger import CRASHED_STATUSES, Ledger, Record  # noqa: E402
 from autoresearch.plot import PALETTE  # noqa: E402
 from autoresearch.runner import run_experiment  # noqa: E402
 from autoresearch.validation import source_hash  # noqa: E402
-from autoresearch.workspace import state_dir  # noqa: E402
+from autoresearch.workspace import run_dir, state_dir  # noqa: E402
 
 OUT = Path(__file__).parent / "results" / "search"
 SEEDS, EXPERIMENTS, TOKENS, REPEATS = 2, 16, 200_000, 5  # the defaults: what was run
@@ -77,7 +77,6 @@ SEARCHED = (
 )  # fmt: skip
 NOISE_FILE, RERUN_FILE, META_FILE = "noise.jsonl", "reruns.jsonl", "meta.json"
 SUMMARY_FILE, FIGURE_FILE = "summary.md", "search.png"
-FAILED = ("crash", "timeout")
 
 
 @dataclass(frozen=True)
@@ -134,13 +133,13 @@ def search(name: str, repo: Path, seed: int, args: argparse.Namespace) -> None:
 def train_once(source: str, config: Config, repo: Path, name: str, **fields: object) -> Record:
     """Train and score `source` outside any search, in a run folder of `repo` (the sandbox
     lets a candidate write there only); the record of it."""
-    run_dir = state_dir(repo) / "runs" / name
-    run_dir.mkdir(parents=True)
-    (run_dir / "train.py").write_text(source, encoding="utf-8")
-    outcome = run_experiment(run_dir / "train.py", config, run_dir)
+    folder = run_dir(state_dir(repo), name)
+    folder.mkdir(parents=True)
+    (folder / "train.py").write_text(source, encoding="utf-8")
+    outcome = run_experiment(folder / "train.py", config, folder)
     fingerprints = outcome.fingerprints | {"source": source_hash(source)}
     return outcome.to_record(
-        id=run_dir.name, status=outcome.status, seed=config.run.seed,
+        id=name, status=outcome.status, seed=config.run.seed,
         fingerprints=fingerprints, **fields,
     )  # fmt: skip
 
@@ -303,7 +302,7 @@ def search_rows(searches: list[Search], reruns: dict[str, float | None]) -> list
         rows.append([
             s.arm, s.tag, len(trained), best, best - s.baseline.val_bpb,
             sum(r.status == "keep" for r in trained) / len(trained),
-            sum(r.status in FAILED for r in trained) / len(trained),
+            sum(r.status in CRASHED_STATUSES for r in trained) / len(trained),
             len(s.records) - 1 - len(trained), f"{held}/{promotions}", fresh,
             s.experiments_per_hour(),
         ])  # fmt: skip

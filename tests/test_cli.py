@@ -91,7 +91,7 @@ def test_failed_run_exits_non_zero_and_is_recorded(research_repo):
 
 
 def test_run_is_refused_while_another_experiment_trains(research_repo):
-    from autoresearch.engine import RunLock
+    from autoresearch.status import RunLock
     from autoresearch.workspace import state_dir
 
     with RunLock(state_dir(research_repo)):

@@ -15,10 +15,10 @@ import pytest
 from helpers import FROZEN, LEARNS, committed, rec
 
 from autoresearch.constants import read_constants, rewrite_constants
-from autoresearch.engine import RunLock
 from autoresearch.errors import UserError
 from autoresearch.population import champion, population
 from autoresearch.runner import Outcome, run_experiment
+from autoresearch.status import RunLock
 from autoresearch.testing import ScriptedProposer, ScriptedRunner
 from autoresearch.workspace import candidate_branch, research_branch, state_dir
 
@@ -197,7 +197,7 @@ def test_second_evolve_is_refused_while_one_runs(research_repo):
     state = state_dir(research_repo)
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from pathlib import Path;"
-         " from autoresearch.engine import RunLock\nwith RunLock(Path(sys.argv[1])):\n"
+         " from autoresearch.status import RunLock\nwith RunLock(Path(sys.argv[1])):\n"
          " print('held', flush=True); time.sleep(60)", str(state)],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip

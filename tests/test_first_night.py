@@ -175,7 +175,7 @@ def test_evolve_refuses_a_committed_train_py_that_does_not_parse(research_repo):
 def test_a_second_evolve_prints_only_the_refusal(research_repo):
     committed(research_repo, LEARNS)
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from autoresearch.engine import RunLock;"
+        [sys.executable, "-c", "import sys, time; from autoresearch.status import RunLock;"
          " from pathlib import Path\nwith RunLock(Path(sys.argv[1])):\n print('held', flush=True);"
          " time.sleep(60)", str(state_dir(research_repo))],
         stdout=subprocess.PIPE, text=True,

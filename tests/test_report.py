@@ -12,7 +12,6 @@ import git
 import pytest
 from helpers import CANDIDATES, MANUAL, TAG, Research, make_research
 
-from autoresearch import report
 from autoresearch.errors import UserError
 from autoresearch.ledger import Ledger, Record
 from autoresearch.population import CALIBRATE, lineage
@@ -26,10 +25,10 @@ from autoresearch.report import (
     leaderboard_rows,
     load_records,
     read_parquet,
-    run_status,
     select,
     show_text,
 )
+from autoresearch.status import EvolveStatus, RunStatus, run_status
 
 
 @pytest.fixture(scope="module")
@@ -257,9 +256,8 @@ def test_status_of_a_live_run(research):
         "phase": "training", "experiment_started": now - 75, "budget_seconds": 300.0,
         "experiments_done": 7, "best": {"id": "c0005", "val_bpb": 1.4}, "spend_usd": 1.234,
     }  # fmt: skip
-    from autoresearch.report import RunStatus
-
-    text = format_status(RunStatus(True, 4242, state), research.ledger.records(), now=now)
+    status = RunStatus(True, 4242, EvolveStatus(**state))
+    text = format_status(status, research.ledger.records(), now=now)
     assert "evolve is running: tag 'mar5', pid 4242, for 3.0 h" in text
     assert "experiment c0008: training, 75 of 300 s (25%)" in text
     assert "best so far: c0005 val_bpb 1.400000" in text and "spend so far: $1.23" in text
@@ -276,11 +274,12 @@ def test_show_of_a_run_record_diffs_against_the_previous_run(research):
 
 def test_status_reads_what_the_engine_writes(research):
     from autoresearch.config import load_config
-    from autoresearch.engine import Engine, RunLock
+    from autoresearch.engine import Engine
+    from autoresearch.status import RunLock
 
     engine = Engine(research.repo, load_config(research.repo), TAG, {}, say=lambda line: None)
     with RunLock(research.state):
         engine._write_status(phase="training", experiment="c0099")
-        status = report.run_status(research.state)
-        assert status.running and status.state["experiment"] == "c0099"
-    assert not report.run_status(research.state).running
+        status = run_status(research.state)
+        assert status.running and status.state.experiment == "c0099"
+    assert not run_status(research.state).running
