@@ -12,7 +12,7 @@ Search loop, one experiment per turn:
   4. it is judged and recorded, a result commit (the same tree, the score in its
      subject) ends its branch, and the research branch follows the champion.
 
-Rules (documented in docs/evolve.md):
+Rules (pure functions of the records in population.py, documented in docs/evolve.md):
 - **Parent selection.** A population member of rank r (0 = best) out of n is
   chosen with weight (n - r) / (1 + its children so far): good parents are
   preferred, and a parent that already has many children gives way to others.
@@ -371,13 +371,8 @@ class Engine:
         if self.settings.population == 1:  # greedy: always the champion
             return self._champion(), self._choose_proposer()
         members = pop.population(self.records, self.settings.population)
-        children = {}
-        for r in self.records:
-            children[r.parent] = children.get(r.parent, 0) + 1
-        for job in self._in_flight:
-            children[job.parent.id] = children.get(job.parent.id, 0) + 1
-        n = len(members)
-        weights = [(n - rank) / (1 + children.get(m.id, 0)) for rank, m in enumerate(members)]
+        in_flight = (job.parent.id for job in self._in_flight)
+        weights = pop.parent_weights(self.records, members, in_flight)
         return self.rng.choices(members, weights=weights)[0], self._choose_proposer()
 
     def _greedy(self) -> bool:
@@ -507,41 +502,24 @@ class Engine:
             )
         if promoted:
             set_branch(self.repo, research_branch(self.tag), self._tip(record))
-        elif outcome.status in CRASHED_STATUSES and self._fix_budget(record):
+        elif outcome.status in CRASHED_STATUSES and pop.may_fix(
+            self.records, record, self.settings.fix_attempts
+        ):
             self._fixes.append(record)
         return record
 
     def _judge(self, outcome: Outcome, spec: str) -> tuple[str, bool]:
-        """(status, promoted) for a finished experiment."""
+        """(status, promoted) for a finished experiment (the rule: `population.judge`)."""
         if outcome.status != "keep" or outcome.val_bpb is None:
             return outcome.status, False
-        best = self.champion()
-        if best is None:  # the baseline becomes the first champion
-            return "keep", spec == BASELINE
-        if spec == CALIBRATE:
-            return "discard", False
-        promoted = outcome.val_bpb < best.val_bpb - self.threshold()
-        if self.settings.population == 1:
-            return ("keep" if promoted else "discard"), promoted
-        members = pop.population(self.records, self.settings.population)
-        enters = len(members) < self.settings.population or outcome.val_bpb < members[-1].val_bpb
-        return ("keep" if enters or promoted else "discard"), promoted
+        size = self.settings.population
+        return pop.judge(self.records, outcome.val_bpb, spec, size, self.threshold())
 
     def noise(self) -> float | None:
         return pop.noise(self.records)
 
     def threshold(self) -> float:
         return pop.threshold(self.records, self.settings.min_improvement, self.settings.noise_k)
-
-    def _fix_budget(self, crashed: Record) -> bool:
-        """Whether a crashed candidate gets (another) fix attempt: its fix-chain is short enough."""
-        chain = pop.lineage(self.records, crashed)
-        failures = 0
-        for r in chain:
-            if r.status not in CRASHED_STATUSES:
-                break
-            failures += 1
-        return failures <= self.settings.fix_attempts
 
     # -- records, limits, state ----------------------------------------------------------------
 

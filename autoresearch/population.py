@@ -13,15 +13,20 @@ always agree.
 - The **noise** is the standard deviation of val_bpb over the baseline and its
   calibration repeats, and the **threshold** a promotion must beat is
   max(min_improvement, noise_k x noise).
+
+The search's rules are pure functions of the records here too: how parents are
+weighted (`parent_weights`), how a result is judged (`judge`), whether a crash
+is handed back for a fix (`may_fix`). The engine only orchestrates them.
 """
 
 from __future__ import annotations
 
 import statistics
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from autoresearch.ledger import Record
+from autoresearch.ledger import CRASHED_STATUSES, Record
 
 BASELINE, CALIBRATE = "baseline", "calibrate"  # proposer names of the non-proposed runs
 
@@ -126,6 +131,51 @@ def population(records: list[Record], size: int) -> list[Record]:
             members.append(record)
             sources.add(source)
     return sorted(members, key=_score)
+
+
+def parent_weights(
+    records: list[Record], members: list[Record], in_flight: Iterable[str] = ()
+) -> list[float]:
+    """Selection weight of each member (best first): rank r of n weighs (n - r) / (1 + its
+    children so far), children being recorded or in flight (`in_flight`: their parents' ids),
+    so good parents are preferred and one with many children gives way to others."""
+    children = Counter(r.parent for r in records) + Counter(in_flight)
+    n = len(members)
+    return [(n - rank) / (1 + children[m.id]) for rank, m in enumerate(members)]
+
+
+def judge(
+    records: list[Record],
+    val_bpb: float,
+    spec: str,
+    population_size: int,
+    threshold: float,
+) -> tuple[str, bool]:
+    """(status, promoted) of a candidate of proposer `spec` that scored `val_bpb`, against
+    one tag's `records`: promoted when it beats the champion by more than `threshold`;
+    kept when promoted or (population > 1) when it enters the population."""
+    best = champion(records)
+    if best is None:  # the baseline becomes the first champion
+        return "keep", spec == BASELINE
+    if spec == CALIBRATE:
+        return "discard", False
+    promoted = val_bpb < best.val_bpb - threshold
+    if population_size == 1:
+        return ("keep" if promoted else "discard"), promoted
+    members = population(records, population_size)
+    enters = len(members) < population_size or val_bpb < members[-1].val_bpb
+    return ("keep" if enters or promoted else "discard"), promoted
+
+
+def may_fix(records: list[Record], crashed: Record, fix_attempts: int) -> bool:
+    """Whether a crashed candidate is handed back (again): at most `fix_attempts` crashes in
+    a row in its lineage, itself included."""
+    failures = 0
+    for r in lineage(records, crashed):
+        if r.status not in CRASHED_STATUSES:
+            break
+        failures += 1
+    return failures <= fix_attempts
 
 
 def parent_finder(records: list[Record]) -> Callable[[Record], Record | None]:

@@ -16,7 +16,7 @@ from helpers import FROZEN, LEARNS, committed, rec
 
 from autoresearch.constants import read_constants, rewrite_constants
 from autoresearch.errors import UserError
-from autoresearch.population import champion, population
+from autoresearch.population import champion, judge, may_fix, parent_weights, population
 from autoresearch.runner import Outcome, run_experiment
 from autoresearch.status import RunLock
 from autoresearch.testing import ScriptedProposer, ScriptedRunner
@@ -244,6 +244,25 @@ def test_promotion_needs_more_than_the_noise(research_repo):
     assert engine._judge(beyond, "scripted") == ("keep", True)
     engine.settings = dataclasses.replace(engine.settings, population=4)
     assert engine._judge(within, "scripted") == ("keep", False)  # enters the population only
+
+
+def test_the_rules_are_functions_of_the_records_alone():
+    """Judging, parent weights and the fix budget, without an engine (population.py)."""
+    base = rec(1, 3.0, promoted=True, proposer="baseline")
+    records = [base, rec(2, 2.5, parent="e0001"), rec(3, 2.8, parent="e0001")]
+    assert judge(records, 2.9, "scripted", 1, 0.2) == ("discard", False)  # greedy: no gain
+    assert judge(records, 2.9, "scripted", 4, 0.2) == ("keep", False)  # enters the population
+    assert judge(records, 3.1, "scripted", 3, 0.0) == ("discard", False)  # it is full
+    assert judge(records, 2.9, "calibrate", 4, 0.0) == ("discard", False)  # a repeat is noise
+    assert judge(records, 2.9, "scripted", 1, 0.05) == ("keep", True)
+    assert judge([], 3.0, "baseline", 4, 0.0) == ("keep", True)  # the first champion
+    members = population(records, 3)  # e0002, e0003, e0001 (two children)
+    assert parent_weights(records, members) == [3.0, 2.0, 1 / 3]
+    assert parent_weights(records, members, in_flight=["e0002"]) == [1.5, 2.0, 1 / 3]
+    first = rec(4, None, status="crash", parent="e0002")
+    second = rec(5, None, status="timeout", parent="e0004")
+    chain = records + [first, second]
+    assert may_fix(chain, first, 1) and not may_fix(chain, second, 1) and may_fix(chain, second, 2)
 
 
 def test_parent_selection_prefers_good_parents_with_few_children(research_repo):
