@@ -17,6 +17,7 @@ from typing import Any
 
 from autoresearch.atomic import write_text
 from autoresearch.errors import UserError
+from autoresearch.harness.limits import pid_alive
 from autoresearch.ledger import fits_type
 from autoresearch.workspace import LOCK_FILE, STATUS_FILE
 
@@ -120,7 +121,7 @@ def run_status(state: Path) -> RunStatus:
         pass
     held = _lock_is_held(lock)
     if held is None:  # no flock on this platform: trust the pid
-        held = pid is not None and _pid_alive(pid)
+        held = pid is not None and pid_alive(pid)
     return RunStatus(held, pid, info)
 
 
@@ -147,12 +148,3 @@ def _lock_is_held(lock: Path) -> bool | None:
     finally:
         os.close(fd)
 
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process: alive
-    return True

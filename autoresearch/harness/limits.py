@@ -193,11 +193,12 @@ def _remove_stale(parent: Path) -> None:
     """Remove the cgroups of runners that are gone (a killed runner cannot remove its own)."""
     for folder in parent.glob(f"{CGROUP_PREFIX}*"):
         runner = folder.name[len(CGROUP_PREFIX) :].split("-")[0]
-        if runner.isdigit() and not _alive(int(runner)):
+        if runner.isdigit() and not pid_alive(int(runner)):
             _remove(folder)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists (someone else's counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
