@@ -27,6 +27,7 @@ DEVICES = ("auto", "cuda", "cpu", "mps")
 ISOLATION_MODES = ("auto", "on", "off")
 TOKENIZER_KINDS = ("bpe", "byte")
 SELECTIONS = ("rank", "none")
+EXECUTORS = ("local", "ray")
 TAG_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 TYPE_NAMES = {
     int: "an integer",
@@ -58,6 +59,13 @@ class RunSettings:
     memory_gb: float = 0.0  # the run's processes together (CPU memory; not the GPU's)
     max_processes: int = 0  # processes and threads together
     disk_gb: float = 0.0  # the run folder, with the candidate's HOME and TMPDIR in it
+    # Experiments at the same time (docs/more-gpus.md): with CUDA one per GPU, on a CPU an
+    # equal share of the cores each; with Ray, tasks in flight on the cluster.
+    slots: int = 1
+    executor: str = "local"  # local (this machine) | ray (a Ray cluster)
+    ray_address: str = ""  # ray only: the cluster (auto: the one `ray start` made); "": a new local one
+    ray_gpus: float = 1.0  # ray only: GPUs each experiment asks for (0 on a cluster of CPUs)
+    ray_cpus: float = 1.0  # ray only: CPUs each experiment asks for
 
     def describe_budget(self) -> str:
         if self.budget_tokens:
@@ -229,6 +237,7 @@ def _validate(c: Config) -> None:
         "tokenizer.vocab_size": c.tokenizer.vocab_size,
         "eval.tokens": c.eval.tokens,
         "eval.batch_size": c.eval.batch_size,
+        "run.slots": c.run.slots,
         "evolve.population": c.evolve.population,
         "evolve.max_invalid": c.evolve.max_invalid,
     }
@@ -242,6 +251,9 @@ def _validate(c: Config) -> None:
     for key in ("memory_gb", "max_processes", "disk_gb"):
         if getattr(c.run, key) < 0:
             raise ConfigError(f"'run.{key}' must be 0 (derived) or more, got {getattr(c.run, key)}")
+    for key in ("ray_gpus", "ray_cpus"):
+        if getattr(c.run, key) < 0:
+            raise ConfigError(f"'run.{key}' must be 0 or more, got {getattr(c.run, key)}")
     for key in ("max_experiments", "hours", "max_cost_usd", "calibrate", "min_improvement",
                 "noise_k", "fix_attempts", "prefetch", "proposal_timeout"):  # fmt: skip
         if getattr(c.evolve, key) < 0:
@@ -262,6 +274,10 @@ def _validate(c: Config) -> None:
         )
     if not c.run.network and c.run.isolation == "off":
         raise ConfigError("'run.network = false' needs 'run.isolation' auto or on, not off")
+    if c.run.executor not in EXECUTORS:
+        raise ConfigError(
+            f"'run.executor' must be one of {', '.join(EXECUTORS)}, got {c.run.executor!r}"
+        )
     if c.run.device not in DEVICES:
         raise ConfigError(f"'run.device' must be one of {', '.join(DEVICES)}, got {c.run.device!r}")
     if c.tokenizer.kind not in TOKENIZER_KINDS:

@@ -67,6 +67,7 @@ class Record:
     mfu_percent: float | None = None
     seed: int = 0
     device: str = ""
+    ran_on: str = ""  # where, with several slots: "slot 2 (GPU 2)", a Ray node; "" with one
     fingerprints: dict[str, str] = field(default_factory=dict)  # harness, data, tokenizer, source
     proposer: str = ""
     description: str = ""

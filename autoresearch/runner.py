@@ -68,6 +68,7 @@ from autoresearch.harness.sandbox import (
 from autoresearch.harness.untrusted import read_untrusted
 from autoresearch.ledger import Record
 from autoresearch.redact import redact
+from autoresearch.slots import WHOLE_MACHINE, Slot
 from autoresearch.workspace import LEDGER_FILE, PROTECTED_FILES, RUN_LOG, STATE_DIR, TRAIN_FILE
 
 # Only these variables reach the candidate: never API keys, tokens or credentials. Not HOME
@@ -145,6 +146,7 @@ class Outcome:
     num_steps: int = 0
     num_params: int = 0
     device: str = ""
+    ran_on: str = ""  # the machine and GPU, where the runner knows better than the slot (Ray)
     fingerprints: dict[str, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per phase, see `_timings`
     isolated: bool = False  # ran inside the sandbox's namespaces
@@ -289,7 +291,8 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
 
 
 class Runner(Protocol):
-    """What trains and scores one candidate: `run_experiment`, or a test double."""
+    """What trains and scores one candidate: `run_experiment`, the Ray runner, or a test
+    double. Called from several threads at once when there are several slots."""
 
     def __call__(
         self,
@@ -297,6 +300,7 @@ class Runner(Protocol):
         config: Config,
         run_dir: Path,
         on_event: Callable[[dict], None] | None = None,
+        slot: Slot = WHOLE_MACHINE,
     ) -> Outcome: ...
 
 
@@ -305,11 +309,13 @@ def run_experiment(
     config: Config,
     run_dir: Path,
     on_event: Callable[[dict], None] | None = None,
+    slot: Slot = WHOLE_MACHINE,
 ) -> Outcome:
     """Train `train_py` for the budget and score it; candidate faults become statuses.
 
     The candidate runs in `run_dir` (a copy of `train_py` is put there), the only folder of
-    the research repo it may write to.
+    the research repo it may write to; it and its evaluator run on `slot`'s part of the
+    machine (its GPU, its cores).
     """
     t_spawn = time.monotonic()
     manifest = load_manifest(config)
@@ -340,7 +346,7 @@ def run_experiment(
     root = research_root(train_py)
     protected = protected_files(root, manifest)
     before = file_states(protected)
-    evaluator = Evaluator(spec, run_dir / "eval.log")  # warmed up once training starts
+    evaluator = Evaluator(spec, run_dir / "eval.log", slot)  # warmed up once training starts
     data = BatchServer(
         manifest.train_path,
         config.data.sequence_len,
@@ -349,7 +355,7 @@ def run_experiment(
         config.run.budget_tokens,
     )
     try:
-        sandbox = sandbox_spec(train_py, config, run_dir, root, manifest, isolate, ctx.device)
+        sandbox = sandbox_spec(train_py, config, run_dir, root, manifest, isolate, ctx.device, slot)
         limits = (hard_limit(config), export_limit(config.run.budget_seconds))
         run = _supervise(sandbox, run_dir, limits, on_event, data, evaluator.warm)
         t_end = time.monotonic()
@@ -495,6 +501,7 @@ def sandbox_spec(
     manifest: Manifest,
     isolate: bool,
     device: str = "cpu",
+    slot: Slot = WHOLE_MACHINE,
 ) -> SandboxSpec:
     """How the sandbox runs `train_py`: its command, environment, what it may touch and use."""
     spec_path = run_dir / SANDBOX_SPEC
@@ -514,7 +521,7 @@ def sandbox_spec(
         "PYTHONDONTWRITEBYTECODE": "1",  # no .pyc written next to the harness by anyone
         "HOME": str(home),
         "TMPDIR": str(tmp),
-    })  # fmt: skip
+    } | slot.env)  # fmt: skip
     caches = [Path(env[k]) for k in COMPILE_CACHES if os.path.isabs(env.get(k, ""))]
     for cache in caches:  # a relative one is inside the run folder, the candidate's cwd
         cache.mkdir(parents=True, exist_ok=True)
@@ -534,6 +541,7 @@ def sandbox_spec(
         max_processes=caps.max_processes,
         disk_bytes=caps.disk_bytes,
         cpu_only=device == "cpu",
+        cpus=list(slot.cpus),
     )
 
 
@@ -715,17 +723,23 @@ class Evaluator:
     starts, it imports torch and loads the validation rows while the candidate trains, and
     loads the model only when told the hand-over is done."""
 
-    def __init__(self, spec: EvalSpec, log_path: Path):
+    def __init__(self, spec: EvalSpec, log_path: Path, slot: Slot = WHOLE_MACHINE):
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed by score() or cancel()
+
+        def in_the_child() -> None:
+            die_with_parent()
+            if slot.cpus:  # scored on the slot's own cores, like its candidate
+                os.sched_setaffinity(0, slot.cpus)
+
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "autoresearch.harness.evaluate", json.dumps(asdict(spec))],
             cwd=log_path.parent,  # explicit, like every process started here
-            env=minimal_env({}),
+            env=minimal_env(slot.env),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._log,
             start_new_session=True,
-            preexec_fn=die_with_parent,
+            preexec_fn=in_the_child,
         )
         self._log_path = log_path
 

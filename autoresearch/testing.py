@@ -36,6 +36,7 @@ from autoresearch.hookspecs import hookimpl
 from autoresearch.plugins import PluginManager, check_hooks, get_plugin_manager
 from autoresearch.proposal import HistoryEntry, Proposal, ProposalRequest
 from autoresearch.runner import Outcome
+from autoresearch.slots import WHOLE_MACHINE, Slot
 from autoresearch.workspace import RUN_LOG
 
 SCRIPTED = "scripted"
@@ -89,6 +90,7 @@ class RunnerCall:
 
     source: str
     run_dir: Path
+    slot: Slot  # where the engine ran it
     started: float  # time.monotonic() when it began
     ended: float
 
@@ -110,6 +112,7 @@ class ScriptedRunner:
         config: Config,
         run_dir: Path,
         on_event: Callable[[dict], None] | None = None,
+        slot: Slot = WHOLE_MACHINE,
     ) -> Outcome:
         started = time.monotonic()
         source = train_py.read_text(encoding="utf-8")
@@ -127,7 +130,7 @@ class ScriptedRunner:
         # The engine hands a crash back to its proposer with the run's log tail.
         (run_dir / RUN_LOG).write_text(f"{outcome.status}: {outcome.reason}\n", encoding="utf-8")
         with self._lock:
-            self.calls.append(RunnerCall(source, run_dir, started, time.monotonic()))
+            self.calls.append(RunnerCall(source, run_dir, slot, started, time.monotonic()))
         return outcome
 
 

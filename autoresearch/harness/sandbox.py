@@ -97,6 +97,7 @@ class SandboxSpec:
     max_processes: int = 0
     disk_bytes: int = 0  # also the largest file it may write
     cpu_only: bool = False
+    cpus: list[int] = field(default_factory=list)  # the cores it runs on (its slot's); []: any
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2) + "\n")
@@ -111,6 +112,8 @@ class SandboxSpec:
 # ---------------------------------------------------------------------------
 def main(spec_path: str) -> int:
     spec = SandboxSpec.load(spec_path)
+    if spec.cpus:  # inherited by the candidate and everything it starts
+        os.sched_setaffinity(0, spec.cpus)
     prctl(PR_SET_CHILD_SUBREAPER, 1)  # orphans of the candidate come to us, not to init
     for error in join_cgroups(spec.cgroups):
         print(error, file=sys.stderr)  # runs on, with the rlimits below
