@@ -162,6 +162,17 @@ def run(
 @click.option("--max-cost-usd", type=float, help="Stop when proposers have spent this much.")
 @click.option("--calibrate", type=int, help="Extra baseline runs to measure the noise.")
 @click.option(
+    "--slots",
+    type=int,
+    help="Experiments at once: one per GPU, or a share of the cores each (run.slots).",
+)
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "ray"]),
+    help="Where experiments run: this machine, or a Ray cluster (run.executor).",
+)
+@click.option("--ray-address", help="The Ray cluster, e.g. auto (run.ray_address).")
+@click.option(
     "--resume",
     is_flag=True,
     help="Continue the latest (or --tag) run where it stopped, with the settings it started with.",
@@ -176,6 +187,9 @@ def evolve(
     hours: float | None,
     max_cost_usd: float | None,
     calibrate: int | None,
+    slots: int | None,
+    executor: str | None,
+    ray_address: str | None,
     resume: bool,
 ) -> None:
     """Search for a better train.py: a population of candidates on git branches, overnight."""
@@ -199,6 +213,9 @@ def evolve(
         "evolve.hours": hours,
         "evolve.max_cost_usd": max_cost_usd,
         "evolve.calibrate": calibrate,
+        "run.slots": slots,
+        "run.executor": executor,
+        "run.ray_address": ray_address,
     }
     config = load_config(repo, overrides)
     state = state_dir(repo)
@@ -248,7 +265,8 @@ def evolve(
             _check_compiles(repo / TRAIN_FILE, read_train(repo, start), committed=True)
         click.echo(
             f"evolve {run_tag}: population {s.population}, proposers {', '.join(made)},"
-            f" {config.run.describe_budget()} per experiment{_limits_text(s, trained(before))};"
+            f" {config.run.describe_budget()} per experiment{_slots_text(config.run)}"
+            f"{_limits_text(s, trained(before))};"
             f" branches autoresearch/{run_tag}*; candidates {describe_isolation(config)}",
             err=True,
         )
@@ -310,6 +328,14 @@ def _resumed_config(
     for note in notes:
         click.echo(note, err=True)
     return load_config(repo, overrides | again), remembered.elapsed_seconds
+
+
+def _slots_text(run) -> str:
+    """The banner's words on where experiments run, when not one at a time here."""
+    where = f" on a Ray cluster ({run.ray_address or 'a new local one'})"
+    if run.executor != "ray" and run.slots == 1:
+        return ""
+    return f", {run.slots} at a time" + (where if run.executor == "ray" else "")
 
 
 def _limits_text(settings, done: int) -> str:

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Union
 
+from autoresearch.syntax import parse
+
 CONSTANT_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
 MAX_EXPONENT = 64  # `2**19` is a size; `10**10**10` is an attack on the reader
 LINE_BREAK = re.compile(r"\r\n|\r|\n")  # the line ends the tokenizer counts
@@ -49,7 +51,7 @@ class _Constant:
 
 def read_constants(source: str) -> dict[str, Value]:
     """The module-level `ALL_CAPS = literal` constants of `source`, in file order."""
-    return {name: c.value for name, c in _constants(ast.parse(source)).items()}
+    return {name: c.value for name, c in _constants(parse(source)).items()}
 
 
 def depth_of(source: str) -> int | None:
@@ -66,7 +68,7 @@ def rewrite_constants(source: str, values: Mapping[str, Value]) -> str:
 
     Raises KeyError for a name that is not a constant of `source`.
     """
-    found = _constants(ast.parse(source))
+    found = _constants(parse(source))
     unknown = [name for name in values if name not in found]
     if unknown:
         raise KeyError(f"not a constant of train.py: {', '.join(unknown)}")

@@ -1,16 +1,21 @@
-"""The search: a population of `train.py` candidates on git branches, trained one at a time.
+"""The search: a population of `train.py` candidates on git branches, trained on slots.
 
-    baseline ─► interrupted candidates ─► calibration repeats ─► search loop
+    baseline ─► calibration repeats ─► interrupted candidates, then the search loop
 
-Search loop, one experiment per turn:
-  1. proposals are prepared in background threads, `evolve.prefetch` ahead, so the
-     device never waits for a slow proposer;
-  2. the next ready proposal is validated (parses, keeps the harness contract, not
-     a duplicate, not a seed-only change); a rejected one is recorded `invalid`;
+One slot (`run.slots`) trains one experiment at a time, the original loop; with N slots,
+N experiments train at once (`autoresearch.slots`; a Ray cluster through its runner).
+Only this thread writes the ledger and the git repo; each experiment's thread just waits
+for the runner. Search loop:
+  1. proposals are prepared in background threads, `evolve.prefetch` ahead (and one per
+     free slot), so no slot waits for a slow proposer;
+  2. when a slot is free, the next ready proposal is validated (parses, keeps the harness
+     contract, not a duplicate of anything tried or in flight, not a seed-only change);
+     a rejected one is recorded `invalid`;
   3. a valid one is committed on its own branch, on top of its parent's result
-     commit, and trained and scored by the runner;
-  4. it is judged and recorded, a result commit (the same tree, the score in its
-     subject) ends its branch, and the research branch follows the champion.
+     commit, and trained and scored by the runner on that slot;
+  4. results are judged and recorded in the order they arrive, a result commit (the same
+     tree, the score in its subject) ends each branch, and the research branch follows
+     the champion.
 
 Rules (pure functions of the records in population.py, documented in docs/evolve.md):
 - **Parent selection.** A population member of rank r (0 = best) out of n is
@@ -28,6 +33,9 @@ Rules (pure functions of the records in population.py, documented in docs/evolve
   or the population is not yet full).
 - **Resume.** Everything is derived from the ledger and the branches: a candidate
   whose branch exists but has no record was cut off and is trained again.
+- **Stopping.** A limit counts the experiments in flight: none starts that would pass
+  it. The first Ctrl-C starts nothing new and records what is in flight; a second one, or
+  SIGTERM, stops them at once (cut off: `--resume` trains them again).
 """
 
 from __future__ import annotations
@@ -51,6 +59,7 @@ from autoresearch import tags
 from autoresearch.config import Config
 from autoresearch.constants import depth_of
 from autoresearch.errors import UserError
+from autoresearch.harness.context import resolve_device
 from autoresearch.ledger import (
     CRASHED_STATUSES,
     FAILED_STATUSES,
@@ -64,6 +73,7 @@ from autoresearch.progress import LiveProgress
 from autoresearch.proposal import HistoryEntry, Proposal, ProposalRequest, Proposer, Usage
 from autoresearch.redact import redact
 from autoresearch.runner import Outcome, Runner, kill_leftovers, log_tail, run_experiment
+from autoresearch.slots import Slot, machine_slots
 from autoresearch.status import EvolveStatus, RunLock, write_status
 from autoresearch.validation import MAX_SOURCE_BYTES, source_hash, validate_proposal
 from autoresearch.workspace import (
@@ -95,6 +105,7 @@ SCRATCH_FILE_BYTES = 512 * 2**10
 # Plain words when the baseline shows that results will be noise (docs/evolve.md).
 FEW_STEPS = 100  # optimizer steps of the baseline below which the machine is too slow or busy
 NOISY_FRACTION = 0.01  # noise_k x noise over 1% of the baseline's val_bpb: more than edits gain
+EVENT_POLL_SECONDS = 0.2  # how long the engine waits for an event before it looks at limits
 
 
 @dataclass
@@ -108,6 +119,31 @@ class Job:
     work_dir: Path
     started: float = 0.0
     proposal: Proposal | None = None
+    error: BaseException | None = None
+
+
+@dataclass
+class Work:
+    """An experiment to train: what the runner gets, and what its record will say."""
+
+    id: str | None  # None: numbered when it starts (a calibration repeat)
+    source: str
+    commit: str
+    parent: Record | None
+    spec: str  # the proposer, or baseline / calibrate
+    description: str
+    usage: object = None  # what its proposal cost
+    work_dir: Path | None = None  # the proposer's scratch files, moved into the run folder
+
+
+@dataclass
+class Running:
+    """An experiment on a slot; its thread fills in the outcome (or the runner's error)."""
+
+    work: Work
+    slot: Slot
+    started: float  # time.time()
+    outcome: Outcome | None = None
     error: BaseException | None = None
 
 
@@ -127,9 +163,12 @@ class Engine:
         notify: Callable[[Record], None] | None = None,
         configured: dict | None = None,
         runner: Runner = run_experiment,
+        slots: list[Slot] | None = None,
     ):
         self.repo, self.config, self.tag = repo, config, tag
         self.runner = runner  # trains and scores one candidate (a test double in engine tests)
+        # Where experiments run: this machine's share of `run.slots` unless given (Ray's).
+        self.slots = slots or machine_slots(config.run.slots, resolve_device(config.run.device))
         self.settings = config.evolve
         self.proposers = proposers
         self.say = say
@@ -157,8 +196,14 @@ class Engine:
         self.interrupted_by: int | None = None  # the signal that stopped the run, if one did
         self.limit: pop.Limit | None = None  # the stop limit reached, once one is
         self.idle_seconds = 0.0  # the device waited for a proposal this long
-        self._ready: queue.Queue[Job] = queue.Queue()
-        self._in_flight: list[Job] = []
+        # Proposals finished and experiments finished arrive here, from their threads.
+        self._events: queue.Queue[Job | Running] = queue.Queue()
+        self._in_flight: list[Job] = []  # proposals being prepared
+        self._ready: list[Job] = []  # prepared, waiting for a slot
+        self._pending: list[Work] = []  # cut-off candidates, trained before any proposal
+        self._free: list[Slot] = list(self.slots)
+        self._running: dict[str, Running] = {}  # experiment id -> where and since when
+        self._status_said: tuple = ()  # what status.json says now
         self._jobs_made = 0
         self._fixes: list[Record] = []  # crashed candidates to hand back for a fix
         self._invalid_in_a_row = 0
@@ -179,14 +224,15 @@ class Engine:
                 self._reconcile_results()
                 self._reconcile_research_branch()
                 self._baseline(base_commit)
-                self._rerun_interrupted()
                 self._calibrate()
+                self._pending.extend(self._cut_off())
                 self._search()
             except StopNow:
                 self.stop_reason = self.stop_reason or "stopped at once (second Ctrl-C or SIGTERM)"
                 self.say(f"stopped: continue with `{self.resume_command()}`")
             finally:
-                self._write_status(phase="idle", experiment=None)
+                self._abandon_running()
+                self._write_status(phase="idle")
         return self.records
 
     def _baseline(self, base_commit: str) -> None:
@@ -194,14 +240,13 @@ class Engine:
         if sha is None:
             return
         set_branch(self.repo, research_branch(self.tag), sha)
-        source = read_train(self.repo, sha)
         cid = self._next_id()
         # Its id and commit are all a proposal needs: the first proposals are prepared while
         # the baseline trains, so the device never waits for a proposer, not even at the start.
-        self._fill_pipeline(self.settings.prefetch, first_parent=Record(cid, "keep", commit=sha))
-        record = self._train(
-            source, sha, parent=None, spec=BASELINE, description=BASELINE, candidate_id=cid
-        )
+        ahead = max(len(self.slots), self.settings.prefetch)
+        self._fill_pipeline(ahead, first_parent=Record(cid, "keep", commit=sha))
+        work = Work(cid, read_train(self.repo, sha), sha, None, BASELINE, BASELINE)
+        (record,) = self._run_all([work])
         if record.status != "keep":
             raise UserError(
                 f"the baseline failed ({record.status}: {record.reason}); fix train.py (and commit"
@@ -225,20 +270,22 @@ class Engine:
         return (None if failed_before else branch_sha(self.repo, research_branch(self.tag))) or head
 
     def _calibrate(self) -> None:
-        """Repeat the baseline to measure how much val_bpb varies for the same code."""
+        """Repeat the baseline to measure how much val_bpb varies for the same code: the
+        repeats run side by side when there are slots, and all end before any candidate is
+        judged (the threshold needs them)."""
         baseline = pop.baseline(self.records)
         assert baseline is not None, "the baseline is recorded before the calibration"
         done = sum(r.proposer == CALIBRATE for r in self.records)
-        for i in range(done, self.settings.calibrate):
-            if self._should_stop():
-                return
-            source = read_train(self.repo, baseline.commit)
-            self._train(
-                source, baseline.commit, parent=baseline, spec=CALIBRATE,
-                description=f"repeat {i + 1} of the baseline, to measure noise",
-            )  # fmt: skip
-            if i + 1 == self.settings.calibrate:
-                self._warn_if_noisy(baseline)
+        if done >= self.settings.calibrate:
+            return
+        source = read_train(self.repo, baseline.commit)
+        self._run_all([
+            Work(None, source, baseline.commit, baseline, CALIBRATE,
+                 f"repeat {i + 1} of the baseline, to measure noise")
+            for i in range(done, self.settings.calibrate)
+        ])  # fmt: skip
+        if sum(r.proposer == CALIBRATE for r in self.records) >= self.settings.calibrate:
+            self._warn_if_noisy(baseline)
 
     def _warn_if_noisy(self, baseline: Record) -> None:
         """Say plainly when the measured noise is larger than the gains a search finds."""
@@ -268,38 +315,72 @@ class Engine:
             " every run, whatever the load; the seconds become only a cap)"
         )
 
-    def _rerun_interrupted(self) -> None:
-        """Candidates committed but never recorded were cut off mid-run: train them again."""
+    def _cut_off(self) -> list[Work]:
+        """Candidates committed but never recorded were cut off mid-run: train them again,
+        before any new proposal."""
+        works = []
         for cid in self._cut_off_ids():
-            if self._should_stop():
-                return
             sha = self._tips[candidate_branch(self.tag, cid)]
             trailers = parse_trailers(commit_message(self.repo, sha))
             parent = next((r for r in self.records if r.id == trailers.parent), None)
-            self.say(f"{cid}: was cut off, training it again")
-            self._train(
-                read_train(self.repo, sha), sha, parent=parent,
-                spec=trailers.proposer, description=trailers.description,
-                candidate_id=cid,
-            )  # fmt: skip
+            source = read_train(self.repo, sha)
+            works.append(Work(cid, source, sha, parent, trailers.proposer, trailers.description))
+        return works
 
     def _search(self) -> None:
-        while not self._should_stop():
-            self._fill_pipeline(max(1, self.settings.prefetch))
-            job = self._next_ready()
-            if job is None:
+        """Whenever a slot is free: the next cut-off candidate, else the next ready proposal;
+        results are judged and recorded as they arrive. Ends when a limit or Ctrl-C stops
+        new experiments and those in flight have been recorded."""
+        while True:
+            if not self._running and self._should_stop():
+                return
+            if self._may_launch():
+                self._launch_ready()
+                self._fill_pipeline(max(len(self._free), self.settings.prefetch))
+            event = self._next_event()
+            if isinstance(event, Job):
+                self._ready.append(event)
+            elif event is not None:
+                self._finish(event)
+
+    def _launch_ready(self) -> None:
+        """Start experiments on the free slots while there is something to start."""
+        while self._free and self._may_launch() and (self._pending or self._ready):
+            if self._pending:
+                work = self._pending.pop(0)
+                self.say(f"{work.id}: was cut off, training it again")
+                self._launch(work)
                 continue
-            self._fill_pipeline(self.settings.prefetch)  # prepared while this one trains
+            job = self._ready.pop(0)
             if self._greedy() and job.champion_id != self._champion().id:
                 self.say(f"dropped a proposal made for the previous champion {job.champion_id}")
                 continue
             self._take(job)
 
+    def _run_all(self, works: list[Work]) -> list[Record]:
+        """Train `works` on the slots, as many at a time as there are, and wait for all;
+        their records, in order of arrival. Proposals that arrive meanwhile wait."""
+        queued, before = list(works), len(self.records)
+        while queued or self._running:
+            while queued and self._free and not self.stop_requested:
+                self._launch(queued.pop(0))
+            if self.stop_requested and not self._running:
+                break
+            event = self._next_event()
+            if isinstance(event, Job):
+                self._ready.append(event)
+            elif event is not None:
+                self._finish(event)
+        if self.stop_requested:
+            raise StopNow()  # the first Ctrl-C: what was in flight is recorded, then stop
+        return self.records[before:]
+
     # -- proposals -----------------------------------------------------------------------------
 
     def _fill_pipeline(self, ahead: int, first_parent: Record | None = None) -> None:
-        """Start proposals until `ahead` are being prepared; `first_parent`: the baseline-to-be."""
-        while len(self._in_flight) < ahead:
+        """Start proposals until `ahead` are being prepared or wait for a slot;
+        `first_parent`: the baseline-to-be."""
+        while len(self._in_flight) + len(self._ready) < ahead:
             if first_parent:
                 parent, spec = first_parent, self._choose_proposer()
             else:
@@ -331,25 +412,26 @@ class Engine:
             job.proposal = self.proposers[job.spec][0].propose(request)
         except BaseException as e:  # noqa: BLE001 - any failure is recorded, never fatal here
             job.error = e
-        self._ready.put(job)
+        self._events.put(job)
 
-    def _next_ready(self) -> Job | None:
+    def _next_event(self) -> Job | Running | None:
+        """The next proposal ready or experiment finished, waiting a moment for one; None when
+        none came (the caller looks at limits and Ctrl-C again)."""
         t0 = time.monotonic()
-        self._write_status(phase="proposing", experiment=None)
-        while True:
-            try:
-                job = self._ready.get(timeout=0.2)
-                if job in self._in_flight:  # else it timed out earlier and was recorded
-                    break
-            except queue.Empty:
-                if self.stop_requested:
-                    return None
-                job = self._overdue()
-                if job:
-                    break
-        self.idle_seconds += time.monotonic() - t0
-        self._in_flight.remove(job)
-        return job
+        # Slots free for want of a proposal: the device time that a slow proposer costs.
+        starving = len(self._free) if self._may_launch() and not self._pending else 0
+        self._write_status(phase="training" if self._running else "proposing")
+        try:
+            event = self._events.get(timeout=EVENT_POLL_SECONDS)
+        except queue.Empty:
+            event = self._overdue()
+        if starving and not self._ready:
+            self.idle_seconds += starving * (time.monotonic() - t0)
+        if isinstance(event, Job):
+            if event not in self._in_flight:
+                return None  # it timed out earlier and was recorded
+            self._in_flight.remove(event)
+        return event
 
     def _overdue(self) -> Job | None:
         """A proposal past `evolve.proposal_timeout`: given up on (its thread is left to die)."""
@@ -371,9 +453,14 @@ class Engine:
         if self.settings.population == 1:  # greedy: always the champion
             return self._champion(), self._choose_proposer()
         members = pop.population(self.records, self.settings.population)
-        in_flight = (job.parent.id for job in self._in_flight)
-        weights = pop.parent_weights(self.records, members, in_flight)
+        weights = pop.parent_weights(self.records, members, self._children_in_flight())
         return self.rng.choices(members, weights=weights)[0], self._choose_proposer()
+
+    def _children_in_flight(self) -> list[str]:
+        """The parent ids of the children not yet recorded: proposed, waiting or training."""
+        jobs = [j.parent.id for j in (*self._in_flight, *self._ready)]
+        works = [w.parent.id for w in (*self._pending, *self._works()) if w.parent]
+        return jobs + works
 
     def _greedy(self) -> bool:
         """The original loop: one lineage, every proposal a change of the champion."""
@@ -400,6 +487,8 @@ class Engine:
     # -- one proposal to one record ------------------------------------------------------------
 
     def _take(self, job: Job) -> None:
+        """Validate a ready proposal: an invalid one is recorded, a valid one committed on its
+        own branch and started on a free slot."""
         parent_source = read_train(self.repo, job.parent.commit)
         if job.error is not None:
             if isinstance(job.error, UserError):
@@ -421,7 +510,9 @@ class Engine:
             reason = "the proposal contains the value of a secret environment variable"
             self._invalid(job, proposal, redact(proposal.source), reason)
             return
+        # What is training or about to counts as tried: nothing is trained twice.
         seen = {r.fingerprints.get("source") for r in self.records if r.status != "invalid"}
+        seen |= {source_hash(w.source) for w in (*self._pending, *self._works())}
         reason = validate_proposal(parent_source, proposal.source, seen)
         if reason:
             self._invalid(job, proposal, proposal.source, reason)
@@ -432,9 +523,9 @@ class Engine:
         message = candidate_message(cid, description, job.parent.id, job.spec)
         sha = commit_candidate(self.repo, self._tip(job.parent), proposal.source, message)
         self._set_candidate_branch(cid, sha)
-        self._train(
-            proposal.source, sha, parent=job.parent, spec=job.spec, description=description,
-            candidate_id=cid, usage=proposal.usage, work_dir=job.work_dir,
+        self._launch(
+            Work(cid, proposal.source, sha, job.parent, job.spec, description,
+                 usage=proposal.usage, work_dir=job.work_dir)
         )  # fmt: skip
 
     def _invalid(self, job: Job, proposal: Proposal | None, source: str, reason: str) -> None:
@@ -461,44 +552,71 @@ class Engine:
                 f" check the proposers and program.md, then `{self.resume_command()}`"
             )
 
-    def _train(
-        self,
-        source: str,
-        sha: str,
-        *,
-        parent: Record | None,
-        spec: str,
-        description: str,
-        candidate_id: str | None = None,
-        usage: object = None,
-        work_dir: Path | None = None,
-    ) -> Record:
-        cid = candidate_id or self._next_id()
-        folder = run_dir(self.state, cid)
+    # -- experiments on slots ------------------------------------------------------------------
+
+    def _launch(self, work: Work) -> None:
+        """Start `work` on a free slot, in a thread of its own that waits for the runner."""
+        work.id = work.id or self._next_id()
+        folder = run_dir(self.state, work.id)
         folder.mkdir(parents=True, exist_ok=True)
-        if work_dir:
-            _adopt(work_dir, folder)
+        if work.work_dir:
+            _adopt(work.work_dir, folder)
         train_py = folder / TRAIN_FILE
-        train_py.write_text(source, encoding="utf-8")
-        self._write_status(phase="training", experiment=cid)
-        budget = self.config.run.budget_seconds
-        on_event = self.progress(budget, label=cid) if self.progress else None
-        outcome = self.runner(train_py, self.config, folder, on_event=on_event)
-        if on_event is not None:
-            on_event.close()  # a crash leaves the bar open: end it before the result line
-        status, promoted = self._judge(outcome, spec)
+        train_py.write_text(work.source, encoding="utf-8")
+        slot = self._free.pop(0)
+        running = Running(work, slot, time.time())
+        self._running[work.id] = running
+        self._write_status(phase="training")
+        # A live bar for one experiment at a time; with several, a line says where each runs.
+        on_event = None
+        if len(self.slots) > 1:
+            self.say(f"{work.id}: training on {slot.label or f'slot {slot.index}'}")
+        elif self.progress:
+            on_event = self.progress(self.config.run.budget_seconds, label=work.id)
+        thread = threading.Thread(
+            target=self._run, args=(running, train_py, folder, on_event), daemon=True
+        )
+        thread.start()
+
+    def _run(self, running: Running, train_py: Path, folder: Path, on_event) -> None:
+        """In the experiment's thread: train and score it, then hand it to the engine."""
+        try:
+            running.outcome = self.runner(
+                train_py, self.config, folder, on_event=on_event, slot=running.slot
+            )
+        except BaseException as e:  # noqa: BLE001 - the engine's thread decides what it means
+            running.error = e
+        finally:
+            if on_event is not None:
+                on_event.close()  # a crash leaves the bar open: end it before the result line
+        self._events.put(running)
+
+    def _finish(self, running: Running) -> Record:
+        """Judge a finished experiment against the records so far, record it, and move the
+        research branch if it is the new champion."""
+        work = running.work
+        del self._running[work.id]
+        self._free.append(running.slot)
+        self._free.sort(key=lambda slot: slot.index)
+        if running.error is not None:
+            raise running.error  # a machine fault (a full disk): nothing to record
+        outcome = running.outcome
+        assert outcome is not None
+        status, promoted = self._judge(outcome, work.spec)
         record = outcome.to_record(
-            id=cid, status=status, commit=sha, parent=parent.id if parent else None,
-            depth=depth_of(source), seed=self.config.run.seed,
-            proposer=spec, description=description, tag=self.tag, promoted=promoted,
-            usage=_usage(usage) if usage is not None else {},
-            fingerprints=outcome.fingerprints | {"source": source_hash(source)},
+            id=work.id, status=status, commit=work.commit,
+            parent=work.parent.id if work.parent else None,
+            depth=depth_of(work.source), seed=self.config.run.seed,
+            proposer=work.spec, description=work.description, tag=self.tag, promoted=promoted,
+            usage=_usage(work.usage) if work.usage is not None else {},
+            ran_on=outcome.ran_on or running.slot.label,
+            fingerprints=outcome.fingerprints | {"source": source_hash(work.source)},
         )  # fmt: skip
         self._record(record)
         if outcome.fatal:
             raise UserError(
-                f"{cid} {outcome.reason}; restore them (git checkout, or delete the prepared data"
-                f" and run `autoresearch prepare`), then `{self.resume_command()}`"
+                f"{work.id} {outcome.reason}; restore them (git checkout, or delete the prepared"
+                f" data and run `autoresearch prepare`), then `{self.resume_command()}`"
             )
         if promoted:
             set_branch(self.repo, research_branch(self.tag), self._tip(record))
@@ -507,6 +625,36 @@ class Engine:
         ):
             self._fixes.append(record)
         return record
+
+    def _works(self) -> list[Work]:
+        return [running.work for running in self._running.values()]
+
+    def _may_launch(self) -> bool:
+        """Whether another experiment may start: no Ctrl-C, and no limit reached counting
+        the experiments in flight as done."""
+        if self.stop_requested:
+            return False
+        s = self.settings
+        return (
+            pop.limit_reached(
+                self.records, self.elapsed(), s.max_experiments, s.hours, s.max_cost_usd,
+                in_flight=len(self._running),
+            )  # fmt: skip
+            is None
+        )
+
+    def _abandon_running(self) -> None:
+        """The run ends with experiments in flight (a second Ctrl-C, an error): stop them.
+        Their candidates have branches and no record, so `--resume` trains them again."""
+        if not self._running:
+            return
+        kill_leftovers(self.state / RUNS_DIR)  # every run's process group, by its pgid file
+        cancel = getattr(self.runner, "cancel_all", None)  # a runner with remote tasks (Ray)
+        if cancel is not None:
+            cancel()
+        cut = sorted(self._running)
+        self._running.clear()
+        self.say(f"cut off {', '.join(cut)}: `{self.resume_command()}` trains them again")
 
     def _judge(self, outcome: Outcome, spec: str) -> tuple[str, bool]:
         """(status, promoted) for a finished experiment (the rule: `population.judge`)."""
@@ -636,15 +784,20 @@ class Engine:
 
         return branches(self.repo, candidate_branch(self.tag, "").rstrip("/"))
 
-    def _write_status(self, phase: str, experiment: str | None) -> None:
+    def _write_status(self, phase: str) -> None:
+        """Rewrite status.json (and the tag's state) when what it says has changed."""
+        said = (phase, tuple(self._running), len(self.records))
+        if said == self._status_said:
+            return
+        self._status_said = said
         best = self.champion()
         status = EvolveStatus(
             pid=os.getpid(),
             tag=self.tag,
             started=time.time() - (time.monotonic() - self.started),
-            experiment=experiment,
             phase=phase,
-            experiment_started=time.time() if experiment else None,
+            training={cid: r.started for cid, r in self._running.items()},
+            slots=len(self.slots),
             budget_seconds=self.config.run.budget_seconds,
             experiments_done=len(self.records),
             best={"id": best.id, "val_bpb": best.val_bpb} if best else None,
@@ -668,7 +821,8 @@ class Engine:
             if self.stop_requested or signum == signal.SIGTERM:
                 raise StopNow()
             self.stop_requested = True
-            self.say("finishing the current experiment, then stopping (Ctrl-C again to stop now)")
+            what = "the experiments in flight" if len(self.slots) > 1 else "the current experiment"
+            self.say(f"finishing {what}, then stopping (Ctrl-C again to stop now)")
 
         previous = {s: signal.signal(s, on_interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
         try:

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from autoresearch.errors import UserError
+from autoresearch.harness.fingerprint import stat_state
 
 SCHEMA_VERSION = 1
 # Every status a record can have, declared here only. `invalid`: rejected before training
@@ -47,6 +48,10 @@ TSV_COLUMNS = ("commit", "val_bpb", "memory_gb", "status", "description")
 CHAIN_FIELD = "chain"  # in each line, outside `Record`: a property of the file, not the run
 ID_PREFIX = "e"  # experiment ids: e0001, e0002, ...
 TAIL_BYTES = 2**16  # read back from the end to find the record a new one links to
+# The ledger's state after this process's last append to it, by real path. With several
+# slots the ledger is appended while other experiments run, and a run that finds it changed
+# asks here whether the change was ours before it calls the change tampering.
+_OWN_WRITES: dict[str, tuple[int, ...]] = {}
 
 
 @dataclass(frozen=True)
@@ -123,14 +128,25 @@ class Ledger:
         self.path = path
         self.problems: list[str] = []  # unreadable lines found by the last `records()`
         self.notes: list[str] = []  # what else the last `records()` should say (old records)
+        self._written: tuple[int, ...] | None = None  # the file's state after our last append
 
     def append(self, record: Record) -> None:
-        """Add `record` durably; if the write fails (a full disk), the file is left as it was."""
+        """Add `record` durably; if the write fails (a full disk), the file is left as it was.
+        `LedgerTampered` if the file changed since this object's last append: between two
+        records of one run nobody else may write it."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with _named(self.path):
             fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+            st = os.fstat(fd)
+            if self._written is not None and stat_state(st) != self._written:
+                os.close(fd)
+                raise LedgerTampered(
+                    f"{self.path} was changed by something else since autoresearch last"
+                    " wrote it, during this run: find what wrote it, check the ledger"
+                    " (`autoresearch leaderboard`), then resume"
+                )
             try:
-                size = os.fstat(fd).st_size
+                size = st.st_size
                 fields = dataclasses.asdict(record) | {CHAIN_FIELD: _last_link(fd, size)}
                 line = (json.dumps(fields, sort_keys=True) + "\n").encode()
                 if size and os.pread(fd, 1, size - 1) != b"\n":
@@ -148,6 +164,9 @@ class Ledger:
                         os.fsync(fd)
                     raise
             finally:
+                with contextlib.suppress(OSError):  # the file as we left it, even cut back
+                    self._written = stat_state(os.fstat(fd))
+                    _OWN_WRITES[os.path.realpath(self.path)] = self._written
                 os.close(fd)
 
     def records(self) -> list[Record]:
@@ -232,6 +251,11 @@ class Ledger:
         lines = ["\t".join(TSV_COLUMNS)] + [_tsv_row(r) for r in self.records()]
         with _named(path):
             path.write_text("\n".join(lines) + "\n")
+
+
+def own_write(path: str | Path) -> tuple[int, ...] | None:
+    """The state this process left the ledger at `path` in (`stat_state`); None: not ours."""
+    return _OWN_WRITES.get(os.path.realpath(path))
 
 
 def highest_number(ids: Iterable[str], prefix: str = ID_PREFIX) -> int:

@@ -100,9 +100,11 @@ def limit_reached(
     max_experiments: int = 0,
     hours: float = 0.0,
     max_cost_usd: float = 0.0,
+    in_flight: int = 0,
 ) -> Limit | None:
-    """Which stop limit `records` (one tag's) have reached; None while none."""
-    if max_experiments and trained(records) >= max_experiments:
+    """Which stop limit `records` (one tag's) have reached, counting the `in_flight`
+    experiments as done (one more may start only if it stays within); None while none."""
+    if max_experiments and trained(records) + in_flight >= max_experiments:
         return Limit(
             f"reached {max_experiments} experiment{'s' * (max_experiments != 1)}",
             f"--max-experiments {2 * max_experiments}",

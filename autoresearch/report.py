@@ -626,17 +626,14 @@ def format_status(status: RunStatus, records: list[Record], now: float | None = 
     since = f", for {_duration(now - s.started)}" if s.started is not None else ""
     tag = f"tag {s.tag!r}, " if s.tag else ""  # status.json may not be written yet
     lines = [f"evolve is running: {tag}pid {status.pid}{since}"]
-    if s.experiment:
-        phase = s.phase or "?"
-        line = f"experiment {s.experiment}: {phase}"
-        began, budget = s.experiment_started, s.budget_seconds
-        if began is not None and phase == "training" and budget:
+    for cid, began in s.training.items():
+        line = f"experiment {cid}: training"
+        budget = s.budget_seconds
+        if isinstance(began, (int, float)) and budget:
             elapsed = max(0.0, now - began)
             line += f", {elapsed:.0f} of {budget:.0f} s ({min(elapsed / budget, 1.0):.0%})"
-        elif began is not None:
-            line += f" for {_duration(now - began)}"
         lines.append(line)
-    else:
+    if not s.training:
         lines.append(f"phase: {s.phase or 'starting'}")
     lines.append(f"experiments done: {s.experiments_done}")
     best = s.best  # the champion, as the engine writes it

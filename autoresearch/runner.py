@@ -46,7 +46,7 @@ from autoresearch.harness.context import CONTEXT_ENV, DATA_ENV, EVENTS_ENV, buil
 from autoresearch.harness.dataloader import BatchServer
 from autoresearch.harness.evaluate import GO, WARM, EvalSpec
 from autoresearch.harness.events import LOSS_LIMIT
-from autoresearch.harness.fingerprint import harness_fingerprint, sha256_file
+from autoresearch.harness.fingerprint import file_states, harness_fingerprint, sha256_file
 from autoresearch.harness.handover import META_FILE
 from autoresearch.harness.limits import (
     Caps,
@@ -66,7 +66,7 @@ from autoresearch.harness.sandbox import (
     prctl,
 )
 from autoresearch.harness.untrusted import read_untrusted
-from autoresearch.ledger import Record
+from autoresearch.ledger import Record, own_write
 from autoresearch.redact import redact
 from autoresearch.slots import WHOLE_MACHINE, Slot
 from autoresearch.workspace import LEDGER_FILE, PROTECTED_FILES, RUN_LOG, STATE_DIR, TRAIN_FILE
@@ -383,8 +383,12 @@ def run_experiment(
         )
 
         def tampered(when: str) -> Outcome | None:
-            """`invalid`, and the search stopped, if a protected file changed by now."""
-            changed = [p for p, state in file_states(protected).items() if before[p] != state]
+            """`invalid`, and the search stopped, if a protected file changed by now (the
+            orchestrator's own record of another slot's experiment is no change)."""
+            changed = [
+                p for p, state in file_states(protected).items()
+                if state not in (before[p], own_write(p))
+            ]  # fmt: skip
             if not changed:
                 return None
             reason = f"changed protected files {when}: {', '.join(changed)[:300]}"
@@ -456,18 +460,6 @@ def protected_files(root: Path | None, manifest: Manifest) -> list[Path]:
     return files
 
 
-def file_states(paths: list[Path]) -> dict[str, tuple[int, ...] | None]:
-    """What changes when a file is written, replaced or touched: ctime cannot be set back."""
-    states: dict[str, tuple[int, ...] | None] = {}
-    for path in paths:
-        try:
-            st = path.stat()
-            states[str(path)] = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-        except FileNotFoundError:
-            states[str(path)] = None
-    return states
-
-
 def use_isolation(config: Config) -> bool:
     """Whether to run the candidate in the sandbox's namespaces; refuses what cannot be had."""
     if config.run.isolation == "off":
@@ -526,7 +518,7 @@ def sandbox_spec(
     for cache in caches:  # a relative one is inside the run folder, the candidate's cwd
         cache.mkdir(parents=True, exist_ok=True)
     run = config.run
-    caps = caps_for(run.memory_gb, run.max_processes, run.disk_gb, run_dir)
+    caps = caps_for(run.memory_gb, run.max_processes, run.disk_gb, run_dir, slot.share)
     return SandboxSpec(
         argv=[sys.executable, "-m", "autoresearch.harness.guard", str(spec_path), train_py.name],
         cwd=str(train_py.parent),

@@ -10,7 +10,9 @@ must:
     evaluator) are pinned to them, and torch starts as many threads as the share has
     (`OMP_NUM_THREADS`; an explicit `torch.set_num_threads` in train.py still wins).
     More threads than cores make every one of them wait: on a loaded 2-core machine two
-    threads trained at 0.13x the speed of one.
+    threads trained at 0.13x the speed of one;
+  - the default caps on memory and disk (`run.memory_gb = 0`, `run.disk_gb = 0`) are the
+    slot's share of what the machine has free.
 
 Where the cores or GPUs are too few for the slots asked for, that is an error with the
 number that would fit. A Ray cluster places experiments itself (`autoresearch.ray_runner`).
@@ -34,6 +36,7 @@ class Slot:
     env: dict[str, str] = field(default_factory=dict)  # set in the candidate's and evaluator's
     cpus: tuple[int, ...] = ()  # the cores its processes are pinned to; () = not pinned
     label: str = ""  # where a record says it ran: "slot 2 (GPU 2)"; "" for the one slot
+    share: float = 1.0  # its part of the machine's memory and disk, for the default caps
 
 
 WHOLE_MACHINE = Slot()  # the one slot of `run.slots = 1`: nothing set, nothing pinned
@@ -63,7 +66,8 @@ def plan_slots(count: int, cores: list[int], gpus: list[str] | None) -> list[Slo
         if gpus is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpus[i]
             label += f" (GPU {gpus[i]})"
-        slots.append(Slot(i, env, tuple(cores[i * share : (i + 1) * share]), label))
+        mine = tuple(cores[i * share : (i + 1) * share])
+        slots.append(Slot(i, env, mine, label, 1 / count))
     return slots
 
 

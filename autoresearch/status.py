@@ -72,9 +72,9 @@ class EvolveStatus:
     pid: int | None = None
     tag: str | None = None
     started: float | None = None  # time.time() when this session started
-    experiment: str | None = None  # the one training; None while proposing or idle
     phase: str | None = None  # "training", "proposing" or "idle"
-    experiment_started: float | None = None
+    training: dict[str, Any] = dataclasses.field(default_factory=dict)  # id -> time.time() started
+    slots: int = 1  # experiments that may train at once
     budget_seconds: float | None = None
     experiments_done: int = 0  # records of the tag
     best: dict[str, Any] | None = None  # the champion: {"id": ..., "val_bpb": ...}

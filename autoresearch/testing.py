@@ -98,9 +98,14 @@ class RunnerCall:
 class ScriptedRunner:
     """A thread-safe runner whose outcomes are computed from the source: `score(source)`
     returns a val_bpb (status `keep`) or a whole `Outcome`, or raises (as the real runner
-    does on a machine fault). Each experiment takes `seconds` (a sleep)."""
+    does on a machine fault). Each experiment takes `seconds` (a sleep), or
+    `seconds(source)`: experiments of different lengths finish out of order on slots."""
 
-    def __init__(self, score: Callable[[str], float | Outcome], seconds: float = 0.0) -> None:
+    def __init__(
+        self,
+        score: Callable[[str], float | Outcome],
+        seconds: float | Callable[[str], float] = 0.0,
+    ) -> None:
         self.score = score
         self.seconds = seconds
         self.calls: list[RunnerCall] = []
@@ -117,14 +122,15 @@ class ScriptedRunner:
         started = time.monotonic()
         source = train_py.read_text(encoding="utf-8")
         run_dir.mkdir(parents=True, exist_ok=True)
-        time.sleep(self.seconds)
+        seconds = self.seconds(source) if callable(self.seconds) else self.seconds
+        time.sleep(seconds)
         scored = self.score(source)
         outcome = (
             scored
             if isinstance(scored, Outcome)
             else Outcome(
                 "keep", "scored by a test double", val_bpb=float(scored),
-                training_seconds=self.seconds, total_seconds=self.seconds, device="cpu",
+                training_seconds=seconds, total_seconds=seconds, device="cpu",
             )  # fmt: skip
         )
         # The engine hands a crash back to its proposer with the run's log tail.

@@ -17,6 +17,8 @@ import hashlib
 import re
 from collections.abc import Callable, Collection
 
+from autoresearch.syntax import compile_tree, parse
+
 MAX_SOURCE_BYTES = 200_000  # a real train.py is ~30 KB; more is a runaway reply
 HARNESS = "autoresearch.harness"
 HANDOVER = "handover"
@@ -60,8 +62,8 @@ def validate_proposal(
         if reason:
             return reason
     try:
-        tree = compile(new_source, "train.py", "exec", ast.PyCF_ONLY_AST)
-        compile(tree, "train.py", "exec")  # catches what parses but cannot compile
+        tree = parse(new_source, "train.py")
+        compile_tree(tree, "train.py")  # catches what parses but cannot compile
     except SyntaxError as e:
         return f"train.py does not compile: line {e.lineno}: {e.msg}"
     except ValueError as e:  # null bytes
@@ -77,7 +79,7 @@ def validate_proposal(
     if new_hash in seen_hashes:
         return "duplicate of an already-evaluated train.py"
     try:
-        parent_tree = ast.parse(parent_source)
+        parent_tree = parse(parent_source)
     except SyntaxError:
         return None  # a broken parent: any parsable proposal is a real change
     if _digest(_normalised(tree, mask_seeds=True)) == _digest(
@@ -90,7 +92,7 @@ def validate_proposal(
 def source_hash(source: str) -> str:
     """sha256 of `source` without comments, docstrings and formatting."""
     try:
-        tree = ast.parse(source)
+        tree = parse(source)
     except (SyntaxError, ValueError):
         return hashlib.sha256(b"unparsable\0" + source.encode("utf-8", "replace")).hexdigest()
     return _digest(_normalised(tree))
@@ -211,7 +213,7 @@ def _normalised(tree: ast.Module, mask_seeds: bool = False) -> ast.Module:
 
 def _copy(tree: ast.Module) -> ast.Module:
     # ast trees are mutable; the caller's tree must survive normalisation.
-    return ast.parse(ast.unparse(tree))
+    return parse(ast.unparse(tree))
 
 
 class _StripDocstrings(ast.NodeTransformer):

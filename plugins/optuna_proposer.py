@@ -35,6 +35,7 @@ from autoresearch.errors import UserError
 from autoresearch.ledger import SCORED_STATUSES, STATUSES
 from autoresearch.plugins import check_option_names
 from autoresearch.proposal import HistoryEntry, Proposal, ProposalRequest
+from autoresearch.syntax import parse
 
 NAME = "optuna"
 # A positive float is searched from value/4 to value*4: train.py starts from a tuned
@@ -217,7 +218,7 @@ def parse_description(description: str) -> dict[str, Value] | None:
     if not match:
         return None
     try:
-        call = ast.parse(f"f({match.group(2)})", mode="eval").body
+        call = parse(f"f({match.group(2)})", mode="eval").body
         if not isinstance(call, ast.Call) or call.args:
             return None
         return {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords if kw.arg}

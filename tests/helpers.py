@@ -64,10 +64,17 @@ def committed(repo: Path, source: str) -> str:
 
 
 def make_engine(
-    repo: Path, proposer: Any, *, budget: float = 1.5, runner: Any = None, **evolve: Any
+    repo: Path,
+    proposer: Any,
+    *,
+    budget: float = 1.5,
+    runner: Any = None,
+    slots: list | None = None,
+    **evolve: Any,
 ) -> Any:
     """An engine on tag "t" with `proposer` alone; what it says is kept in `engine.lines`.
-    `runner`: the real one unless given (e.g. `autoresearch.testing.ScriptedRunner`)."""
+    `runner`: the real one unless given (e.g. `autoresearch.testing.ScriptedRunner`);
+    `slots`: the one slot of the whole machine unless given."""
     from autoresearch.config import load_config
     from autoresearch.engine import Engine
     from autoresearch.runner import run_experiment
@@ -79,7 +86,7 @@ def make_engine(
     lines: list[str] = []
     engine = Engine(
         repo, config, "t", {proposer.name: (proposer, 1.0)}, say=lines.append,
-        runner=runner or run_experiment,
+        runner=runner or run_experiment, slots=slots,
     )  # fmt: skip
     engine.lines = lines
     return engine

@@ -28,6 +28,7 @@ import contextlib
 import dataclasses
 import fcntl
 import gc
+import json
 import os
 import random
 import signal
@@ -145,7 +146,8 @@ def make_trial_repo(folder: Path, corpus: Path) -> Path:
 class Plan:
     number: int
     signal: str  # a name in SIGNALS
-    instant: float  # seconds after evolve started
+    instant: float  # seconds after evolve started (or after `when_training` experiments train)
+    when_training: int = 0  # >0: count the instant from when status.json shows this many training
 
 
 def plan_trials(trials: int, seed: int, horizon: float = HORIZON_SECONDS) -> list[Plan]:
@@ -169,6 +171,7 @@ class Trial:
     branch_ok: bool = False
     target: int = 0  # trained experiments the resume was to reach
     errors: list[str] = field(default_factory=list)  # what went wrong with evolve itself
+    training_at_signal: list[str] = field(default_factory=list)  # per status.json, then
 
     @property
     def lost(self) -> int:
@@ -208,19 +211,20 @@ ROW_HEADERS = ["trial", "signal", "instant s", "exit", "resumed", "records befor
                "records after", "lost", "duplicates", "orphans", "stale", "branch ok"]  # fmt: skip
 
 
-def kill_and_resume(repo: Path, plan: Plan, extra: int = 1) -> Trial:
-    """Signal `evolve` at `plan.instant`, resume it for `extra` more trained experiments."""
+def kill_and_resume(repo: Path, plan: Plan, extra: int = 1, options: tuple = ()) -> Trial:
+    """Signal `evolve` at `plan.instant`, resume it for `extra` more trained experiments;
+    `options`: more of evolve's options (`--slots 2`), for both."""
     trial = Trial(plan)
     log = repo.parent / f"evolve-{plan.number}.log"  # outside the repo: stderr, for diagnosis
     with open(log, "wb") as err:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "autoresearch", *EVOLVE, "--tag", TAG],
+            [sys.executable, "-m", "autoresearch", *EVOLVE, *options, "--tag", TAG],
             cwd=repo, stdout=subprocess.DEVNULL, stderr=err,
             start_new_session=True,  # a process group of its own, as a terminal's foreground job
             preexec_fn=die_with_parent,  # an interrupted test or benchmark leaves no evolve
         )  # fmt: skip
     try:
-        trial.exit_code = _signal_at(proc, plan)
+        trial.exit_code = _signal_at(proc, plan, repo, trial)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -240,7 +244,7 @@ def kill_and_resume(repo: Path, plan: Plan, extra: int = 1) -> Trial:
     trial.target = trained([Record.from_dict(r) for r in trial.before]) + extra
     resume = ("--resume",) if trial.resumed else ()
     result = subprocess.run(
-        [sys.executable, "-m", "autoresearch", *EVOLVE, "--tag", TAG, *resume,
+        [sys.executable, "-m", "autoresearch", *EVOLVE, *options, "--tag", TAG, *resume,
          "--max-experiments", str(trial.target)],
         cwd=repo, capture_output=True, text=True, timeout=RESUME_SECONDS,
     )  # fmt: skip
@@ -267,13 +271,19 @@ def branch_trains(repo: Path, branch: str, commit: str) -> bool:
         )
 
 
-def _signal_at(proc: subprocess.Popen, plan: Plan) -> int | None:
+def _signal_at(proc: subprocess.Popen, plan: Plan, repo: Path, trial: Trial) -> int | None:
     """Send the plan's signal at its instant; the exit code evolve ended with, if it did."""
+    started = time.monotonic()
+    while plan.when_training and len(_training(repo)) < plan.when_training:
+        if proc.poll() is not None or time.monotonic() - started > STOP_SECONDS:
+            return proc.poll()
+        time.sleep(0.02)
     started = time.monotonic()
     while time.monotonic() - started < plan.instant:
         if proc.poll() is not None:  # ended by itself (it has no limit): not an expected exit
             return proc.returncode
         time.sleep(0.02)
+    trial.training_at_signal = sorted(_training(repo))
     if plan.signal == "SIGKILL":
         proc.kill()
     else:
@@ -281,6 +291,14 @@ def _signal_at(proc: subprocess.Popen, plan: Plan) -> int | None:
     with contextlib.suppress(subprocess.TimeoutExpired):
         return proc.wait(timeout=STOP_SECONDS)
     return None
+
+
+def _training(repo: Path) -> dict:
+    """The experiments status.json says are training now."""
+    try:
+        return json.loads((repo / ".autoresearch/status.json").read_text()).get("training", {})
+    except (OSError, ValueError):
+        return {}
 
 
 def stale_state(repo: Path, records: list[dict]) -> list[str]:

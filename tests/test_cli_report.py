@@ -203,8 +203,8 @@ def test_status_tells_a_live_run_from_a_finished_one(run, research, tmp_path):
         assert holder.stdout.readline().strip() == "locked"
         now = time.time()
         (research.state / "status.json").write_text(json.dumps({
-            "pid": holder.pid, "tag": TAG, "started": now - 600, "experiment": "c0008",
-            "phase": "training", "experiment_started": now - 30, "budget_seconds": 300.0,
+            "pid": holder.pid, "tag": TAG, "started": now - 600,
+            "phase": "training", "training": {"c0008": now - 30}, "budget_seconds": 300.0,
             "experiments_done": 7, "best": {"id": "c0005", "val_bpb": 1.4}, "spend_usd": 0.56,
         }))  # fmt: skip
         code, out, _ = run("status")

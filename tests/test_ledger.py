@@ -37,6 +37,7 @@ def test_torn_last_line_is_reported_and_the_next_record_survives(tmp_path):
     ledger.append(rec(1))
     with open(path, "a") as f:
         f.write('{"id": "e0002", "status": "ke')  # a kill in the middle of a write
+    ledger = Ledger(path)  # the next run's
     ledger.append(rec(3))
     records = ledger.records()
     assert [r.id for r in records] == ["e0001", "e0003"]
@@ -215,6 +216,7 @@ def test_a_record_after_a_torn_line_is_still_linked(tmp_path):
     ledger = chained_ledger(path, CHAINED[:2])
     with open(path, "ab") as f:
         f.write(b'{"id": "e0003", "status": "ke')  # torn: the last line, no newline
+    ledger = Ledger(path)  # the next run's
     assert ledger.records() == CHAINED[:2] and len(ledger.problems) == 1
     ledger.append(CHAINED[3])
     assert ledger.records() == [*CHAINED[:2], CHAINED[3]] and ":3: unreadable" in ledger.problems[0]
@@ -243,3 +245,21 @@ def test_records_from_before_the_chain_load_with_a_note(tmp_path):
         f.write(json.dumps(dataclasses.asdict(rec(5))) + "\n")
     with pytest.raises(LedgerTampered, match="line 5 \\(e0005\\) has no link"):
         ledger.records()
+
+
+def test_a_write_by_anything_else_between_two_records_of_a_run_is_refused(tmp_path):
+    """With slots, the ledger grows while candidates run: a change by anyone else between
+    two appends is caught at the next one, and what this process wrote is known as its own."""
+    from autoresearch.harness.fingerprint import file_states
+    from autoresearch.ledger import own_write
+
+    ledger = Ledger(tmp_path / "ledger.jsonl")
+    ledger.append(Record(id="e0001", status="keep", val_bpb=2.0))
+    assert own_write(ledger.path) == file_states([ledger.path])[str(ledger.path)]
+    ledger.append(Record(id="e0002", status="keep", val_bpb=1.9))  # its own: fine
+    with open(ledger.path, "a") as f:  # a forged record, appended by something else
+        f.write(json.dumps(dataclasses.asdict(Record(id="e0003", status="keep"))) + "\n")
+    assert own_write(ledger.path) != file_states([ledger.path])[str(ledger.path)]
+    with pytest.raises(LedgerTampered, match="changed by something else since autoresearch"):
+        ledger.append(Record(id="e0004", status="keep", val_bpb=1.8))
+    assert b"e0004" not in ledger.path.read_bytes()  # nothing recorded after the forgery

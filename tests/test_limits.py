@@ -49,6 +49,11 @@ def test_caps_are_the_configured_ones_or_derived_from_the_machine(tmp_path):
     assert 0 < derived.disk_bytes <= os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
     assert derived.max_processes >= limits.MIN_PROCESSES
     assert 0 < derived.memory_bytes < os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    # A slot of two: half of each derived cap (what is free moves a little between calls).
+    half = limits.caps_for(0, 0, 0, tmp_path, share=0.5)
+    assert abs(half.memory_bytes / derived.memory_bytes - 0.5) < 0.05
+    assert abs(half.disk_bytes / derived.disk_bytes - 0.5) < 0.05
+    assert limits.caps_for(1.5, 300, 0.25, tmp_path, share=0.5) == caps  # set ones are kept
 
 
 @pytest.mark.parametrize("key", ["memory_gb", "max_processes", "disk_gb"])

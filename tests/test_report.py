@@ -252,14 +252,16 @@ def test_status_without_any_run_or_record_is_the_empty_message(tmp_path):
 def test_status_of_a_live_run(research):
     now = 50_000.0
     state = {
-        "pid": 4242, "tag": TAG, "started": now - 3 * 3600, "experiment": "c0008",
-        "phase": "training", "experiment_started": now - 75, "budget_seconds": 300.0,
+        "pid": 4242, "tag": TAG, "started": now - 3 * 3600,
+        "phase": "training", "training": {"c0008": now - 75, "c0009": now - 15},
+        "budget_seconds": 300.0,
         "experiments_done": 7, "best": {"id": "c0005", "val_bpb": 1.4}, "spend_usd": 1.234,
     }  # fmt: skip
     status = RunStatus(True, 4242, EvolveStatus(**state))
     text = format_status(status, research.ledger.records(), now=now)
     assert "evolve is running: tag 'mar5', pid 4242, for 3.0 h" in text
     assert "experiment c0008: training, 75 of 300 s (25%)" in text
+    assert "experiment c0009: training, 15 of 300 s (5%)" in text  # another slot's
     assert "best so far: c0005 val_bpb 1.400000" in text and "spend so far: $1.23" in text
 
 
@@ -274,12 +276,14 @@ def test_show_of_a_run_record_diffs_against_the_previous_run(research):
 
 def test_status_reads_what_the_engine_writes(research):
     from autoresearch.config import load_config
-    from autoresearch.engine import Engine
+    from autoresearch.engine import Engine, Running
+    from autoresearch.slots import Slot
     from autoresearch.status import RunLock
 
     engine = Engine(research.repo, load_config(research.repo), TAG, {}, say=lambda line: None)
     with RunLock(research.state):
-        engine._write_status(phase="training", experiment="c0099")
+        engine._running["c0099"] = Running(None, Slot(), 1234.5)
+        engine._write_status(phase="training")
         status = run_status(research.state)
-        assert status.running and status.state.experiment == "c0099"
+        assert status.running and status.state.training == {"c0099": 1234.5}
     assert not run_status(research.state).running

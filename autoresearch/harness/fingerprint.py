@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -28,3 +29,19 @@ def sha256_files(paths: Iterable[Path]) -> str:
 def harness_fingerprint() -> str:
     """The trusted code that trains, hands over and scores: any edit changes this."""
     return sha256_files(Path(__file__).parent.glob("*.py"))
+
+
+def stat_state(st: os.stat_result) -> tuple[int, ...]:
+    """What changes when a file is written, replaced or touched: ctime cannot be set back."""
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def file_states(paths: Iterable[Path]) -> dict[str, tuple[int, ...] | None]:
+    """`stat_state` of each path (None: it does not exist), by the path as given."""
+    states: dict[str, tuple[int, ...] | None] = {}
+    for path in paths:
+        try:
+            states[str(path)] = stat_state(Path(path).stat())
+        except FileNotFoundError:
+            states[str(path)] = None
+    return states

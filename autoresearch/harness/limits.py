@@ -47,11 +47,15 @@ class Caps:
     disk_bytes: int
 
 
-def caps_for(memory_gb: float, max_processes: int, disk_gb: float, run_dir: Path) -> Caps:
-    """The caps of one run: the configured ones, or (0) defaults from what is free now."""
-    memory = int(memory_gb * GiB) if memory_gb else int(MEMORY_SHARE * _mem_available())
+def caps_for(
+    memory_gb: float, max_processes: int, disk_gb: float, run_dir: Path, share: float = 1.0
+) -> Caps:
+    """The caps of one run: the configured ones, or (0) defaults from what is free now,
+    `share` of it where runs share the machine (slots)."""
+    free_memory, free_disk = _mem_available(), shutil.disk_usage(run_dir).free
+    memory = int(memory_gb * GiB) if memory_gb else int(MEMORY_SHARE * share * free_memory)
     processes = max_processes or max(MIN_PROCESSES, PROCESSES_PER_CPU * (os.cpu_count() or 1))
-    disk = int(disk_gb * GiB) if disk_gb else int(DISK_SHARE * shutil.disk_usage(run_dir).free)
+    disk = int(disk_gb * GiB) if disk_gb else int(DISK_SHARE * share * free_disk)
     return Caps(memory, processes, disk)
 
 
