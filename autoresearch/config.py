@@ -63,7 +63,7 @@ class RunSettings:
     # equal share of the cores each; with Ray, tasks in flight on the cluster.
     slots: int = 1
     executor: str = "local"  # local (this machine) | ray (a Ray cluster)
-    ray_address: str = ""  # ray only: the cluster (auto: the one `ray start` made); "": a new local one
+    ray_address: str = ""  # ray only: the cluster ("auto": the one `ray start` made; "": new)
     ray_gpus: float = 1.0  # ray only: GPUs each experiment asks for (0 on a cluster of CPUs)
     ray_cpus: float = 1.0  # ray only: CPUs each experiment asks for
 
