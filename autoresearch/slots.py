@@ -34,6 +34,7 @@ class Slot:
     env: dict[str, str] = field(default_factory=dict)  # set in the candidate's and evaluator's
     cpus: tuple[int, ...] = ()  # the cores its processes are pinned to; () = not pinned
     label: str = ""  # where a record says it ran: "slot 2 (GPU 2)"; "" for the one slot
+    hidden: tuple[str, ...] = ()  # more that the sandbox hides from the candidate (Ray's files)
 
 
 WHOLE_MACHINE = Slot()  # the one slot of `run.slots = 1`: nothing set, nothing pinned
