@@ -17,6 +17,11 @@ are for local runs and ignored here. Ray names the GPUs of a task in CUDA_VISIBL
 runner passes exactly those to the candidate and its evaluator, and none for a task without
 GPUs (where Ray would leave the node's whole list).
 
+A Ray cluster runs whatever code reaches it, outside any sandbox: a candidate must not reach
+it. So `--executor ray` needs `run.network = false` (or candidates unsandboxed on purpose,
+`run.isolation = "off"`), and the sandbox hides Ray's files on the node (its sockets, its
+token) from the candidate.
+
 Stopping: `cancel_all` force-cancels the tasks in flight (Ray kills their worker processes;
 the sandbox and the evaluator die with them, PR_SET_PDEATHSIG, and an isolated candidate with
 its PID namespace). An orchestrator that dies is a Ray driver that dies: Ray kills its tasks
@@ -107,6 +112,7 @@ class RayRunner:
         self._lock = threading.Lock()
         self._in_flight: dict[int, Any] = {}  # id -> the ObjectRefGenerator of a running task
         self._stopped = False
+        check_settings(config)
         self._owns_ray = _connect(ray, config.run.ray_address)
         self._check_capacity()
         self._experiment = ray.remote(
@@ -261,6 +267,18 @@ class RayRunner:
         return done
 
 
+def check_settings(config: Config) -> None:
+    """Refuse what would let a candidate out through Ray: a Ray cluster runs whatever code it
+    is sent, outside any sandbox, as the user that started it (it could rewrite the ledger)."""
+    run = config.run
+    if run.network and run.isolation != "off":
+        raise UserError(
+            "--executor ray needs run.network = false: a candidate that can reach the network"
+            " can reach the Ray cluster, which runs any code outside the sandbox"
+            ' (run.isolation = "off" runs candidates unsandboxed, knowingly)'
+        )
+
+
 def _connect(ray: Any, address: str) -> bool:
     """Connect this process to Ray once; whether it started (and so owns) that Ray."""
     with _init_lock:
@@ -331,7 +349,20 @@ def _placement(ray: Any) -> tuple[str, Slot]:
     where = f"ray {ray.util.get_node_ip_address()}" + (f" (GPU {gpus})" if gpus else "")
     # Ray sets this for a task with GPUs, and leaves a task without any the node's list.
     os.environ["CUDA_VISIBLE_DEVICES"] = gpus  # for torch here (device "auto")
-    return where, Slot(env={"CUDA_VISIBLE_DEVICES": gpus}, label=where)
+    return where, Slot(env={"CUDA_VISIBLE_DEVICES": gpus}, label=where, hidden=ray_files(ray))
+
+
+def ray_files(ray: Any) -> tuple[str, ...]:
+    """Ray's own files on this node, which the candidate must not see: its temporary folder
+    (the sockets of the raylet and the object store: a way into the cluster that needs no
+    network) and ~/.ray (the cluster's token)."""
+    paths = [Path.home() / ".ray", Path(tempfile.gettempdir()) / "ray"]  # Ray's defaults
+    with contextlib.suppress(Exception):  # not public: where `ray start --temp-dir` put it
+        paths.append(Path(ray._private.worker.global_worker.node.get_temp_dir_path()))
+    ours = work_root().resolve()
+    return tuple(
+        str(path) for path in dict.fromkeys(p.resolve() for p in paths) if path not in ours.parents
+    )
 
 
 def _experiment_on_node(

@@ -62,7 +62,7 @@ def repo(tmp_path_factory, corpus) -> Path:
 
 @pytest.fixture(scope="module")
 def config(repo):
-    return load_config(repo, {"run.device": "cpu"})
+    return load_config(repo, {"run.device": "cpu", "run.network": False})
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +130,8 @@ def test_an_experiment_runs_on_a_ray_node_through_the_runner(runner, config, tmp
     # The candidate saw exactly the GPU Ray assigned; its temporary folder on the node is gone.
     spec = json.loads((run_dir / "sandbox.json").read_text())
     assert spec["env"]["CUDA_VISIBLE_DEVICES"] == match.group(2)
+    if "OMP_NUM_THREADS" not in os.environ:  # else Ray leaves the node's own
+        assert spec["env"]["OMP_NUM_THREADS"] == "1"  # run.ray_cpus
     assert list(work_root().iterdir()) == []
 
 
@@ -154,15 +156,30 @@ def test_two_experiments_at_once_get_a_gpu_each(runner, config, tmp_path):
         assert spec["env"]["CUDA_VISIBLE_DEVICES"] == GPU_RUN.fullmatch(outcome.ran_on).group(2)
 
 
-def test_an_experiment_without_gpus_sees_none(cluster, config, tmp_path):
+def test_a_task_without_gpus_sees_none_and_no_file_of_ray(cluster, config, tmp_path):
     no_gpus = dataclasses.replace(config, run=dataclasses.replace(config.run, ray_gpus=0.0))
-    train_py = candidate(tmp_path / "e0001", candidates.CRASH)  # quick: the env is the point
+    ray_dirs = [
+        str(Path.home() / ".ray"),
+        ray._private.worker.global_worker.node.get_temp_dir_path(),
+    ]
+    assert all(os.listdir(d) for d in ray_dirs)  # the token; the sockets and logs of this Ray
+    snoop = f"import os\nfor d in {ray_dirs!r}:\n    print('RAY FILES', d, os.listdir(d))\n"
+    train_py = candidate(tmp_path / "e0001", snoop + candidates.CRASH)  # quick: no training
     outcome = RayRunner(no_gpus)(train_py, no_gpus, train_py.parent)
     assert outcome.status == "crash" and "boom" in outcome.reason, outcome.reason
     assert outcome.ran_on == f"ray {ray.util.get_node_ip_address()}"
     spec = json.loads((train_py.parent / "sandbox.json").read_text())
     # Ray leaves a task without GPUs the node's own list: the runner names none.
     assert spec["env"]["CUDA_VISIBLE_DEVICES"] == ""
+    log = (train_py.parent / "run.log").read_text()
+    assert [line for line in log.splitlines() if line.startswith("RAY FILES")] == [
+        f"RAY FILES {d} []" for d in ray_dirs
+    ], log
+
+
+def test_a_candidate_with_network_is_refused(config):
+    with pytest.raises(UserError, match="run.network = false"):
+        RayRunner(dataclasses.replace(config, run=dataclasses.replace(config.run, network=True)))
 
 
 def test_cancel_all_kills_the_task_and_leaves_no_process(cluster, config, tmp_path):
@@ -207,7 +224,7 @@ from pathlib import Path
 from autoresearch.config import load_config
 from autoresearch.ray_runner import RayRunner
 repo, run_dir, address = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
-config = load_config(repo, {"run.device": "cpu", "run.ray_address": address})
+config = load_config(repo, {"run.device": "cpu", "run.network": False, "run.ray_address": address})
 RayRunner(config)(run_dir / "train.py", config, run_dir)
 """
 
