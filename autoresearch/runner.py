@@ -508,6 +508,7 @@ def sandbox_spec(
         from autoresearch.harness.sources import stdlib_val_folders
 
         hidden += stdlib_val_folders()
+    hidden += [Path(p) for p in slot.hidden]
     env = minimal_env({
         CONTEXT_ENV: str(run_dir / "context.json"),
         "PYTHONDONTWRITEBYTECODE": "1",  # no .pyc written next to the harness by anyone

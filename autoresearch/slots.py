@@ -37,6 +37,7 @@ class Slot:
     cpus: tuple[int, ...] = ()  # the cores its processes are pinned to; () = not pinned
     label: str = ""  # where a record says it ran: "slot 2 (GPU 2)"; "" for the one slot
     share: float = 1.0  # its part of the machine's memory and disk, for the default caps
+    hidden: tuple[str, ...] = ()  # more that the sandbox hides from the candidate (Ray's files)
 
 
 WHOLE_MACHINE = Slot()  # the one slot of `run.slots = 1`: nothing set, nothing pinned

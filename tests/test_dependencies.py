@@ -24,6 +24,9 @@ else:  # pragma: no cover
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ("autoresearch", "plugins", "baselines")  # what `pip install` puts on a user's machine
 FIRST_PARTY = {"autoresearch"} | {p.stem for p in (ROOT / "tests").rglob("*.py")}  # test helpers
+# Imported only inside the module of a feature that needs it (lazily): module -> (the extra
+# that declares it, the one shipped file that may import it).
+OPTIONAL = {"ray": ("ray", "autoresearch/ray_runner.py")}
 
 
 def _normalise(name: str) -> str:
@@ -44,7 +47,12 @@ def _declared(extras: tuple[str, ...] = ()) -> set[str]:
 
 def third_party_imports(folders: tuple[str, ...]) -> dict[str, str]:
     """Top-level module -> the first file importing it, for every absolute import."""
-    found: dict[str, str] = {}
+    return {module: files[0] for module, files in importing_files(folders).items()}
+
+
+def importing_files(folders: tuple[str, ...]) -> dict[str, list[str]]:
+    """Top-level module -> every file importing it, for every absolute import."""
+    found: dict[str, list[str]] = {}
     for folder in folders:
         for path in sorted((ROOT / folder).rglob("*.py")):
             tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
@@ -57,8 +65,11 @@ def third_party_imports(folders: tuple[str, ...]) -> dict[str, str]:
                     continue
                 for name in names:
                     top = name.split(".")[0]
+                    where = str(path.relative_to(ROOT))
                     if top not in sys.stdlib_module_names and top not in FIRST_PARTY:
-                        found.setdefault(top, str(path.relative_to(ROOT)))
+                        files = found.setdefault(top, [])
+                        if where not in files:
+                            files.append(where)
     return found
 
 
@@ -78,7 +89,15 @@ def undeclared(imports: dict[str, str], declared: set[str]) -> list[str]:
 def test_shipped_code_imports_only_declared_dependencies():
     imports = third_party_imports(SHIPPED)
     assert {"torch", "git", "click"} <= set(imports)  # the walk sees real imports
-    assert undeclared(imports, _declared()) == []
+    required = {m: f for m, f in imports.items() if m not in OPTIONAL}
+    assert undeclared(required, _declared()) == []
+
+
+@pytest.mark.parametrize("module", sorted(OPTIONAL))
+def test_an_optional_dependency_is_declared_in_its_extra_and_imported_in_one_place(module):
+    extra, allowed = OPTIONAL[module]
+    assert importing_files(SHIPPED).get(module) == [allowed]
+    assert _requirement_name(module) in _declared((extra,)) - _declared()
 
 
 def test_tests_import_only_declared_dependencies():
