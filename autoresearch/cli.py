@@ -6,6 +6,7 @@ Heavy libraries (torch, litellm, optuna) are imported inside commands so that
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
@@ -219,7 +220,9 @@ def evolve(
     }
     config = load_config(repo, overrides)
     state = state_dir(repo)
-    with RunLock(state):  # a second evolve says only that one is running, before anything
+    # A second evolve says only that one is running, before anything; `later` closes what
+    # the run opens (a Ray cluster's runner) when it ends.
+    with RunLock(state), contextlib.ExitStack() as later:
         commit = current_commit(repo)
         if not commit.sha:
             raise UserError(
@@ -251,11 +254,12 @@ def evolve(
             return
         _check_ready(config)
         made = made or engine.make_proposers(config, specs)
-        runner = engine.Engine(
+        search = engine.Engine(
             repo, config, run_tag, made, say=click.echo, progress=LiveProgress,
             notify=notify_experiment_finished, configured=configured,
+            runner=later.enter_context(_experiment_runner(config)),
         )  # fmt: skip
-        start = runner.baseline_commit(commit.sha)
+        start = search.baseline_commit(commit.sha)
         if start and resume and commit.dirty and start == commit.sha:
             raise UserError(
                 "train.py has uncommitted changes, and the baseline trains the committed one:"
@@ -271,11 +275,11 @@ def evolve(
             err=True,
         )
         try:
-            records = runner.run(commit.sha)
+            records = search.run(commit.sha)
         except OSError as e:  # a full disk, say: everything recorded so far is safe, so resume
-            retry = f"`{runner.resume_command()}`"  # the tag may have no record yet
+            retry = f"`{search.resume_command()}`"  # the tag may have no record yet
             raise UserError(os_error_message(e, retry)) from e
-    if records and runner.champion():
+    if records and search.champion():
         from autoresearch.report import evolve_summary, format_table, leaderboard_rows, select
 
         selection = select(records, tag=run_tag, population_size=s.population)
@@ -283,16 +287,16 @@ def evolve(
         click.echo(
             evolve_summary(
                 records,
-                threshold=runner.threshold(),
-                stop_reason=runner.stop_reason,
-                resume=runner.resume_command(),
-                interrupted=runner.interrupted_by is not None,
-                raise_with=runner.limit.raise_with if runner.limit else "--max-experiments N",
-                idle_seconds=runner.idle_seconds,
+                threshold=search.threshold(),
+                stop_reason=search.stop_reason,
+                resume=search.resume_command(),
+                interrupted=search.interrupted_by is not None,
+                raise_with=search.limit.raise_with if search.limit else "--max-experiments N",
+                idle_seconds=search.idle_seconds,
             )
         )
-    if runner.interrupted_by:  # a script can tell a stopped run from a finished one
-        sys.exit(128 + runner.interrupted_by)
+    if search.interrupted_by:  # a script can tell a stopped run from a finished one
+        sys.exit(128 + search.interrupted_by)
 
 
 def _resumed_config(
@@ -556,10 +560,13 @@ def format_summary(record, peak_vram_mb: float) -> str:
 
 def _check_ready(config) -> None:
     """Refuse before anything starts what would make every experiment fail: data that is
-    missing or damaged, or a device this machine does not have."""
+    missing or damaged, or a device this machine does not have (on a Ray cluster the
+    nodes' data and devices are theirs: `_experiment_runner` sees to them)."""
     from autoresearch.harness.prepare import load_manifest
 
     load_data_sources()  # the harness knows only its built-ins by itself
+    if config.run.executor == "ray":
+        return
     load_manifest(config)  # checks the tokenizer and token files too
     device = config.run.device
     if device in ("cuda", "mps"):
@@ -571,6 +578,25 @@ def _check_ready(config) -> None:
                 f"'run.device' is {device!r} but this machine has no {device} device:"
                 " use --device auto (or cpu)"
             )
+
+
+@contextlib.contextmanager
+def _experiment_runner(config):
+    """What trains each experiment: this machine's runner, or (`--executor ray`) a Ray
+    cluster's, once every node has the prepared data; its tasks stop when the run ends."""
+    if config.run.executor != "ray":
+        from autoresearch.runner import run_experiment
+
+        yield run_experiment
+        return
+    from autoresearch.ray_runner import RayRunner
+
+    ray_runner = RayRunner(config)
+    try:
+        ray_runner.prepare_nodes(log=lambda line: click.echo(f"ray {line}", err=True))
+        yield ray_runner
+    finally:
+        ray_runner.close()
 
 
 def _check_compiles(train_py: Path, source: str | None = None, committed: bool = False) -> None:

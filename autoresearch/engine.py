@@ -59,7 +59,6 @@ from autoresearch import tags
 from autoresearch.config import Config
 from autoresearch.constants import depth_of
 from autoresearch.errors import UserError
-from autoresearch.harness.context import resolve_device
 from autoresearch.ledger import (
     CRASHED_STATUSES,
     FAILED_STATUSES,
@@ -73,7 +72,7 @@ from autoresearch.progress import LiveProgress
 from autoresearch.proposal import HistoryEntry, Proposal, ProposalRequest, Proposer, Usage
 from autoresearch.redact import redact
 from autoresearch.runner import Outcome, Runner, kill_leftovers, log_tail, run_experiment
-from autoresearch.slots import Slot, machine_slots
+from autoresearch.slots import Slot, slots_for
 from autoresearch.status import EvolveStatus, RunLock, write_status
 from autoresearch.validation import MAX_SOURCE_BYTES, source_hash, validate_proposal
 from autoresearch.workspace import (
@@ -167,8 +166,7 @@ class Engine:
     ):
         self.repo, self.config, self.tag = repo, config, tag
         self.runner = runner  # trains and scores one candidate (a test double in engine tests)
-        # Where experiments run: this machine's share of `run.slots` unless given (Ray's).
-        self.slots = slots or machine_slots(config.run.slots, resolve_device(config.run.device))
+        self.slots = slots or slots_for(config)  # where experiments run: `run.slots` of them
         self.settings = config.evolve
         self.proposers = proposers
         self.say = say

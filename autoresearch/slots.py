@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from autoresearch.config import Config
 from autoresearch.errors import UserError
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")  # what torch sizes its pools from
@@ -70,6 +71,16 @@ def plan_slots(count: int, cores: list[int], gpus: list[str] | None) -> list[Slo
         mine = tuple(cores[i * share : (i + 1) * share])
         slots.append(Slot(i, env, mine, label, 1 / count))
     return slots
+
+
+def slots_for(config: Config) -> list[Slot]:
+    """The slots of `config.run.slots`: this machine's shares, or (Ray) just that many
+    experiments in flight, which Ray places on the cluster's GPUs itself."""
+    if config.run.executor == "ray":
+        return [Slot(i) for i in range(config.run.slots)]
+    from autoresearch.harness.context import resolve_device
+
+    return machine_slots(config.run.slots, resolve_device(config.run.device))
 
 
 def machine_slots(count: int, device: str) -> list[Slot]:

@@ -61,6 +61,9 @@ REMEMBERED = (
     "evolve.max_experiments",
     "evolve.hours",
     "evolve.max_cost_usd",
+    "run.slots",
+    "run.executor",
+    "run.ray_address",
 )
 # The settings `evolve` has a flag for. Of the pinned ones, the only ones a command line can
 # ask to change (and is refused); of the remembered ones, how to change them on resume.
@@ -73,6 +76,9 @@ FLAGS = {
     "evolve.max_experiments": "--max-experiments",
     "evolve.hours": "--hours",
     "evolve.max_cost_usd": "--max-cost-usd",
+    "run.slots": "--slots",
+    "run.executor": "--executor",
+    "run.ray_address": "--ray-address",
 }
 
 

@@ -1,6 +1,8 @@
-"""Does the engine's cost stay flat as the history grows?
+"""Does the engine's cost stay flat as the history grows, and does it keep N slots busy?
 
     python benchmarks/scale.py [--sizes 100,1000,10000] [--experiments 20]
+    python benchmarks/scale.py --slots 1,4,16 [--seconds 10] [--per-slot 6]
+    python benchmarks/scale.py --real [--budget 15] [--candidates 6]
 
 For each size N: a research repo with a synthetic history of N experiments of one
 tag, each a real commit (train.py changed) with a result commit on its own branch
@@ -11,6 +13,16 @@ once, so what is measured is the engine's own work: resume start-up (from
 `Engine(...)` to the first experiment) and bookkeeping per experiment (records,
 results.tsv, commits, branches, status, the next proposal), in wall and CPU
 seconds. Target: no growth with N beyond noise.
+
+`--slots`: a simulated night on 1, 4 and 16 slots. Experiments are sleeps of `--seconds`
+(the scripted runner) and proposals sleeps of a fifth of that, prepared one per slot
+ahead: what is measured is how busy the engine keeps the slots (the time they trained
+over the time they could have, target at least 97%), experiments per hour against the
+ideal, and the orchestrator's CPU per experiment (one thread judges, records and commits
+every result, so this is what grows with the slots).
+
+`--real`: the tiny baseline with real training on this machine, 1 slot against 2 slots
+(each then has half the cores), side by side: candidates per hour and tokens each.
 """
 
 from __future__ import annotations
@@ -27,6 +39,7 @@ from autoresearch.config import load_config
 from autoresearch.constants import rewrite_constants
 from autoresearch.engine import Engine
 from autoresearch.ledger import Ledger, Record
+from autoresearch.slots import Slot, machine_slots
 from autoresearch.testing import ScriptedProposer, ScriptedRunner
 from autoresearch.validation import source_hash
 from autoresearch.workspace import (
@@ -111,14 +124,101 @@ def measure(n: int, experiments: int) -> list:
     return [n, startup, per_experiment, cpu, wall]
 
 
+def simulated_night(slots: int, seconds: float, per_slot: int) -> list:
+    """`slots` slots busy with sleeps of `seconds`; the search phase measured."""
+    repo = init_repo(Path(tempfile.mkdtemp(prefix=f"bench-slots-{slots}-")) / "research", "tiny")
+    base = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    counter = iter(range(10**9))
+
+    def fresh(request):  # a proposer that takes a while, as an LLM does
+        time.sleep(seconds / 5)
+        return request.parent_source + f"\nEXTRA_{next(counter)} = 1\n", "one more constant"
+
+    candidates = slots * per_slot
+    proposer = ScriptedProposer([fresh] * (candidates + 2 * slots + 8))
+    runner = ScriptedRunner(lambda source: 3.0 - 0.001 * source.count("EXTRA"), seconds=seconds)
+    overrides = {
+        "evolve.max_experiments": 1 + candidates, "evolve.calibrate": 0,
+        "evolve.population": 4, "evolve.prefetch": slots,
+    }  # fmt: skip
+    engine = Engine(
+        repo, load_config(repo, overrides), TAG, {proposer.name: (proposer, 1.0)},
+        say=lambda line: None, runner=runner,
+        slots=[Slot(i, label=f"slot {i}") for i in range(slots)],
+    )  # fmt: skip
+    cpu0 = time.process_time()
+    engine.run(base_commit=base)
+    cpu = time.process_time() - cpu0
+    search = runner.calls[1:]  # the baseline trains alone, first
+    assert len(search) == candidates, len(search)
+    # A night is long: its steady state runs from when every slot has started to the last
+    # start (after it, slots run out of work only because the run ends).
+    starts = sorted(c.started for c in search)
+    begin, end = starts[slots - 1], starts[-1]
+    busy = sum(max(0.0, min(c.ended, end) - max(c.started, begin)) for c in search)
+    done = sum(begin <= c.ended <= end for c in search)
+    per_hour = 3600 / seconds  # of one slot, at these experiment lengths
+    return [
+        slots, candidates, f"{busy / (slots * (end - begin)):.1%}",
+        f"{done / (end - begin) * 3600:.0f}", f"{slots * per_hour:.0f}",
+        f"{cpu / len(runner.calls) * 1000:.0f}",
+    ]  # fmt: skip
+
+
+def real_slots(slots: int, budget: float, candidates: int) -> list:
+    """The tiny baseline, then `candidates` random proposals, on `slots` real slots."""
+    from autoresearch.engine import make_proposers
+    from autoresearch.harness.prepare import prepare
+    from autoresearch.plugins import load_data_sources
+
+    load_data_sources()
+    repo = init_repo(Path(tempfile.mkdtemp(prefix=f"bench-real-{slots}-")) / "research", "tiny")
+    base = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    overrides = {
+        "run.budget_seconds": budget, "run.slots": slots, "run.device": "cpu",
+        "evolve.max_experiments": 1 + candidates, "evolve.calibrate": 0,
+        "evolve.population": 4, "evolve.proposers": ["random"],
+    }  # fmt: skip
+    config = load_config(repo, overrides)
+    prepare(config, log=lambda line: None)
+    engine = Engine(
+        repo, config, TAG, make_proposers(config, ("random",)), say=lambda line: None,
+        slots=machine_slots(slots, "cpu"),
+    )  # fmt: skip
+    records = engine.run(base_commit=base)[1:]
+    runs = sorted((r.created - r.total_seconds, r.created) for r in records)
+    window = runs[-1][1] - runs[0][0]
+    tokens = sum(r.tokens for r in records) / len(records)
+    return [slots, len(records), f"{len(records) / window * 3600:.0f}", f"{tokens:,.0f}",
+            f"{sum(r.status == 'keep' for r in records)}"]  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100,1000,10000")
     parser.add_argument("--experiments", type=int, default=20)
+    parser.add_argument("--slots", help="a simulated night on these slot counts, e.g. 1,4,16")
+    parser.add_argument("--seconds", type=float, default=10.0, help="one simulated experiment")
+    parser.add_argument("--per-slot", type=int, default=6, help="simulated experiments per slot")
+    parser.add_argument("--real", action="store_true", help="1 against 2 real slots here")
+    parser.add_argument("--budget", type=float, default=15.0, help="--real: training seconds")
+    parser.add_argument("--candidates", type=int, default=6, help="--real: candidates per arm")
     args = parser.parse_args()
-    rows = [measure(int(n), args.experiments) for n in args.sizes.split(",")]
-    headers = ["history", "resume start-up s", "bookkeeping s/experiment",
-               "orchestrator CPU s (whole run)", "wall s"]  # fmt: skip
+    if args.slots:
+        rows = [simulated_night(int(n), args.seconds, args.per_slot) for n in args.slots.split(",")]
+        headers = ["slots", "experiments", "slot utilisation", "experiments/hour",
+                   "ideal/hour", "orchestrator CPU ms/experiment"]  # fmt: skip
+    elif args.real:
+        rows = [real_slots(n, args.budget, args.candidates) for n in (1, 2)]
+        headers = ["slots", "candidates", "candidates/hour", "tokens each", "keep"]
+    else:
+        rows = [measure(int(n), args.experiments) for n in args.sizes.split(",")]
+        headers = ["history", "resume start-up s", "bookkeeping s/experiment",
+                   "orchestrator CPU s (whole run)", "wall s"]  # fmt: skip
     print(tabulate(rows, headers=headers, floatfmt=".3f"))
 
 

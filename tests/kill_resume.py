@@ -211,9 +211,12 @@ ROW_HEADERS = ["trial", "signal", "instant s", "exit", "resumed", "records befor
                "records after", "lost", "duplicates", "orphans", "stale", "branch ok"]  # fmt: skip
 
 
-def kill_and_resume(repo: Path, plan: Plan, extra: int = 1, options: tuple = ()) -> Trial:
+def kill_and_resume(
+    repo: Path, plan: Plan, extra: int = 1, options: tuple = (), gone: float = GONE_SECONDS
+) -> Trial:
     """Signal `evolve` at `plan.instant`, resume it for `extra` more trained experiments;
-    `options`: more of evolve's options (`--slots 2`), for both."""
+    `options`: more of evolve's options (`--slots 2`), for both; `gone`: the seconds its
+    processes have to end after each."""
     trial = Trial(plan)
     log = repo.parent / f"evolve-{plan.number}.log"  # outside the repo: stderr, for diagnosis
     with open(log, "wb") as err:
@@ -234,7 +237,7 @@ def kill_and_resume(repo: Path, plan: Plan, extra: int = 1, options: tuple = ())
         tail = log.read_text(errors="replace").strip().splitlines()[-1:]
         trial.errors.append(f"evolve exited {trial.exit_code} ({plan.signal}): {tail}")
     trial.before = ledger(repo)
-    left = wait_gone(repo)
+    left = wait_gone(repo, gone)
     trial.orphans = describe(left)
     kill_all(left)
 
@@ -251,7 +254,7 @@ def kill_and_resume(repo: Path, plan: Plan, extra: int = 1, options: tuple = ())
     if result.returncode != 0:
         trial.errors.append(f"the resume failed ({result.returncode}): {result.stderr[-500:]}")
     trial.after = ledger(repo)
-    left = wait_gone(repo)
+    left = wait_gone(repo, gone)
     trial.orphans += describe(left)
     kill_all(left)
     trial.stale = stale_state(repo, trial.after)

@@ -312,3 +312,28 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def test_a_search_on_two_ray_slots_records_both_from_the_cluster(runner, repo):
+    """The engine with the Ray runner: two candidates in flight on the cluster, both
+    recorded by the orchestrator with the node and GPU that ran them."""
+    from helpers import FROZEN, LEARNS, committed, make_engine
+
+    from autoresearch.constants import rewrite_constants
+    from autoresearch.slots import Slot
+    from autoresearch.testing import ScriptedProposer
+
+    base = committed(repo, FROZEN)
+    proposer = ScriptedProposer([rewrite_constants(LEARNS, {"LR": lr}) for lr in (0.2, 0.1)])
+    engine = make_engine(
+        repo, proposer, population=4, prefetch=2, max_experiments=3, runner=runner,
+        slots=[Slot(0), Slot(1)],
+    )  # fmt: skip
+    engine.config = dataclasses.replace(
+        engine.config, run=dataclasses.replace(engine.config.run, device="cpu", network=False)
+    )
+    records = engine.run(base)
+    assert [r.status for r in records] == ["keep", "keep", "keep"], [r.reason for r in records]
+    gpus = {GPU_RUN.fullmatch(r.ran_on).group(2) for r in records[1:]}
+    assert gpus == {"0", "1"}  # side by side, one declared GPU each
+    assert all((repo / ".autoresearch/runs" / r.id / "run.log").exists() for r in records)

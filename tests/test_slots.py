@@ -237,3 +237,19 @@ def test_two_real_slots_killed_with_both_in_flight_resume_with_nothing_lost(tmp_
     assert {r["ran_on"] for r in trial.after} >= {"slot 0", "slot 1"}
     status = json.loads((repo / ".autoresearch/status.json").read_text())
     assert status["slots"] == 2 and status["training"] == {}
+
+
+def test_a_resume_runs_where_the_tag_ran_unless_told_otherwise():
+    """Slots and the executor are remembered: a Ray search resumed without --executor must
+    not quietly train on this machine instead."""
+    from autoresearch import tags
+    from autoresearch.config import load_config
+
+    started = tags.settings_of(
+        load_config(None, {"run.slots": 4, "run.executor": "ray", "run.ray_address": "auto"})
+    )
+    remembered = tags.TagState(started, tags.settings_of(load_config(None)))
+    overrides, _ = tags.resume_overrides(remembered, tags.settings_of(load_config(None)), {}, "t")
+    assert (overrides["run.slots"], overrides["run.executor"]) == (4, "ray")
+    fewer, _ = tags.resume_overrides(remembered, {}, {"run.slots": 2}, "t")
+    assert "run.slots" not in fewer  # given anew: this command line's 2 goes
