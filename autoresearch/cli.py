@@ -293,6 +293,7 @@ def evolve(
                 interrupted=search.interrupted_by is not None,
                 raise_with=search.limit.raise_with if search.limit else "--max-experiments N",
                 idle_seconds=search.idle_seconds,
+                slots=len(search.slots),
             )
         )
     if search.interrupted_by:  # a script can tell a stopped run from a finished one

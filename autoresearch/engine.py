@@ -244,7 +244,10 @@ class Engine:
         ahead = max(len(self.slots), self.settings.prefetch)
         self._fill_pipeline(ahead, first_parent=Record(cid, "keep", commit=sha))
         work = Work(cid, read_train(self.repo, sha), sha, None, BASELINE, BASELINE)
-        (record,) = self._run_all([work])
+        records = self._run_all([work])
+        if not records:
+            return  # Ctrl-C before it started
+        record = records[0]
         if record.status != "keep":
             raise UserError(
                 f"the baseline failed ({record.status}: {record.reason}); fix train.py (and commit"
@@ -271,6 +274,8 @@ class Engine:
         """Repeat the baseline to measure how much val_bpb varies for the same code: the
         repeats run side by side when there are slots, and all end before any candidate is
         judged (the threshold needs them)."""
+        if self._should_stop():
+            return
         baseline = pop.baseline(self.records)
         assert baseline is not None, "the baseline is recorded before the calibration"
         done = sum(r.proposer == CALIBRATE for r in self.records)
@@ -335,11 +340,7 @@ class Engine:
             if self._may_launch():
                 self._launch_ready()
                 self._fill_pipeline(max(len(self._free), self.settings.prefetch))
-            event = self._next_event()
-            if isinstance(event, Job):
-                self._ready.append(event)
-            elif event is not None:
-                self._finish(event)
+            self._handle_next_event()
 
     def _launch_ready(self) -> None:
         """Start experiments on the free slots while there is something to start."""
@@ -356,22 +357,17 @@ class Engine:
             self._take(job)
 
     def _run_all(self, works: list[Work]) -> list[Record]:
-        """Train `works` on the slots, as many at a time as there are, and wait for all;
-        their records, in order of arrival. Proposals that arrive meanwhile wait."""
+        """Train `works` on the slots, as many at a time as there are and the limits allow,
+        and wait for them; their records, in order of arrival. Proposals that arrive
+        meanwhile wait."""
         queued, before = list(works), len(self.records)
         while queued or self._running:
-            while queued and self._free and not self.stop_requested:
+            while queued and self._free and self._may_launch():
                 self._launch(queued.pop(0))
-            if self.stop_requested and not self._running:
-                break
-            event = self._next_event()
-            if isinstance(event, Job):
-                self._ready.append(event)
-            elif event is not None:
-                self._finish(event)
-        if self.stop_requested:
-            raise StopNow()  # the first Ctrl-C: what was in flight is recorded, then stop
-        return self.records[before:]
+            if not self._running and not self._may_launch():
+                break  # Ctrl-C, or a limit that leaves no room for the rest
+            self._handle_next_event()
+        return self.records[before:]  # after the first Ctrl-C, what was in flight
 
     # -- proposals -----------------------------------------------------------------------------
 
@@ -411,6 +407,14 @@ class Engine:
         except BaseException as e:  # noqa: BLE001 - any failure is recorded, never fatal here
             job.error = e
         self._events.put(job)
+
+    def _handle_next_event(self) -> None:
+        """A ready proposal waits for a slot; a finished experiment is judged and recorded."""
+        event = self._next_event()
+        if isinstance(event, Job):
+            self._ready.append(event)
+        elif event is not None:
+            self._finish(event)
 
     def _next_event(self) -> Job | Running | None:
         """The next proposal ready or experiment finished, waiting a moment for one; None when

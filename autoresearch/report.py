@@ -242,11 +242,13 @@ def evolve_summary(
     interrupted: bool = False,
     raise_with: str = "--max-experiments N",
     idle_seconds: float = 0.0,
+    slots: int = 1,
 ) -> str:
     """The end of an evolve in plain words: what was tried, what won, where, what next.
     `records`: one tag's, with a baseline; `resume`: the command that continues the tag;
     `interrupted`: stopped by a signal, not a limit; `raise_with`: the option that raises
-    the limit it stopped at."""
+    the limit it stopped at; `idle_seconds`: how long slots waited for proposals, summed
+    over the `slots`."""
     base, best = baseline(records), champion(records)
     assert base is not None and best is not None, "a summary needs a recorded baseline"
     tag = base.tag
@@ -263,7 +265,8 @@ def evolve_summary(
         f" {repeats} noise repeat{'s' * (repeats != 1)} and {candidates}"
         f" candidate{'s' * (candidates != 1)} ({outcomes})"
         + (f"; {rejected} proposal{plural} rejected before training" if rejected else "")
-        + f"; in this session the device waited {idle_seconds:.0f} s for proposals."
+        + f"; in this session {'the device' if slots == 1 else f'the {slots} slots'} waited"
+        f" {idle_seconds:.0f} s{' (summed)' if slots > 1 else ''} for proposals."
     ]
     sd = noise(records)
     if sd is not None:

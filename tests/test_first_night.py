@@ -93,6 +93,10 @@ def test_the_summary_says_what_won_and_what_to_do_next():
     assert "No candidate beat the baseline by more than 0.0300" in none
     assert "still the baseline e0001" in none
     assert none.endswith(f"Next: continue where it stopped with `{resume}`.")
+    assert "in this session the device waited 0 s for proposals." in none
+    slots = evolve_summary([base, repeat, worse], threshold=0.03, stop_reason="done",
+                           resume=resume, idle_seconds=7.4, slots=4)  # fmt: skip
+    assert "in this session the 4 slots waited 7 s (summed) for proposals." in slots
 
 
 def test_a_kept_candidate_worse_than_the_baseline_reads_as_worse():

@@ -137,6 +137,18 @@ def test_limits_count_what_is_in_flight_and_repeats_run_side_by_side(research_re
     assert unrecorded_branches(research_repo, records) == []
 
 
+def test_repeats_side_by_side_stay_within_the_limit(research_repo):
+    base = committed(research_repo, FROZEN)
+    runner = ScriptedRunner(score, seconds=0.2)
+    engine = make_engine(
+        research_repo, ScriptedProposer(), calibrate=3, max_experiments=2, runner=runner,
+        slots=FOUR,
+    )  # fmt: skip
+    records = engine.run(base)
+    assert [r.proposer for r in records] == ["baseline", "calibrate"]  # not 3 repeats at once
+    assert engine.stop_reason == "reached 2 experiments"
+
+
 def test_the_first_ctrl_c_records_what_is_in_flight_and_starts_nothing(research_repo):
     base = committed(research_repo, FROZEN)
     holder = {}
