@@ -22,7 +22,9 @@ ideal, and the orchestrator's CPU per experiment (one thread judges, records and
 every result, so this is what grows with the slots).
 
 `--real`: the tiny baseline with real training on this machine, 1 slot against 2 slots
-(each then has half the cores), side by side: candidates per hour and tokens each.
+(each then has half the cores and as many threads), and 2 slots left unpinned with
+torch's default threads, one after the other: candidates per hour, each candidate's
+training speed and evaluation time.
 """
 
 from __future__ import annotations
@@ -167,8 +169,10 @@ def simulated_night(slots: int, seconds: float, per_slot: int) -> list:
     ]  # fmt: skip
 
 
-def real_slots(slots: int, budget: float, candidates: int) -> list:
-    """The tiny baseline, then `candidates` random proposals, on `slots` real slots."""
+def real_slots(slots: int, budget: float, candidates: int, pinned: bool = True) -> list:
+    """The tiny baseline, then `candidates` random proposals, on `slots` real slots;
+    `pinned`: the slots' own cores and threads (else each run takes torch's default of
+    threads, on any core)."""
     from autoresearch.engine import make_proposers
     from autoresearch.harness.prepare import prepare
     from autoresearch.plugins import load_data_sources
@@ -185,16 +189,21 @@ def real_slots(slots: int, budget: float, candidates: int) -> list:
     }  # fmt: skip
     config = load_config(repo, overrides)
     prepare(config, log=lambda line: None)
+    plan = machine_slots(slots, "cpu") if pinned else [Slot(i) for i in range(slots)]
     engine = Engine(
         repo, config, TAG, make_proposers(config, ("random",)), say=lambda line: None,
-        slots=machine_slots(slots, "cpu"),
+        slots=plan,
     )  # fmt: skip
     records = engine.run(base_commit=base)[1:]
     runs = sorted((r.created - r.total_seconds, r.created) for r in records)
     window = runs[-1][1] - runs[0][0]
-    tokens = sum(r.tokens for r in records) / len(records)
-    return [slots, len(records), f"{len(records) / window * 3600:.0f}", f"{tokens:,.0f}",
-            f"{sum(r.status == 'keep' for r in records)}"]  # fmt: skip
+    mean = lambda values: sum(values) / len(values)  # noqa: E731
+    return [
+        f"{slots}" + ("" if pinned or slots == 1 else " unpinned"), len(records),
+        f"{len(records) / window * 3600:.0f}",
+        f"{mean([r.tokens / max(r.training_seconds, 1e-9) for r in records]):,.0f}",
+        f"{mean([r.timings.get('evaluation', 0.0) for r in records]):.1f}",
+    ]  # fmt: skip
 
 
 def main() -> None:
@@ -213,8 +222,10 @@ def main() -> None:
         headers = ["slots", "experiments", "slot utilisation", "experiments/hour",
                    "ideal/hour", "orchestrator CPU ms/experiment"]  # fmt: skip
     elif args.real:
-        rows = [real_slots(n, args.budget, args.candidates) for n in (1, 2)]
-        headers = ["slots", "candidates", "candidates/hour", "tokens each", "keep"]
+        arms = [(1, True), (2, True), (2, False)]
+        rows = [real_slots(n, args.budget, args.candidates, pinned) for n, pinned in arms]
+        headers = ["slots", "candidates", "candidates/hour", "training tok/s each",
+                   "evaluation s each"]  # fmt: skip
     else:
         rows = [measure(int(n), args.experiments) for n in args.sizes.split(",")]
         headers = ["history", "resume start-up s", "bookkeeping s/experiment",

@@ -355,7 +355,7 @@ def test_damaged_ledger_line_is_reported_and_the_rest_loads(research_repo, bad_l
     ledger.append(SEEDED)
     with open(path, "a") as f:
         f.write(bad_line + "\n")
-    ledger.append(dataclasses.replace(SEEDED, id="e0003", val_bpb=2.0))
+    Ledger(path).append(dataclasses.replace(SEEDED, id="e0003", val_bpb=2.0))  # the next run's
     before = path.read_bytes()
 
     result = cli("leaderboard", "--all", "--json", cwd=research_repo)
