@@ -292,7 +292,9 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
 
 class Runner(Protocol):
     """What trains and scores one candidate: `run_experiment`, the Ray runner, or a test
-    double. Called from several threads at once when there are several slots."""
+    double. Called from several threads at once when there are several slots; a runner
+    whose experiments run elsewhere offers `cancel_all()`, called when the engine stops
+    with experiments in flight (local ones it kills by their process groups)."""
 
     def __call__(
         self,
