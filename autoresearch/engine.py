@@ -604,6 +604,16 @@ class Engine:
             raise running.error  # a machine fault (a full disk): nothing to record
         outcome = running.outcome
         assert outcome is not None
+        if outcome.fatal and self._running:
+            # Another slot's candidate may have changed the files as well as this one (only
+            # without namespaces can they): nobody is blamed; one at a time tells.
+            others = ", ".join(sorted(self._running))
+            raise UserError(
+                f"{work.id}: {outcome.reason}, while {others} trained too, so which one did"
+                " it is unknown; restore them (git checkout, or delete the prepared data and"
+                f" run `autoresearch prepare`), then `{self.resume_command()} --slots 1`"
+                " trains them again one at a time"
+            )
         status, promoted = self._judge(outcome, work.spec)
         record = outcome.to_record(
             id=work.id, status=status, commit=work.commit,

@@ -128,12 +128,13 @@ class Ledger:
         self.path = path
         self.problems: list[str] = []  # unreadable lines found by the last `records()`
         self.notes: list[str] = []  # what else the last `records()` should say (old records)
-        self._written: tuple[int, ...] | None = None  # the file's state after our last append
+        # The file's state after our last append or read: nobody else may write it in between.
+        self._written: tuple[int, ...] | None = None
 
     def append(self, record: Record) -> None:
         """Add `record` durably; if the write fails (a full disk), the file is left as it was.
-        `LedgerTampered` if the file changed since this object's last append: between two
-        records of one run nobody else may write it."""
+        `LedgerTampered` if the file changed since this object last read or appended it:
+        while a run records, nobody else may write it."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with _named(self.path):
             fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
@@ -172,13 +173,19 @@ class Ledger:
     def records(self) -> list[Record]:
         """Every readable record; `LedgerTampered` when the chain between them is broken."""
         self.problems, self.notes = [], []
-        if not self.path.exists():
+        try:
+            with open(self.path, "rb") as f:
+                # As read: from here on, an append by this object checks that nobody else
+                # wrote the file (a run's first record included).
+                self._written = stat_state(os.fstat(f.fileno()))
+                data = f.read()
+        except FileNotFoundError:
             return []
         out: list[Record] = []
         numbers: list[int] = []  # the line of each record in `out`
         link = {"after": "", "sha256": ""}  # what the next record must carry
         unlinked = 0  # records from before the chain
-        for number, raw in enumerate(self.path.read_bytes().split(b"\n"), 1):
+        for number, raw in enumerate(data.split(b"\n"), 1):
             if not raw.strip():
                 continue
             try:

@@ -349,7 +349,9 @@ def _placement(ray: Any) -> tuple[str, Slot]:
     where = f"ray {ray.util.get_node_ip_address()}" + (f" (GPU {gpus})" if gpus else "")
     # Ray sets this for a task with GPUs, and leaves a task without any the node's list.
     os.environ["CUDA_VISIBLE_DEVICES"] = gpus  # for torch here (device "auto")
-    return where, Slot(env={"CUDA_VISIBLE_DEVICES": gpus}, label=where, hidden=ray_files(ray))
+    # The other tasks' folders on this node (their hand-overs) are veiled like a repo's runs.
+    hidden = (*ray_files(ray), str(work_root()))
+    return where, Slot(env={"CUDA_VISIBLE_DEVICES": gpus}, label=where, hidden=hidden)
 
 
 def ray_files(ray: Any) -> tuple[str, ...]:

@@ -33,7 +33,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -106,6 +106,7 @@ EXPORT_BUDGET_SHARE = 0.03
 PREFETCHED_BATCHES = 1
 EVAL_TIMEOUT_SECONDS = 900.0
 POLL_SECONDS = 0.05
+CORE_CHECK_SECONDS = 0.5  # how often a slot's run is checked for an undone core pinning
 EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b.*")
 PGID_FILE = "pgid"  # in the run folder while its process group may be alive
 HANDOVER_DIR = "handover"  # in the run folder: the model as the candidate handed it over
@@ -223,6 +224,19 @@ class Events:
 def die_with_parent() -> None:
     """In the child, before exec: the kernel SIGKILLs it if the runner dies, even by SIGKILL."""
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def in_slot(cpus: Iterable[int]) -> Callable[[], None]:
+    """What a child of the runner does before exec: die with it, and run on `cpus` only (a
+    slot's cores; all of them when empty), it and everything it starts."""
+    cores = tuple(cpus)
+
+    def setup() -> None:
+        die_with_parent()
+        if cores:
+            os.sched_setaffinity(0, cores)
+
+    return setup
 
 
 def kill_leftovers(runs: Path) -> None:
@@ -503,7 +517,11 @@ def sandbox_spec(
     home.mkdir(exist_ok=True)
     tmp.mkdir(exist_ok=True)
     # The raw shards hold the validation text; the training rows are served by the runner.
+    # Of the research repo's state folder (the other runs with their hand-overs, models to
+    # copy; the ledger), only this run's own folder shows.
     hidden = [manifest.val_path, cache_root() / "data", manifest.train_path]
+    if root:
+        hidden.append(root / STATE_DIR)
     if config.data.source == "folder" and config.data.path:
         hidden.append(((root or Path.cwd()) / config.data.path).resolve())
     if config.data.source == "stdlib":  # its validation text is files of Python's own library
@@ -546,8 +564,9 @@ class TrainingRun:
     data: BatchServer  # what the runner served, when
     returncode: int | None
     rusage: object
-    why_stopped: str  # "", timeout, export, diverged, violation, "over a cap" or handed_over
+    why_stopped: str  # "", timeout, export, diverged, violation, "over a cap", cores or handed_over
     over_cap: str = ""  # which cap of harness.limits it hit, if any
+    off_cores: str = ""  # a process or thread of the run seen off its slot's cores
 
 
 def training_limit(budget: float, mean_step: float = math.inf) -> float:
@@ -598,24 +617,30 @@ def _supervise(
             stderr=subprocess.STDOUT,
             pass_fds=(write_fd, theirs.fileno()),
             start_new_session=True,
-            preexec_fn=die_with_parent,
+            preexec_fn=in_slot(sandbox.cpus),
         )
     os.close(write_fd)
     theirs.close()
     (run_dir / PGID_FILE).write_text(str(proc.pid))
     data.serve(ours)
     events = Events(read_fd, run_dir / HANDOVER_DIR, on_event)
-    returncode, rusage, why_stopped = None, None, ""
+    returncode, rusage, why_stopped, off_cores = None, None, "", ""
     training = False
+    next_core_check = t_spawn
     try:
         while True:
             returncode, rusage = _reap(proc.pid, 0)
             if returncode is not None:
                 break
+            if sandbox.cpus and time.monotonic() >= next_core_check:
+                off_cores = off_its_cores(proc.pid, set(sandbox.cpus))
+                next_core_check = time.monotonic() + CORE_CHECK_SECONDS
             if not training and ("start" in events.times or data.first_batch is not None):
                 training = True
                 on_training()
-            if time.monotonic() - t_spawn > limit:
+            if off_cores:
+                why_stopped = "cores"
+            elif time.monotonic() - t_spawn > limit:
                 why_stopped = "timeout"
             elif events.diverged:
                 why_stopped = "diverged"
@@ -643,7 +668,41 @@ def _supervise(
         over_cap = cap_reason(caps, *cgroup_events(sandbox.cgroups), disk.measure())
         remove_cgroups(sandbox.cgroups)
     events.join(timeout=KILL_GRACE_SECONDS)
-    return TrainingRun(events, data, returncode, rusage, why_stopped, over_cap)
+    return TrainingRun(events, data, returncode, rusage, why_stopped, over_cap, off_cores)
+
+
+def off_its_cores(root: int, cores: set[int]) -> str:
+    """Which process or thread under `root` (the sandbox) may run on cores outside `cores`,
+    in words; "" when none. A slot's pinning is an affinity its candidate could undo: this
+    is how an undone one is seen (every CORE_CHECK_SECONDS)."""
+    pending, seen = [root], set()
+    while pending:
+        pid = pending.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            try:
+                status = (task / "status").read_text()
+                pending += [int(c) for c in (task / "children").read_text().split()]
+            except (OSError, ValueError):
+                continue  # gone meanwhile
+            allowed = _cpu_list(status.partition("Cpus_allowed_list:")[2].split("\n")[0])
+            if allowed - cores:
+                return (
+                    f"thread {task.name} may run on cores {sorted(allowed)}, its slot has"
+                    f" {sorted(cores)}"
+                )
+    return ""
+
+
+def _cpu_list(text: str) -> set[int]:
+    """`0-3,8` as {0, 1, 2, 3, 8}."""
+    cpus: set[int] = set()
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        first, _, last = part.partition("-")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return cpus
 
 
 def _training_failure(
@@ -656,6 +715,8 @@ def _training_failure(
     budget, budget_tokens = config.run.budget_seconds, config.run.budget_tokens
     if events.violation:
         return "invalid", events.violation
+    if run.off_cores:  # more cores than its share: faster than its neighbour, at its cost
+        return "invalid", f"left its slot's cores: {run.off_cores}"
     if events.handed_over and events.handover_files() != events.handed_over:
         return "invalid", "the hand-over files changed after the hand-over was complete"
     if data.tokens_before_start:
@@ -721,11 +782,6 @@ class Evaluator:
     def __init__(self, spec: EvalSpec, log_path: Path, slot: Slot = WHOLE_MACHINE):
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed by score() or cancel()
 
-        def in_the_child() -> None:
-            die_with_parent()
-            if slot.cpus:  # scored on the slot's own cores, like its candidate
-                os.sched_setaffinity(0, slot.cpus)
-
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "autoresearch.harness.evaluate", json.dumps(asdict(spec))],
             cwd=log_path.parent,  # explicit, like every process started here
@@ -734,7 +790,7 @@ class Evaluator:
             stdout=subprocess.PIPE,
             stderr=self._log,
             start_new_session=True,
-            preexec_fn=in_the_child,
+            preexec_fn=in_slot(slot.cpus),  # scored on the slot's own cores, like its candidate
         )
         self._log_path = log_path
 

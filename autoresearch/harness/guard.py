@@ -42,6 +42,8 @@ class Guard:
         self.hidden = tuple(os.path.realpath(p) for p in spec.hidden)
         self.readonly = tuple(os.path.realpath(p) for p in spec.readonly)
         self.writable = tuple(os.path.realpath(p) for p in spec.writable)
+        # Hidden folders that hold a writable one (the state folder around the run folder).
+        self.veiled = tuple(h for h in self.hidden if any(_under(w, (h,)) for w in self.writable))
 
     def __call__(self, event: str, args: tuple) -> None:
         if event == "open":
@@ -63,11 +65,13 @@ class Guard:
         if isinstance(dir_fd, int) and not os.path.isabs(path):
             path = os.path.join(_fd_path(dir_fd), path)
         real = os.path.realpath(path)
-        if _under(real, self.hidden):
-            data = "the data" if os.path.basename(real) == TRAIN_SPLIT else "the validation data"
-            self._refuse(f"tried to read {data} ({real})")
         if writes and _under(real, self.readonly) and not _under(real, self.writable):
             self._refuse(f"tried to change a protected file ({real})")
+        if _under(real, self.hidden) and not _under(real, self.writable):
+            if _under(real, self.veiled):
+                self._refuse(f"tried to read what is not its own run's ({real})")
+            data = "the data" if os.path.basename(real) == TRAIN_SPLIT else "the validation data"
+            self._refuse(f"tried to read {data} ({real})")
 
     @staticmethod
     def _refuse(what: str) -> None:

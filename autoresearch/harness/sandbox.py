@@ -86,7 +86,9 @@ class SandboxSpec:
     log: str  # run.log
     isolate: bool = False  # the namespaces above (the runner has probed that they work)
     network: bool = True  # False: a network namespace without interfaces
-    hidden: list[str] = field(default_factory=list)  # files and folders the candidate must not read
+    # Files and folders the candidate must not read; of one that holds a writable folder (the
+    # state folder around its run folder), all but that folder.
+    hidden: list[str] = field(default_factory=list)
     readonly: list[str] = field(default_factory=list)  # folders it must not change
     writable: list[str] = field(default_factory=list)  # folders inside those that stay writable
     # The caps of harness.limits. Where no cgroup caps memory, RLIMIT_AS stands in on CPU runs
@@ -97,7 +99,9 @@ class SandboxSpec:
     max_processes: int = 0
     disk_bytes: int = 0  # also the largest file it may write
     cpu_only: bool = False
-    cpus: list[int] = field(default_factory=list)  # the cores it runs on (its slot's); []: any
+    # Its slot's cores ([]: any): the runner starts this process on them, and watches that
+    # nothing of the run leaves them.
+    cpus: list[int] = field(default_factory=list)
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2) + "\n")
@@ -112,8 +116,6 @@ class SandboxSpec:
 # ---------------------------------------------------------------------------
 def main(spec_path: str) -> int:
     spec = SandboxSpec.load(spec_path)
-    if spec.cpus:  # inherited by the candidate and everything it starts
-        os.sched_setaffinity(0, spec.cpus)
     prctl(PR_SET_CHILD_SUBREAPER, 1)  # orphans of the candidate come to us, not to init
     for error in join_cgroups(spec.cgroups):
         print(error, file=sys.stderr)  # runs on, with the rlimits below
@@ -269,10 +271,31 @@ def enter_namespaces(spec: SandboxSpec) -> None:
         _mount(path, path, None, MS_BIND | MS_REC)
         _mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY | _kept_flags(path))
     for path in spec.hidden:
-        if os.path.isdir(path):
+        inside = [w for w in spec.writable if _within(w, path)]
+        if inside:
+            _veil(path, inside)
+        elif os.path.isdir(path):
             _mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, "size=4k")
         elif os.path.exists(path):
             _mount("/dev/null", path, None, MS_BIND)
+
+
+def _veil(folder: str, keep: list[str]) -> None:
+    """Hide `folder` but the folders `keep` inside it: the state folder of the research repo
+    with its run folders (the runs next to this one, with their hand-overs, and the models
+    of every earlier run) shows only this run's own folder."""
+    handles = [os.open(path, os.O_PATH | os.O_DIRECTORY) for path in keep]  # before they go
+    _mount("tmpfs", folder, "tmpfs", MS_NOSUID | MS_NODEV, "size=64k,mode=755")
+    for path, handle in zip(keep, handles, strict=True):
+        os.makedirs(path, exist_ok=True)  # in the empty tmpfs, to bind the kept folder onto
+        _mount(f"/proc/self/fd/{handle}", path, None, MS_BIND | MS_REC)
+        os.close(handle)
+    # read-only like every other mount once `remount_everything_readonly` has run
+
+
+def _within(path: str, folder: str) -> bool:
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
 
 
 def _unshare(flags: int) -> None:

@@ -57,12 +57,18 @@ READ_VALIDATION = with_forward(
 )
 
 
-def overwrite(name: str, old: str, new: str) -> str:
-    """A model whose forward maps repo file `name` writable and puts `new` over `old`."""
+def overwrite(name: str, old: str, new: str, known: bytes | None = None) -> str:
+    """A model whose forward maps repo file `name` writable and puts `new` over `old`;
+    `known`: the file's bytes, for a file the candidate may not read (the attacker knows
+    the format, and where the score it wants changed is)."""
+    find = (
+        f"    Bigram.at, Bigram.size = {known.index(old.encode())}, {len(known)}\n"
+        if known is not None
+        else "    text = open(Bigram.path, 'rb').read()\n"
+        f"    Bigram.at, Bigram.size = text.index({old.encode()!r}), len(text)\n"
+    )
     return with_forward(
-        f"    Bigram.path = str({in_repo(name)})\n"
-        "    text = open(Bigram.path, 'rb').read()\n"
-        f"    Bigram.at, Bigram.size = text.index({old.encode()!r}), len(text)\n",
+        f"    Bigram.path = str({in_repo(name)})\n" + find,
         "            f = torch.from_file(self.path, True, self.size, dtype=torch.uint8)\n"
         f"            new = torch.tensor({list(new.encode())}, dtype=torch.uint8)\n"
         f"            f[self.at : self.at + {len(new)}].copy_(new)\n"
@@ -90,7 +96,7 @@ def test_graph_rewriting_an_earlier_score_in_the_ledger_is_refused(research_repo
     ledger.parent.mkdir(exist_ok=True)
     ledger.write_text('{"id": "r1", "status": "keep", "val_bpb": 4.170}\n')
     before = ledger.read_bytes()
-    source = overwrite(".autoresearch/ledger.jsonl", "4.170", "0.170")
+    source = overwrite(".autoresearch/ledger.jsonl", "4.170", "0.170", known=before)
     out = attack(research_repo, source, check=False)
     assert ledger.read_bytes() == before
     assert out.status == "invalid" and "aten.from_file" in out.reason, (out.status, out.reason)
