@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import os
 import queue
@@ -105,6 +106,7 @@ SCRATCH_FILE_BYTES = 512 * 2**10
 FEW_STEPS = 100  # optimizer steps of the baseline below which the machine is too slow or busy
 NOISY_FRACTION = 0.01  # noise_k x noise over 1% of the baseline's val_bpb: more than edits gain
 EVENT_POLL_SECONDS = 0.2  # how long the engine waits for an event before it looks at limits
+STATUS_SECONDS = 1.0  # status.json is rewritten at most this often
 
 
 @dataclass
@@ -133,6 +135,12 @@ class Work:
     description: str
     usage: object = None  # what its proposal cost
     work_dir: Path | None = None  # the proposer's scratch files, moved into the run folder
+
+    @functools.cached_property
+    def source_hash(self) -> str:
+        """Its normalised-source hash, made once: with 16 slots, every proposal checks it
+        against each experiment in flight."""
+        return source_hash(self.source)
 
 
 @dataclass
@@ -202,6 +210,7 @@ class Engine:
         self._free: list[Slot] = list(self.slots)
         self._running: dict[str, Running] = {}  # experiment id -> where and since when
         self._status_said: tuple = ()  # what status.json says now
+        self._status_written_at = -math.inf
         self._jobs_made = 0
         self._fixes: list[Record] = []  # crashed candidates to hand back for a fix
         self._invalid_in_a_row = 0
@@ -514,7 +523,7 @@ class Engine:
             return
         # What is training or about to counts as tried: nothing is trained twice.
         seen = {r.fingerprints.get("source") for r in self.records if r.status != "invalid"}
-        seen |= {source_hash(w.source) for w in (*self._pending, *self._works())}
+        seen |= {w.source_hash for w in (*self._pending, *self._works())}
         reason = validate_proposal(parent_source, proposal.source, seen)
         if reason:
             self._invalid(job, proposal, proposal.source, reason)
@@ -622,7 +631,7 @@ class Engine:
             proposer=work.spec, description=work.description, tag=self.tag, promoted=promoted,
             usage=_usage(work.usage) if work.usage is not None else {},
             ran_on=outcome.ran_on or running.slot.label,
-            fingerprints=outcome.fingerprints | {"source": source_hash(work.source)},
+            fingerprints=outcome.fingerprints | {"source": work.source_hash},
         )  # fmt: skip
         self._record(record)
         if outcome.fatal:
@@ -797,11 +806,14 @@ class Engine:
         return branches(self.repo, candidate_branch(self.tag, "").rstrip("/"))
 
     def _write_status(self, phase: str) -> None:
-        """Rewrite status.json (and the tag's state) when what it says has changed."""
+        """Rewrite status.json (and the tag's state) when what it says has changed, at most
+        every STATUS_SECONDS (the engine's wait for events asks again within a moment; with
+        16 slots, results come faster than a status reader needs them)."""
         said = (phase, tuple(self._running), len(self.records))
-        if said == self._status_said:
+        soon = time.monotonic() - self._status_written_at < STATUS_SECONDS
+        if said == self._status_said or (soon and phase != "idle"):
             return
-        self._status_said = said
+        self._status_said, self._status_written_at = said, time.monotonic()
         best = self.champion()
         status = EvolveStatus(
             pid=os.getpid(),
