@@ -170,9 +170,9 @@ def test_startup_over_its_allowance_is_invalid(research_repo):
 # --- the honest paths ------------------------------------------------------------------
 
 
-def test_honest_run_is_timed_and_counted_by_the_runner(research_repo, true_bpb):
-    out = attack(research_repo, candidates.HONEST, check=False)
-    assert out.status == "keep" and out.val_bpb == true_bpb
+def test_honest_run_is_timed_and_counted_by_the_runner(honest_outcome):
+    out = honest_outcome  # the run the attacks' true score comes from (tests/conftest.py)
+    assert out.status == "keep"
     assert out.tokens == TOKENS and out.num_steps == TOKENS // (16 * 64)
     assert 0 < out.timings["export"] < 10 and out.timings["startup"] > 0
 
