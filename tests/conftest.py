@@ -90,18 +90,21 @@ def research_repo(tmp_path, corpus, monkeypatch) -> Path:
     return repo
 
 
-_SCORES: dict[str, float] = {}
+@pytest.fixture(scope="session")
+def honest_outcome(tmp_path_factory, corpus):
+    """What the honest bigram of tests/candidates.py gets through the real runner, as the
+    attack suite runs it (the same in every repo of the session): trained once, in a repo
+    of its own."""
+    import candidates
+    from attacking import attack
+
+    repo = make_research_repo(tmp_path_factory.mktemp("honest") / "research", corpus)
+    out = attack(repo, candidates.HONEST, check=False)
+    assert out.status == "keep", out.reason
+    return out
 
 
 @pytest.fixture
-def honest_bpb(research_repo) -> float:
-    """The true score of the attack suite: what the honest bigram of tests/candidates.py gets
-    through the real runner (the same in every repo of the session)."""
-    if "honest" not in _SCORES:
-        import candidates
-        from attacking import attack
-
-        out = attack(research_repo, candidates.HONEST, check=False)
-        assert out.status == "keep", out.reason
-        _SCORES["honest"] = out.val_bpb
-    return _SCORES["honest"]
+def honest_bpb(honest_outcome) -> float:
+    """The true score of the attack suite: the honest bigram's val_bpb."""
+    return honest_outcome.val_bpb

@@ -230,9 +230,28 @@ def test_evolve_output_reads_as_a_lineage_in_git_log(research_repo):
         assert mended.summary.startswith(f"{last['id']} ")
 
 
+def no_torch_in_the_orchestrator(repo, args: tuple[str, ...]) -> None:
+    """Run `autoresearch ARGS`, one experiment of the committed train.py, and check that the
+    orchestrator never imported torch: it costs 2 s and 200 MB, and only the candidate and
+    evaluator load it (the test repo names device = "cpu"; with "auto", a CUDA build of
+    torch is asked)."""
+    code = (
+        "import atexit, sys\n"
+        "atexit.register(lambda: print('torch imported:', 'torch' in sys.modules))\n"
+        "from autoresearch.cli import main\nsys.argv = ['autoresearch', *sys.argv[1:]]\nmain()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code, *args], cwd=repo,
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert len(ledger(repo)) == 1 and ledger(repo)[0]["status"] == "keep"
+    assert "torch imported: False" in result.stdout
+
+
 def test_plot_and_export_leave_the_research_repo_clean(research_repo):
+    """Plot and export write under .autoresearch/ only. The evolve before them is also the
+    check that evolve's orchestrator never imports torch: one experiment trained for both."""
     committed(research_repo, LEARNS)
-    assert cli(*QUICK, "--max-experiments", "1", cwd=research_repo).returncode == 0
+    no_torch_in_the_orchestrator(research_repo, (*QUICK, "--max-experiments", "1"))
     for args in (("plot",), ("export",), ("export", "--format", "jsonl"),
                  ("export", "--format", "parquet")):  # fmt: skip
         result = cli(*args, cwd=research_repo)
@@ -267,23 +286,11 @@ def test_no_llm_key_is_said_before_litellm_or_torch_is_imported(research_repo):
     assert result.stdout.strip() == "imported:"
 
 
-@pytest.mark.parametrize(
-    "args", [("run", "--budget", "1"), (*QUICK, "--max-experiments", "1")], ids=["run", "evolve"]
-)
-def test_no_torch_in_the_orchestrator(research_repo, args):
-    """torch costs the orchestrator 2 s and 200 MB: only the candidate and evaluator load it
-    (the test repo names device = "cpu"; with "auto", a CUDA build of torch is asked)."""
+def test_no_torch_in_the_orchestrator(research_repo):
+    """`run`'s; `evolve`'s is checked by the plot and export test, on the experiment it
+    trains anyway."""
     committed(research_repo, LEARNS)
-    code = (
-        "import atexit, sys\n"
-        "atexit.register(lambda: print('torch imported:', 'torch' in sys.modules))\n"
-        "from autoresearch.cli import main\nsys.argv = ['autoresearch', *sys.argv[1:]]\nmain()\n"
-    )
-    result = subprocess.run([sys.executable, "-c", code, *args], cwd=research_repo,
-                            capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    assert len(ledger(research_repo)) == 1 and ledger(research_repo)[0]["status"] == "keep"
-    assert "torch imported: False" in result.stdout
+    no_torch_in_the_orchestrator(research_repo, ("run", "--budget", "1"))
 
 
 def test_auto_device_is_told_without_torch_for_a_cpu_build():

@@ -4,6 +4,7 @@ cgroups where this machine has them (the attacks on them are in tests/attacks/te
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import attacking
@@ -92,19 +93,51 @@ def test_a_dead_runners_cgroups_are_removed_by_the_next_run():
     assert [f for f in stale if f.exists()] == []
 
 
+# An honest candidate that says where it runs: its OOM score and cgroups, its private
+# folders and environment; and writes to the user's compile cache. One run per isolation
+# setting serves the two tests below, which assert different facts of it.
+OBSERVER = candidates.honest_with(
+    at_start="    import os\n"
+    "    print('oom_score_adj', open('/proc/self/oom_score_adj').read().strip())\n"
+    "    print('cgroup', open('/proc/self/cgroup').read().count('autoresearch-'))\n"
+    "    for key in ('HOME', 'TMPDIR', 'XDG_CACHE_HOME', 'TORCHINDUCTOR_CACHE_DIR'):\n"
+    "        print(key, os.environ.get(key))\n"
+    "    open(os.path.join(os.environ['TORCHINDUCTOR_CACHE_DIR'], 'kernel'), 'w').write('k')\n"
+)
+
+
+@dataclass
+class Observed:
+    out: Outcome
+    run: Path  # its run folder
+    log: str
+    inductor_cache: Path  # the user's compile cache: shared by runs on purpose
+    cgroups_left: list[Path]  # this process's run cgroups right after the run
+
+
+@pytest.fixture(scope="module", params=["off", pytest.param("on", marks=needs_isolation)])
+def observed(request, tmp_path_factory, corpus) -> Observed:
+    from conftest import make_research_repo
+
+    folder = tmp_path_factory.mktemp(f"observed-{request.param}")
+    cache = folder / "inductor-cache"
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("TORCHINDUCTOR_CACHE_DIR", str(cache))
+        env.setenv("XDG_CACHE_HOME", str(folder / "xdg"))
+        repo = make_research_repo(folder / "research", corpus)
+        out = attack(repo, OBSERVER, isolation=request.param)
+        left = our_cgroups()
+    run = next((repo / ".autoresearch/runs").glob("*/run.log")).parent
+    return Observed(out, run, (run / "run.log").read_text(), cache, left)
+
+
 @needs_cgroups
-@pytest.mark.parametrize("isolation", ["off", pytest.param("on", marks=needs_isolation)])
-def test_a_run_leaves_no_cgroup_and_is_first_to_go_when_memory_runs_out(research_repo, isolation):
-    source = candidates.honest_with(
-        at_start="    print('oom_score_adj', open('/proc/self/oom_score_adj').read().strip())\n"
-        "    print('cgroup', open('/proc/self/cgroup').read().count('autoresearch-'))\n"
-    )
-    out = attack(research_repo, source, isolation=isolation)
-    assert out.status == "keep", out.reason
-    log = next((research_repo / ".autoresearch/runs").glob("*/run.log")).read_text()
-    assert "oom_score_adj 1000" in log
-    assert "cgroup 2" in log or "cgroup 1" in log  # v1: memory and pids; v2: one for both
-    assert our_cgroups() == []
+def test_a_run_leaves_no_cgroup_and_is_first_to_go_when_memory_runs_out(observed):
+    assert observed.out.status == "keep", observed.out.reason
+    assert "oom_score_adj 1000" in observed.log
+    # v1: memory and pids; v2: one for both
+    assert "cgroup 2" in observed.log or "cgroup 1" in observed.log
+    assert observed.cgroups_left == []
 
 
 def test_without_cgroups_an_address_space_limit_caps_a_cpu_run(research_repo, monkeypatch):
@@ -117,26 +150,12 @@ def test_without_cgroups_an_address_space_limit_caps_a_cpu_run(research_repo, mo
     assert out.status == "keep", out.reason  # torch's ~1 GB of address space fits
 
 
-@pytest.mark.parametrize("isolation", ["off", pytest.param("on", marks=needs_isolation)])
-def test_the_candidate_has_its_own_home_and_temporary_folder(
-    research_repo, tmp_path, monkeypatch, isolation
-):
-    cache = tmp_path / "inductor-cache"  # a user's compile cache: shared by runs on purpose
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(cache))
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    source = candidates.honest_with(
-        at_start="    import os\n"
-        "    for key in ('HOME', 'TMPDIR', 'XDG_CACHE_HOME', 'TORCHINDUCTOR_CACHE_DIR'):\n"
-        "        print(key, os.environ.get(key))\n"
-        "    open(os.path.join(os.environ['TORCHINDUCTOR_CACHE_DIR'], 'kernel'), 'w').write('k')\n"
-    )
-    out = attack(research_repo, source, isolation=isolation)
-    assert out.status == "keep", out.reason
-    run = next((research_repo / ".autoresearch/runs").glob("*/run.log")).parent
-    log = (run / "run.log").read_text()
+def test_the_candidate_has_its_own_home_and_temporary_folder(observed):
+    assert observed.out.status == "keep", observed.out.reason
+    run, log = observed.run, observed.log
     assert f"HOME {run / 'home'}\n" in log and f"TMPDIR {run / 'tmp'}\n" in log
     assert "XDG_CACHE_HOME None" in log
-    assert (cache / "kernel").read_text() == "k"
+    assert (observed.inductor_cache / "kernel").read_text() == "k"
 
 
 def test_disk_usage_counts_blocks_and_each_file_once(tmp_path):

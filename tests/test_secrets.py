@@ -328,17 +328,20 @@ def test_a_proposal_that_carries_a_secret_is_refused_and_redacted(research_repo,
     index.add(["train.py"])
     base = index.commit("baseline").hexsha
     keyed_source = HONEST.replace("LR = 0.2", f"LR = 0.2  # {secret}")
+    # The two refused first (they do not count as experiments): the baseline and the one
+    # trained after them, whose description names the key, are the limit.
     proposer = ScriptedProposer([
-        (rewrite_constants(HONEST, {"LR": 0.1}), f"uses the key {secret}"),
         (keyed_source, "a comment"),
         RuntimeError(f"401 for key {secret}"),
+        (rewrite_constants(HONEST, {"LR": 0.1}), f"uses the key {secret}"),
         (rewrite_constants(HONEST, {"LR": 0.05}), "another"),
     ])  # fmt: skip
-    settings = {"evolve.calibrate": 0, "evolve.prefetch": 0, "evolve.max_experiments": 3}
+    settings = {"evolve.calibrate": 0, "evolve.prefetch": 0, "evolve.max_experiments": 2}
     engine = Engine(repo, load_config(repo, settings), "red", {proposer.name: (proposer, 1.0)},
                     say=lambda line: None)  # fmt: skip
     records = engine.run(base)
     assert [r.status for r in records].count("invalid") == 2
+    assert records[-1].description.startswith("uses the key")  # trained, its key redacted
     assert any("secret environment variable" in r.reason for r in records)
     assert not leaks("ledger", (repo / ".autoresearch/ledger.jsonl").read_bytes())
     assert not scan_git(repo)

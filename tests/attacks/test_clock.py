@@ -19,6 +19,7 @@ import candidates
 import pytest
 from attacking import TOKENS, attack, needs_isolation
 
+from autoresearch import runner
 from autoresearch.harness.context import EVENTS_ENV
 
 
@@ -61,7 +62,7 @@ def test_forged_handover_then_new_batches_is_invalid(research_repo):
     source = candidates.honest_with(
         at_start=FORGE,
         in_loop="        if step == 1:\n            forge('handover')\n"
-        "            budget = harness.Budget(seconds=4)\n            budget.start()\n",
+        "            budget = harness.Budget(seconds=1)\n            budget.start()\n",
     )
     out = attack(research_repo, source, **TIME_BUDGET)
     assert out.status == "invalid" and "after harness.handover()" in out.reason, (
@@ -69,8 +70,11 @@ def test_forged_handover_then_new_batches_is_invalid(research_repo):
     )  # fmt: skip
 
 
-def test_forged_handover_then_replayed_batches_is_invalid(research_repo):
+def test_forged_handover_then_replayed_batches_is_invalid(research_repo, monkeypatch):
     # No new batch after the forged hand-over: only the export's bound sees the extra time.
+    # The bound is lowered from 10 s to 3 s (the honest export takes under 1 s), so that the
+    # test does not wait 10 s for it; the bound, not its size, is what is tested.
+    monkeypatch.setattr(runner, "EXPORT_SECONDS", 3.0)
     source = candidates.honest_with(
         at_start=FORGE,
         before_handover="    forge('handover')\n    if True:\n" + trains_on(30, draws=False),
@@ -89,7 +93,7 @@ def test_training_inside_the_export_is_invalid(research_repo):
         "    h = importlib.import_module('autoresearch.harness.hand' + 'over')\n"
         "    real_export = h.export\n"
         "    def export(*args):\n"
-        "        model.train()\n" + trains_on(3, draws=True) + "        model.eval()\n"
+        "        model.train()\n" + trains_on(1, draws=True) + "        model.eval()\n"
         "        return real_export(*args)\n"
         "    h.export = export\n"
     )
@@ -162,7 +166,7 @@ def test_tokens_are_the_runners_count(research_repo, true_bpb):
 
 
 def test_startup_over_its_allowance_is_invalid(research_repo):
-    source = candidates.honest_with(at_start="    __import__('time').sleep(8)\n")
+    source = candidates.honest_with(at_start="    __import__('time').sleep(5)\n")
     out = attack(research_repo, source, **{"run.startup_seconds": 3})
     assert out.status == "invalid" and "start-up allowance" in out.reason, (out.status, out.reason)
 
@@ -170,9 +174,9 @@ def test_startup_over_its_allowance_is_invalid(research_repo):
 # --- the honest paths ------------------------------------------------------------------
 
 
-def test_honest_run_is_timed_and_counted_by_the_runner(research_repo, true_bpb):
-    out = attack(research_repo, candidates.HONEST, check=False)
-    assert out.status == "keep" and out.val_bpb == true_bpb
+def test_honest_run_is_timed_and_counted_by_the_runner(honest_outcome):
+    out = honest_outcome  # the run the attacks' true score comes from (tests/conftest.py)
+    assert out.status == "keep"
     assert out.tokens == TOKENS and out.num_steps == TOKENS // (16 * 64)
     assert 0 < out.timings["export"] < 10 and out.timings["startup"] > 0
 

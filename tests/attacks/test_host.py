@@ -52,34 +52,50 @@ def last_run(repo: Path) -> Path:
 # --- 5a. HOME and TMPDIR are the run's own ---------------------------------------------
 
 
-@pytest.mark.parametrize("isolation", BOTH)
-def test_5_gitconfig_in_home_lands_in_the_run_folder(research_repo, orchestrator_home, isolation):
-    home, _ = orchestrator_home
-    source = candidates.honest_with(
-        at_start="    import pathlib\n"
-        f"    (pathlib.Path.home() / '.gitconfig').write_text({GITCONFIG!r})\n"
-        "    import os\n"
-        f"    open(os.path.expanduser('~/.bashrc'), 'a').write('echo pwned\\n')\n"
-    )
-    out = attack(research_repo, source, isolation=isolation)
+# Writes a ~/.gitconfig and a ~/.bashrc, and temporary files three ways: one candidate
+# makes both attempts (they touch different folders), and the two tests below each assert
+# what became of theirs; one run per isolation setting serves both.
+HOME_AND_TMP = candidates.honest_with(
+    at_start="    import pathlib\n"
+    f"    (pathlib.Path.home() / '.gitconfig').write_text({GITCONFIG!r})\n"
+    "    import os\n"
+    f"    open(os.path.expanduser('~/.bashrc'), 'a').write('echo pwned\\n')\n"
+    "    import tempfile\n"
+    "    open(os.path.join(tempfile.gettempdir(), 'left-behind'), 'w').write('x')\n"
+    "    tempfile.mkstemp(prefix='left-behind-')\n"
+    "    open(os.path.join(os.environ['TMPDIR'], 'by-env'), 'w').write('x')\n"
+)
+
+
+@pytest.fixture(scope="module", params=BOTH)
+def home_and_tmp_attack(request, tmp_path_factory, corpus):
+    """(outcome, the orchestrator's HOME, its TMPDIR, the run folder) of HOME_AND_TMP."""
+    from conftest import make_research_repo
+
+    folder = tmp_path_factory.mktemp(f"home-and-tmp-{request.param}")
+    repo = make_research_repo(folder / "research", corpus)
+    home, tmp = folder / "orchestrator-home", folder / "orchestrator-tmp"
+    home.mkdir()
+    tmp.mkdir()
+    with pytest.MonkeyPatch.context() as env:  # as orchestrator_home, for this module's run
+        env.setenv("HOME", str(home))
+        env.setenv("TMPDIR", str(tmp))
+        out = attack(repo, HOME_AND_TMP, isolation=request.param)
+    return out, home, tmp, last_run(repo)
+
+
+def test_5_gitconfig_in_home_lands_in_the_run_folder(home_and_tmp_attack):
+    out, home, _, run = home_and_tmp_attack
     assert out.status == "keep", out.reason
     assert list(home.iterdir()) == []
-    assert (last_run(research_repo) / "home" / ".gitconfig").read_text() == GITCONFIG
+    assert (run / "home" / ".gitconfig").read_text() == GITCONFIG
 
 
-@pytest.mark.parametrize("isolation", BOTH)
-def test_5_temporary_files_land_in_the_run_folder(research_repo, orchestrator_home, isolation):
-    _, tmp = orchestrator_home
-    source = candidates.honest_with(
-        at_start="    import os, tempfile\n"
-        "    open(os.path.join(tempfile.gettempdir(), 'left-behind'), 'w').write('x')\n"
-        "    tempfile.mkstemp(prefix='left-behind-')\n"
-        "    open(os.path.join(os.environ['TMPDIR'], 'by-env'), 'w').write('x')\n"
-    )
-    out = attack(research_repo, source, isolation=isolation)
+def test_5_temporary_files_land_in_the_run_folder(home_and_tmp_attack):
+    out, _, tmp, run = home_and_tmp_attack
     assert out.status == "keep", out.reason
     assert list(tmp.iterdir()) == []
-    landed = {p.name for p in (last_run(research_repo) / "tmp").iterdir()}
+    landed = {p.name for p in (run / "tmp").iterdir()}
     assert {"left-behind", "by-env"} <= landed
 
 

@@ -347,24 +347,25 @@ def test_no_attack_is_promoted_by_evolve(research_repo):
     base = git.Repo(repo).index
     base.add(["train.py"])
     base_sha = base.commit("baseline").hexsha
-    attacks = [
-        candidates.honest_with(before_handover="    print('val_bpb: 0.000001')\n"),
-        AFTER_HANDOVER,
+    attacks = [  # the two refused (invalid) first: they do not count as experiments...
         candidates.honest_with(
             at_start="    import glob, os, numpy\n"
             "    stolen = [numpy.load(f) for f in glob.glob(os.path.dirname(ctx.tokenizer_path)"
             " + '/*.npy')]\n"
         ),
         candidates.PEEKING,
+        candidates.honest_with(before_handover="    print('val_bpb: 0.000001')\n"),
+        AFTER_HANDOVER,
     ]
-    # Refused attacks do not count as experiments: honest but worse edits fill up the run.
+    # ...so the limit (the baseline and the two attacks that are scored) ends the run right
+    # after the last attack. Should the daemon's run be refused, a worse honest edit fills in.
     fillers = [rewrite_constants(candidates.HONEST, {"LR": lr}) for lr in (0.0, 0.001)]
     replies = [(a, f"attack {i}") for i, a in enumerate(attacks)]
     proposer = ScriptedProposer(replies + [(f, "a worse learning rate") for f in fillers])
     settings = {"run.budget_tokens": TOKENS, "run.budget_seconds": 30, "run.isolation": "off"}
     evolve = {"evolve.calibrate": 0, "evolve.prefetch": 0, "evolve.population": 2}
     evolve |= {"evolve.fix_attempts": 0}  # a crash is evidence here, not something to fix
-    config = load_config(repo, settings | evolve | {"evolve.max_experiments": 1 + len(attacks)})
+    config = load_config(repo, settings | evolve | {"evolve.max_experiments": 1 + 2})
     engine = Engine(repo, config, "atk", {proposer.name: (proposer, 1.0)}, say=lambda line: None)
     records = engine.run(base_sha)
     tried = {r.description for r in records}
