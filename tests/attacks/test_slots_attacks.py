@@ -76,34 +76,10 @@ def side_by_side(repo: Path, sources: dict[str, str], **overrides) -> dict:
 
 # Trains nothing: waits (in its start-up allowance) for the model that the experiment in
 # the next slot hands over, loads its weights, and hands them over as its own.
-COPIES_THE_NEIGHBOUR = """
-import os
-import time
-
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
-from safetensors.torch import load_file
-
-from autoresearch import harness
-
-LR = 0.2
-BATCH_SIZE = 16
-DEPTH = 1
-
-
-class Bigram(nn.Module):
-    def __init__(self, vocab):
-        super().__init__()
-        self.table = nn.Embedding(vocab, vocab)
-
-    def forward(self, idx, targets=None):
-        logits = self.table(idx)
-        if targets is None:
-            return logits
-        return F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1))
-
-
+COPIES_THE_NEIGHBOUR = (
+    "import os\nimport time\nfrom safetensors.torch import load_file\n"
+    + candidates.HONEST.split("def main():")[0]  # the honest bigram, untrained
+    + """
 def neighbour(since):
     here = os.path.realpath(os.getcwd())
     runs = os.path.dirname(here)
@@ -139,6 +115,7 @@ def main():
 if __name__ == "__main__":
     main()
 """
+)
 
 
 @needs_two_cores
