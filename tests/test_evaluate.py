@@ -6,7 +6,9 @@ import json
 import math
 import subprocess
 import sys
+import tempfile
 import time
+import uuid
 from dataclasses import asdict
 from pathlib import Path
 
@@ -15,10 +17,11 @@ import torch
 import torch.nn as nn
 
 from autoresearch.config import load_config
-from autoresearch.harness import model_io
+from autoresearch.harness import model_io, sandbox
 from autoresearch.harness.evaluate import GO, WARM, EvalSpec
 from autoresearch.harness.prepare import load_manifest
 from autoresearch.harness.tokenizer import Tokenizer
+from autoresearch.runner import minimal_env
 
 QUIET_SECONDS = 2.0  # how long the evaluator is watched for an early torch import
 LOAD_SECONDS = 120.0  # generous: importing torch on a loaded 2-core machine
@@ -95,6 +98,24 @@ def test_go_alone_scores_the_same_model(spec):
     warmed.stdin.write(f"{WARM}\n".encode())
     warmed.stdin.flush()
     assert score(start(spec), GO)["val_bpb"] == score(warmed, GO)["val_bpb"]
+
+
+@pytest.mark.skipif(not sandbox.isolation_works(), reason="needs user namespaces")
+def test_an_isolated_evaluator_scores_where_torch_has_no_cache_folder_yet(spec):
+    """On a fresh machine torch's compile cache folder (/tmp/torchinductor_<user>) does not
+    exist yet, and importing torch.export makes it: in a read-only tree it cannot. A user
+    name of its own gives this test such a machine."""
+    user = f"autoresearch-test-{uuid.uuid4().hex[:8]}"
+    env = minimal_env({"USER": user})
+    env.pop("TORCHINDUCTOR_CACHE_DIR", None)  # set by torch in this process once it exported
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "autoresearch.harness.evaluate",
+         json.dumps(asdict(spec) | {"isolated": True})],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env=env,
+    )  # fmt: skip
+    assert math.isfinite(score(proc, GO)["val_bpb"])
+    assert not Path(tempfile.gettempdir(), f"torchinductor_{user}").exists()  # nothing written
 
 
 def test_an_evaluator_never_told_anything_exits_without_a_result(spec):

@@ -237,8 +237,12 @@ def confine(isolated: bool) -> None:
     sandbox.prctl(sandbox.PR_SET_NO_NEW_PRIVS, 1)
     if isolated:
         # torch asks for a temporary folder on import (and writes nothing there): pick it while
-        # one is writable, as tempfile cannot find one afterwards.
+        # one is writable, as tempfile cannot find one afterwards. Its compiler's cache folder
+        # (made on import by torch.export's serializer, /tmp/torchinductor_<user> unless set)
+        # would be created in a read-only tree: this process compiles nothing, so it is
+        # pointed at that folder, which exists.
         tempfile.tempdir = tempfile.gettempdir()
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.tempdir
         sandbox.confine_in_place()  # nothing writable: the result leaves on the stdout pipe
 
 
