@@ -63,6 +63,13 @@ def depth_of(source: str) -> int | None:
     return depth if isinstance(depth, int) and not isinstance(depth, bool) else None
 
 
+def code_lines(source: str) -> int:
+    """Lines that are neither blank nor comments: the size of the code, for the simplicity
+    rule (less code at an equal score is better)."""
+    stripped = (line.strip() for line in source.splitlines())
+    return sum(1 for line in stripped if line and not line.startswith("#"))
+
+
 def rewrite_constants(source: str, values: Mapping[str, Value]) -> str:
     """`source` with the named constants set to `values`, everything else untouched.
 
