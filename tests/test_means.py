@@ -278,3 +278,20 @@ def test_auto_says_what_it_chose_and_why(research_repo):
     engine.run(base)
     said = [line for line in engine.lines if line.startswith("population 1 (auto)")]
     assert said and "noise_k 0 (auto)" in said[0] and "under 0.5" in said[0]
+
+
+def test_the_leaderboard_ranks_by_mean_and_counts_the_runs():
+    from autoresearch.report import leaderboard_rows, select
+
+    records = [
+        rec(1, 3.0, promoted=True, proposer=BASELINE),
+        rec(2, 3.1, status="discard", proposer=CALIBRATE, parent="e0001", source="s1"),
+        rec(3, 2.6, parent="e0001", promoted=True),  # lucky: its repeats say 2.9
+        rec(4, 2.8, parent="e0001"),
+        rec(5, 3.2, status="discard", proposer=REPEAT, parent="e0003", source="s3"),
+    ]
+    chosen = select(records, tag="t", population_size=4).records
+    rows = leaderboard_rows(records, chosen)
+    assert [(r["id"], r["runs"]) for r in rows] == [("e0004", 1), ("e0003", 2), ("e0001", 2)]
+    assert rows[1]["mean"] == pytest.approx(2.9) and rows[1]["val_bpb"] == 2.6
+    assert rows[1]["delta"] == pytest.approx(2.9 - 3.05) and rows[1]["champion"]
