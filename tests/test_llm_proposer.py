@@ -387,5 +387,6 @@ def test_failed_and_abandoned_proposals_are_recorded_and_count_toward_the_cost_l
     assert abandoned.usage["cost_usd"] == pytest.approx(ONE_REPLY_USD)
     assert pop.spent_usd(records) == pytest.approx(4 * ONE_REPLY_USD)  # nothing was lost
     assert engine.limit is not None and "spent" in engine.limit.reason
-    on_disk = pop.tag_records(Ledger(research_repo / ".autoresearch" / "ledger.jsonl").records(), "t")
+    ledger = Ledger(research_repo / ".autoresearch" / "ledger.jsonl")
+    on_disk = pop.tag_records(ledger.records(), "t")
     assert pop.spent_usd(on_disk) == pytest.approx(4 * ONE_REPLY_USD)
