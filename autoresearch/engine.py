@@ -241,6 +241,7 @@ class Engine:
                 self._calibrate()
                 self._pending.extend(self._cut_off())
                 self._search()
+                self._record_abandoned_spend()
             except StopNow:
                 self.stop_reason = self.stop_reason or "stopped at once (second Ctrl-C or SIGTERM)"
                 self.say(f"stopped: continue with `{self.resume_command()}`")
@@ -434,6 +435,25 @@ class Engine:
             job.error = e
         self._events.put(job)
 
+    def _record_abandoned_spend(self) -> None:
+        """Proposals the stopped run never trained (ready, or finished while the last
+        experiments trained): those that spent tokens or money are recorded, so that the
+        spend is not lost and counts toward `--max-cost-usd`, on `--resume` too."""
+        with contextlib.suppress(queue.Empty):
+            while True:  # nothing trains any more: only proposals arrive here
+                job = self._events.get_nowait()
+                if job in self._in_flight:
+                    self._in_flight.remove(job)
+                    self._ready.append(job)
+        for job in self._ready:
+            proposal = job.proposal if isinstance(job.proposal, Proposal) else None
+            usage = proposal.usage if proposal else getattr(job.error, "usage", None)
+            if usage is not None and pop.has_spend(_usage(usage)):
+                source = proposal.source if proposal and isinstance(proposal.source, str) else ""
+                reason = "abandoned: the run stopped before this proposal was trained"
+                self._invalid(job, proposal, redact(source), reason, usage=usage, counts=False)
+        self._ready.clear()
+
     def _handle_next_event(self) -> None:
         """A ready proposal waits for a slot; a finished experiment is judged and recorded."""
         event = self._next_event()
@@ -597,7 +617,7 @@ class Engine:
             if isinstance(job.error, UserError):
                 raise job.error  # the proposer cannot work at all (no key, bad options)
             reason = f"proposer failed: {type(job.error).__name__}: {_one_line(job.error)}"
-            self._invalid(job, None, "", reason)
+            self._invalid(job, None, "", reason, usage=getattr(job.error, "usage", None))
             return
         proposal = job.proposal
         if not isinstance(proposal, Proposal):
@@ -631,7 +651,12 @@ class Engine:
                  usage=proposal.usage, work_dir=job.work_dir)
         )  # fmt: skip
 
-    def _invalid(self, job: Job, proposal: Proposal | None, source: str, reason: str) -> None:
+    def _invalid(
+        self, job: Job, proposal: Proposal | None, source: str, reason: str,
+        usage: object = None, counts: bool = True,
+    ) -> None:
+        """Record `job` as `invalid` with what it spent (`usage`: a failed proposer's, else
+        the proposal's); `counts`: toward `evolve.max_invalid` in a row."""
         cid = self._next_id()
         folder = run_dir(self.state, cid)
         folder.mkdir(parents=True, exist_ok=True)
@@ -641,13 +666,17 @@ class Engine:
         if 0 < len(data) <= MAX_SOURCE_BYTES:
             (folder / TRAIN_FILE).write_bytes(data)
         _adopt(job.work_dir, folder)
-        usage = _usage(proposal.usage) if proposal else {}
+        if usage is None and proposal is not None:
+            usage = proposal.usage
+        usage = _usage(usage) if usage is not None else {}
         description = _one_line(proposal.description) if proposal else ""
         record = Record(
             id=cid, status="invalid", reason=reason, parent=job.parent.id, proposer=job.spec,
             description=description, usage=usage, tag=self.tag, seed=self.config.run.seed,
         )  # fmt: skip
         self._record(record)
+        if not counts:
+            return
         self._invalid_in_a_row += 1
         if self._invalid_in_a_row >= self.settings.max_invalid:
             raise UserError(

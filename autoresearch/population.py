@@ -155,6 +155,11 @@ def trained(records: Iterable[Record]) -> int:
     )
 
 
+def has_spend(usage: dict[str, float]) -> bool:
+    """Whether a recorded usage spent anything worth keeping: tokens or money."""
+    return any(usage.get(k, 0) for k in ("prompt_tokens", "completion_tokens", "cost_usd"))
+
+
 def spent_usd(records: Iterable[Record]) -> float:
     return sum(float(r.usage.get("cost_usd", 0.0) or 0.0) for r in records)
 
