@@ -134,7 +134,11 @@ class Landscape:
         rng = random.Random(f"landscape-{seed}")
         base = read_constants(baseline_source)
         self.base = {name: float(base[name]) for name in KNOBS}
-        self.optimum = {n: v * math.exp(rng.gauss(0, OPTIMUM_SPREAD)) for n, v in self.base.items()}
+        self.optimum: dict[str, float] = {}
+        while not self.optimum or self.crash(baseline_source):  # the baseline must run
+            self.optimum = {
+                n: v * math.exp(rng.gauss(0, OPTIMUM_SPREAD)) for n, v in self.base.items()
+            }
         self.curvature = {name: rng.uniform(*CURVATURE) for name in KNOBS}
         kinds = [kind for kind, (count, _) in EDIT_KINDS.items() for _ in range(count)]
         rng.shuffle(kinds)
@@ -499,6 +503,8 @@ def main() -> None:
         ):
             futures = [pool.submit(search, t, Path(root)) for t in tasks]
             for n, future in enumerate(as_completed(futures), 1):
+                if future.exception():  # the rest would run on before the error is shown
+                    pool.shutdown(wait=False, cancel_futures=True)
                 results.append(future.result())
                 if out:
                     out.write(json.dumps(results[-1]) + "\n")
