@@ -141,7 +141,9 @@ def run(
 
 @cli.command()
 @click.option(
-    "--population", type=int, help="Candidates kept alive; 1 is the original greedy loop."
+    "--population",
+    help="Candidates kept alive; 1 is the original greedy loop; auto (default): 1 or 4, chosen"
+    " from the measured noise.",
 )
 @click.option(
     "--proposer",
@@ -163,6 +165,14 @@ def run(
 @click.option("--max-cost-usd", type=float, help="Stop when proposers have spent this much.")
 @click.option("--calibrate", type=int, help="Extra baseline runs to measure the noise.")
 @click.option(
+    "--confirm", type=int, help="Re-runs of a would-be champion before it is promoted."
+)
+@click.option(
+    "--finish",
+    is_flag=True,
+    help="The first Ctrl-C re-measures the best candidates before stopping (a second stops now).",
+)
+@click.option(
     "--slots",
     type=int,
     help="Experiments at once: one per GPU, or a share of the cores each (run.slots).",
@@ -179,7 +189,7 @@ def run(
     help="Continue the latest (or --tag) run where it stopped, with the settings it started with.",
 )
 def evolve(
-    population: int | None,
+    population: str | None,
     proposers: tuple[str, ...],
     tag: str | None,
     budget: float | None,
@@ -188,6 +198,8 @@ def evolve(
     hours: float | None,
     max_cost_usd: float | None,
     calibrate: int | None,
+    confirm: int | None,
+    finish: bool,
     slots: int | None,
     executor: str | None,
     ray_address: str | None,
@@ -214,6 +226,7 @@ def evolve(
         "evolve.hours": hours,
         "evolve.max_cost_usd": max_cost_usd,
         "evolve.calibrate": calibrate,
+        "evolve.confirm": confirm,
         "run.slots": slots,
         "run.executor": executor,
         "run.ray_address": ray_address,
@@ -259,6 +272,7 @@ def evolve(
             notify=notify_experiment_finished, configured=configured,
             runner=later.enter_context(_experiment_runner(config)),
         )  # fmt: skip
+        search.finish = finish
         start = search.baseline_commit(commit.sha)
         if start and resume and commit.dirty and start == commit.sha:
             raise UserError(
@@ -386,11 +400,8 @@ def _warn(ledger) -> None:
         click.echo(f"note: {note}", err=True)
 
 
-def _population_size(repo: Path) -> int:
-    from autoresearch.report import DEFAULT_POPULATION
-
-    evolve_settings = getattr(load_config(repo), "evolve", None)
-    return int(getattr(evolve_settings, "population", DEFAULT_POPULATION))
+def _population_size(repo: Path) -> int | str:
+    return load_config(repo).evolve.population
 
 
 @cli.command()

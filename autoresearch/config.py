@@ -29,6 +29,10 @@ TOKENIZER_KINDS = ("bpe", "byte")
 SELECTIONS = ("rank", "none")
 EXECUTORS = ("local", "ray")
 TAG_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+AUTO = "auto"
+# Settings that may be "auto" (chosen from the measured noise, autoresearch.population) or a
+# number of this type.
+AUTO_TYPES = {"evolve.population": int, "evolve.noise_k": float, "evolve.remeasure": float}
 TYPE_NAMES = {
     int: "an integer",
     float: "a number",
@@ -100,7 +104,8 @@ class EvalSettings:
 
 @dataclass(frozen=True)
 class EvolveSettings:
-    population: int = 4  # candidates kept alive; 1 is the original greedy loop
+    # candidates kept alive; 1 is the original greedy loop; auto: 1 or 4, from the noise
+    population: int | str = AUTO
     # how parents are chosen: rank (the population rule), or none (always the baseline:
     # candidates are independent changes of it, random search with the random proposer)
     selection: str = "rank"
@@ -110,8 +115,14 @@ class EvolveSettings:
     hours: float = 0.0  # stop after this many hours (0: no limit)
     max_cost_usd: float = 0.0  # stop when proposers have spent this much (0: no limit)
     calibrate: int = 2  # extra runs of the baseline, to measure the noise of val_bpb
-    min_improvement: float = 0.0  # a promotion must beat the champion by more than this...
-    noise_k: float = 2.0  # ...and by more than noise_k standard deviations of the noise
+    min_improvement: float = 0.0  # a promotion's mean must beat the champion's by this...
+    # ...and by noise_k standard errors of the difference of the two means (auto: 0, since
+    # the final re-measurement, not a bar, guards the result)
+    noise_k: float | str = AUTO
+    confirm: int = 0  # re-runs of a would-be champion before it is promoted (0: none)
+    # share of the experiments (or hours) kept to re-measure the best candidates at the end
+    # (auto: 6% when the noise is calibrated, else none)
+    remeasure: float | str = AUTO
     prefetch: int = 2  # proposals prepared while the device trains (0: propose, then train)
     max_invalid: int = 5  # invalid proposals in a row before the run stops
     fix_attempts: int = 1  # proposals that try to fix a crashed candidate, from its log
@@ -210,7 +221,17 @@ def _parse_proposers(table: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def _coerce(key: str, default: Any, value: Any) -> Any:
-    """Accept the default's type (an int where a float is expected is fine)."""
+    """Accept the default's type (an int where a float is expected is fine); "auto" or a
+    number for the settings that can be chosen automatically."""
+    if key in AUTO_TYPES:
+        if value == AUTO:
+            return value
+        if isinstance(value, str):  # from the command line
+            try:
+                value = AUTO_TYPES[key](value)
+            except ValueError:
+                raise ConfigError(f"'{key}' must be auto or a number, got {value!r}") from None
+        default = AUTO_TYPES[key]()
     want = type(default)
     if want is tuple and isinstance(value, list) and all(isinstance(v, str) for v in value):
         return tuple(value)
@@ -238,7 +259,7 @@ def _validate(c: Config) -> None:
         "eval.tokens": c.eval.tokens,
         "eval.batch_size": c.eval.batch_size,
         "run.slots": c.run.slots,
-        "evolve.population": c.evolve.population,
+        "evolve.population": 1 if c.evolve.population == AUTO else c.evolve.population,
         "evolve.max_invalid": c.evolve.max_invalid,
     }
     for key, value in positive.items():
@@ -255,9 +276,14 @@ def _validate(c: Config) -> None:
         if getattr(c.run, key) < 0:
             raise ConfigError(f"'run.{key}' must be 0 or more, got {getattr(c.run, key)}")
     for key in ("max_experiments", "hours", "max_cost_usd", "calibrate", "min_improvement",
-                "noise_k", "fix_attempts", "prefetch", "proposal_timeout"):  # fmt: skip
-        if getattr(c.evolve, key) < 0:
-            raise ConfigError(f"'evolve.{key}' must be 0 or more, got {getattr(c.evolve, key)}")
+                "noise_k", "fix_attempts", "prefetch", "proposal_timeout", "confirm"):  # fmt: skip
+        value = getattr(c.evolve, key)
+        if value != AUTO and value < 0:
+            raise ConfigError(f"'evolve.{key}' must be 0 or more, got {value}")
+    if c.evolve.remeasure != AUTO and not 0 <= c.evolve.remeasure <= 0.5:
+        raise ConfigError(
+            f"'evolve.remeasure' must be auto or a share from 0 to 0.5, got {c.evolve.remeasure}"
+        )
     if c.evolve.selection not in SELECTIONS:
         raise ConfigError(
             f"'evolve.selection' must be one of {', '.join(SELECTIONS)},"

@@ -9,6 +9,10 @@ an earlier literal would have no effect.
 Rewriting edits only the characters of the changed values, located by the
 parser's positions, so comments, spacing and every other line stay exactly
 as the author wrote them.
+
+The offline proposers describe a change as `LR 0.04 -> 0.05, DEPTH 8 -> 7`:
+`describe_changes` writes that line and `parse_changes` reads it back, so a
+proposer can learn from the ledger what each experiment moved.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from autoresearch.syntax import parse
 CONSTANT_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
 MAX_EXPONENT = 64  # `2**19` is a size; `10**10**10` is an attack on the reader
 LINE_BREAK = re.compile(r"\r\n|\r|\n")  # the line ends the tokenizer counts
+CHANGE = re.compile(r"^([A-Z][A-Z0-9_]*) (.+) -> (.+)$")  # one `NAME old -> new`
+CHANGE_SEPARATOR = re.compile(r", (?=[A-Z][A-Z0-9_]* )")  # ", " before the next NAME
 
 Value = Union[bool, int, float, str]  # noqa: UP007 - evaluated at runtime on Python 3.10
 
@@ -61,6 +67,13 @@ def depth_of(source: str) -> int | None:
     except (SyntaxError, ValueError):
         return None
     return depth if isinstance(depth, int) and not isinstance(depth, bool) else None
+
+
+def code_lines(source: str) -> int:
+    """Lines that are neither blank nor comments: the size of the code, for the simplicity
+    rule (less code at an equal score is better)."""
+    stripped = (line.strip() for line in source.splitlines())
+    return sum(1 for line in stripped if line and not line.startswith("#"))
 
 
 def rewrite_constants(source: str, values: Mapping[str, Value]) -> str:
@@ -106,6 +119,28 @@ def format_value(value: Value) -> str:
     if isinstance(value, str):
         return repr(value)
     raise TypeError(f"a constant must be a bool, int, float or str, not {type(value).__name__}")
+
+
+def describe_changes(changes: Mapping[str, tuple[Value, Value]]) -> str:
+    """`NAME old -> new, ...` for constants changed from `old` to `new`."""
+    return ", ".join(
+        f"{name} {format_value(old)} -> {format_value(new)}" for name, (old, new) in changes.items()
+    )
+
+
+def parse_changes(description: str) -> dict[str, tuple[Value, Value]] | None:
+    """The `NAME: (old, new)` pairs of a `describe_changes` line; None for any other text."""
+    changes: dict[str, tuple[Value, Value]] = {}
+    for part in CHANGE_SEPARATOR.split(description.strip()):
+        match = CHANGE.match(part)
+        if not match:
+            return None
+        try:
+            old, new = (_literal(parse(text, mode="eval").body) for text in match.group(2, 3))
+        except (SyntaxError, ValueError):
+            return None
+        changes[match.group(1)] = (old, new)
+    return changes
 
 
 def format_float(x: float) -> str:

@@ -58,7 +58,7 @@ from pathlib import Path
 from autoresearch import population as pop
 from autoresearch import tags
 from autoresearch.config import Config
-from autoresearch.constants import depth_of
+from autoresearch.constants import code_lines, depth_of
 from autoresearch.errors import UserError
 from autoresearch.ledger import (
     CRASHED_STATUSES,
@@ -68,7 +68,7 @@ from autoresearch.ledger import (
     format_id,
     highest_number,
 )
-from autoresearch.population import BASELINE, CALIBRATE
+from autoresearch.population import AUTO, BASELINE, CALIBRATE, REPEAT
 from autoresearch.progress import LiveProgress
 from autoresearch.proposal import HistoryEntry, Proposal, ProposalRequest, Proposer, Usage
 from autoresearch.redact import redact
@@ -104,7 +104,7 @@ from autoresearch.workspace import (
 SCRATCH_FILE_BYTES = 512 * 2**10
 # Plain words when the baseline shows that results will be noise (docs/evolve.md).
 FEW_STEPS = 100  # optimizer steps of the baseline below which the machine is too slow or busy
-NOISY_FRACTION = 0.01  # noise_k x noise over 1% of the baseline's val_bpb: more than edits gain
+NOISY_FRACTION = 0.005  # noise over 0.5% of the baseline's val_bpb: more than most edits gain
 EVENT_POLL_SECONDS = 0.2  # how long the engine waits for an event before it looks at limits
 STATUS_SECONDS = 1.0  # status.json is rewritten at most this often
 
@@ -135,6 +135,7 @@ class Work:
     description: str
     usage: object = None  # what its proposal cost
     work_dir: Path | None = None  # the proposer's scratch files, moved into the run folder
+    seed: int | None = None  # the training seed: set when it starts, one per run of a source
 
     @functools.cached_property
     def source_hash(self) -> str:
@@ -213,7 +214,13 @@ class Engine:
         self._status_written_at = -math.inf
         self._jobs_made = 0
         self._fixes: list[Record] = []  # crashed candidates to hand back for a fix
+        self._confirming: list[Work] = []  # repeats of would-be champions, before any proposal
         self._invalid_in_a_row = 0
+        self.finish = False  # the first Ctrl-C re-measures the best candidates, then stops
+        self._finishing = False  # that Ctrl-C came: FINISH_RUNS repeats, then the end
+        self._finish_launched = 0
+        self._said_strategy: tuple = ()
+        self._rules_for: tuple[int, pop.Rules] = (-1, pop.Rules(1, 0.0))
 
     # -- the run -------------------------------------------------------------------------------
 
@@ -234,6 +241,7 @@ class Engine:
                 self._calibrate()
                 self._pending.extend(self._cut_off())
                 self._search()
+                self._record_abandoned_spend()
             except StopNow:
                 self.stop_reason = self.stop_reason or "stopped at once (second Ctrl-C or SIGTERM)"
                 self.say(f"stopped: continue with `{self.resume_command()}`")
@@ -304,14 +312,12 @@ class Engine:
         sd = self.noise()
         if sd is None or not baseline.val_bpb:
             return  # the repeats failed: nothing measured
-        bar = self.settings.noise_k * sd  # the noise's part of the threshold, not the user's
-        if bar > NOISY_FRACTION * baseline.val_bpb:
+        if sd > NOISY_FRACTION * baseline.val_bpb:
             self.say(
-                f"warning: repeats of the same train.py differ by {sd:.4f} val_bpb, so a"
-                f" promotion needs a gain over {bar:.4f} ({bar / baseline.val_bpb:.1%} of the"
-                " baseline), more than most single edits bring: on this machine and budget"
-                " (busy, slow, or too short to settle) results are mostly noise;"
-                f" {self._steadier()}"
+                f"warning: repeats of the same train.py differ by {sd:.4f} val_bpb"
+                f" ({sd / baseline.val_bpb:.1%} of the baseline), more than most single edits"
+                " gain: on this machine and budget (busy, slow, or too short to settle)"
+                f" results are mostly noise; {self._steadier()}"
             )
 
     def _steadier(self) -> str:
@@ -343,22 +349,34 @@ class Engine:
         """Whenever a slot is free: the next cut-off candidate, else the next ready proposal;
         results are judged and recorded as they arrive. Ends when a limit or Ctrl-C stops
         new experiments and those in flight have been recorded."""
+        self._confirming.extend(self._unconfirmed())
         while True:
             if not self._running and self._should_stop():
                 return
             if self._may_launch():
                 self._launch_ready()
-                self._fill_pipeline(max(len(self._free), self.settings.prefetch))
+                if not self._final_phase():
+                    self._fill_pipeline(max(len(self._free), self.settings.prefetch))
             self._handle_next_event()
 
     def _launch_ready(self) -> None:
-        """Start experiments on the free slots while there is something to start."""
-        while self._free and self._may_launch() and (self._pending or self._ready):
+        """Start experiments on the free slots while there is something to start: cut-off
+        candidates, then repeats that confirm a would-be champion, then (in the run's last
+        experiments) repeats of the best candidates, else proposals."""
+        while self._free and self._may_launch():
             if self._pending:
                 work = self._pending.pop(0)
                 self.say(f"{work.id}: was cut off, training it again")
                 self._launch(work)
                 continue
+            if self._confirming:
+                self._launch(self._confirming.pop(0))
+                continue
+            if self._final_phase():
+                self._launch(self._final_repeat())
+                continue
+            if not self._ready:
+                return
             job = self._ready.pop(0)
             if self._greedy() and job.champion_id != self._champion().id:
                 self.say(f"dropped a proposal made for the previous champion {job.champion_id}")
@@ -417,6 +435,25 @@ class Engine:
             job.error = e
         self._events.put(job)
 
+    def _record_abandoned_spend(self) -> None:
+        """Proposals the stopped run never trained (ready, or finished while the last
+        experiments trained): those that spent tokens or money are recorded, so that the
+        spend is not lost and counts toward `--max-cost-usd`, on `--resume` too."""
+        with contextlib.suppress(queue.Empty):
+            while True:  # nothing trains any more: only proposals arrive here
+                job = self._events.get_nowait()
+                if job in self._in_flight:
+                    self._in_flight.remove(job)
+                    self._ready.append(job)
+        for job in self._ready:
+            proposal = job.proposal if isinstance(job.proposal, Proposal) else None
+            usage = proposal.usage if proposal else getattr(job.error, "usage", None)
+            if usage is not None and pop.has_spend(_usage(usage)):
+                source = proposal.source if proposal and isinstance(proposal.source, str) else ""
+                reason = "abandoned: the run stopped before this proposal was trained"
+                self._invalid(job, proposal, redact(source), reason, usage=usage, counts=False)
+        self._ready.clear()
+
     def _handle_next_event(self) -> None:
         """A ready proposal waits for a slot; a finished experiment is judged and recorded."""
         event = self._next_event()
@@ -461,9 +498,10 @@ class Engine:
             crashed = self._fixes.pop(0)
             if crashed.proposer in self.proposers:
                 return crashed, crashed.proposer
-        if self.settings.population == 1:  # greedy: always the champion
+        size = self._rules().population
+        if size == 1:  # greedy: always the champion
             return self._champion(), self._choose_proposer()
-        members = pop.population(self.records, self.settings.population)
+        members = pop.population(self.records, size)
         weights = pop.parent_weights(self.records, members, self._children_in_flight())
         return self.rng.choices(members, weights=weights)[0], self._choose_proposer()
 
@@ -475,7 +513,81 @@ class Engine:
 
     def _greedy(self) -> bool:
         """The original loop: one lineage, every proposal a change of the champion."""
-        return self.settings.population == 1 and self.settings.selection == "rank"
+        return self._rules().population == 1 and self.settings.selection == "rank"
+
+    def _rules(self) -> pop.Rules:
+        """The judging rules now: `auto` settings resolved from the records
+        (`population.strategy`), said when the choice changes."""
+        s = self.settings
+        if self._rules_for[0] != len(self.records):
+            chosen = pop.strategy(self.records, s.population, s.noise_k)
+            rules = pop.Rules(chosen.population, chosen.noise_k, s.min_improvement, s.confirm)
+            choice = (rules.population, rules.noise_k)
+            measured = self.noise() is not None or not s.calibrate
+            if s.population == AUTO and measured and choice != self._said_strategy:
+                self._said_strategy = choice
+                self.say(chosen.why)
+            self._rules_for = (len(self.records), rules)
+        return self._rules_for[1]
+
+    def _remeasure(self) -> float:
+        """The share of the run kept to re-measure its best candidates at the end."""
+        share = self.settings.remeasure
+        if share == AUTO:
+            return pop.REMEASURE_FRACTION if self.settings.calibrate else 0.0
+        return float(share)
+
+    def _final_phase(self) -> bool:
+        """Whether the run's last experiments have come: from here on, no proposal starts, and
+        the best candidates are run again with new seeds (`population.finalist_to_repeat`), so
+        that the morning's champion is the best by a mean, not one lucky run."""
+        if self._finishing:
+            return True
+        share, s = self._remeasure(), self.settings
+        if not share:
+            return False
+        reserve = pop.remeasure_runs(s.max_experiments, share)
+        started = pop.trained(self.records) + len(self._running)
+        if reserve and started >= s.max_experiments - reserve:
+            return True
+        return bool(s.hours) and self.elapsed() >= s.hours * 3600 * (1 - share)
+
+    def _final_repeat(self) -> Work:
+        finalist = pop.finalist_to_repeat(self.records, [w.source_hash for w in self._works()])
+        assert finalist is not None, "the baseline is recorded before the search starts"
+        if self._finishing:
+            self._finish_launched += 1
+        return self._repeat(finalist, "to re-measure it before the run ends")
+
+    def _repeat(self, of: Record, why: str) -> Work:
+        """Another run of `of`'s source (with a seed of its own), recorded as its repeat."""
+        source = read_train(self.repo, of.commit)
+        return Work(None, source, of.commit, of, REPEAT, f"repeat of {of.id}, {why}")
+
+    def _unconfirmed(self) -> list[Work]:
+        """On resume: would-be champions whose confirmation was cut off."""
+        if not self.settings.confirm:
+            return []
+        rules, latest = self._rules(), {}
+        for r in self.records:
+            if pop.is_candidate(r) or r.proposer == REPEAT:
+                latest[pop.source_of(r)] = r
+        originals = {pop.source_of(r): r for r in self.records if pop.is_candidate(r)}
+        return [
+            self._repeat(originals[source], "to confirm it")
+            for source, r in latest.items()
+            if source in originals and pop.needs_confirming(self.records, r, rules)
+        ]
+
+    def _seed_for(self, work: Work) -> int:
+        """One seed per run of a source: a source's first run trains with `run.seed`, its
+        n-th repeat with run.seed + n (the seed is a large part of the noise)."""
+        runs = sum(
+            r.val_bpb is not None and r.fingerprints.get("source") == work.source_hash
+            for r in self.records
+        )
+        runs += sum(w.source_hash == work.source_hash for w in self._works())
+        return (self.config.run.seed + runs) % 2**32
 
     def _choose_proposer(self) -> str:
         specs = list(self.proposers)
@@ -485,7 +597,7 @@ class Engine:
         """Everything tried in this run: scored results best first, then failures newest first.
         Each record's entry is made once (records never change): a request costs little more
         with 10,000 records than with 100."""
-        tried = [r for r in self.records if r.proposer != CALIBRATE]
+        tried = [r for r in self.records if r.proposer not in pop.REPEATS]
         new = [r for r in tried if r.id not in self._entries]
         if new:
             by_id = {r.id: r for r in self.records}
@@ -505,7 +617,7 @@ class Engine:
             if isinstance(job.error, UserError):
                 raise job.error  # the proposer cannot work at all (no key, bad options)
             reason = f"proposer failed: {type(job.error).__name__}: {_one_line(job.error)}"
-            self._invalid(job, None, "", reason)
+            self._invalid(job, None, "", reason, usage=getattr(job.error, "usage", None))
             return
         proposal = job.proposal
         if not isinstance(proposal, Proposal):
@@ -539,7 +651,12 @@ class Engine:
                  usage=proposal.usage, work_dir=job.work_dir)
         )  # fmt: skip
 
-    def _invalid(self, job: Job, proposal: Proposal | None, source: str, reason: str) -> None:
+    def _invalid(
+        self, job: Job, proposal: Proposal | None, source: str, reason: str,
+        usage: object = None, counts: bool = True,
+    ) -> None:
+        """Record `job` as `invalid` with what it spent (`usage`: a failed proposer's, else
+        the proposal's); `counts`: toward `evolve.max_invalid` in a row."""
         cid = self._next_id()
         folder = run_dir(self.state, cid)
         folder.mkdir(parents=True, exist_ok=True)
@@ -549,13 +666,17 @@ class Engine:
         if 0 < len(data) <= MAX_SOURCE_BYTES:
             (folder / TRAIN_FILE).write_bytes(data)
         _adopt(job.work_dir, folder)
-        usage = _usage(proposal.usage) if proposal else {}
+        if usage is None and proposal is not None:
+            usage = proposal.usage
+        usage = _usage(usage) if usage is not None else {}
         description = _one_line(proposal.description) if proposal else ""
         record = Record(
             id=cid, status="invalid", reason=reason, parent=job.parent.id, proposer=job.spec,
             description=description, usage=usage, tag=self.tag, seed=self.config.run.seed,
         )  # fmt: skip
         self._record(record)
+        if not counts:
+            return
         self._invalid_in_a_row += 1
         if self._invalid_in_a_row >= self.settings.max_invalid:
             raise UserError(
@@ -568,6 +689,7 @@ class Engine:
     def _launch(self, work: Work) -> None:
         """Start `work` on a free slot, in a thread of its own that waits for the runner."""
         work.id = work.id or self._next_id()
+        work.seed = self._seed_for(work) if work.seed is None else work.seed
         folder = run_dir(self.state, work.id)
         folder.mkdir(parents=True, exist_ok=True)
         if work.work_dir:
@@ -591,10 +713,14 @@ class Engine:
 
     def _run(self, running: Running, train_py: Path, folder: Path, on_event) -> None:
         """In the experiment's thread: train and score it, then hand it to the engine."""
-        try:
-            running.outcome = self.runner(
-                train_py, self.config, folder, on_event=on_event, slot=running.slot
+        config = self.config
+        if running.work.seed != config.run.seed:  # a repeat: the same code, another seed
+            config = dataclasses.replace(
+                config, run=dataclasses.replace(config.run, seed=running.work.seed)
             )
+        try:
+            running.outcome = self.runner(train_py, config, folder, on_event=on_event,
+                                          slot=running.slot)  # fmt: skip
         except BaseException as e:  # noqa: BLE001 - the engine's thread decides what it means
             running.error = e
         finally:
@@ -623,16 +749,17 @@ class Engine:
                 f" run `autoresearch prepare`), then `{self.resume_command()} --slots 1`"
                 " trains them again one at a time"
             )
-        status, promoted = self._judge(outcome, work.spec)
         record = outcome.to_record(
-            id=work.id, status=status, commit=work.commit,
+            id=work.id, status=outcome.status, commit=work.commit,
             parent=work.parent.id if work.parent else None,
-            depth=depth_of(work.source), seed=self.config.run.seed,
-            proposer=work.spec, description=work.description, tag=self.tag, promoted=promoted,
+            depth=depth_of(work.source), code_lines=code_lines(work.source), seed=work.seed,
+            proposer=work.spec, description=work.description, tag=self.tag,
             usage=_usage(work.usage) if work.usage is not None else {},
             ran_on=outcome.ran_on or running.slot.label,
             fingerprints=outcome.fingerprints | {"source": work.source_hash},
         )  # fmt: skip
+        status, promoted = self._judge(record)
+        record = dataclasses.replace(record, status=status, promoted=promoted)
         self._record(record)
         if outcome.fatal:
             raise UserError(
@@ -640,7 +767,10 @@ class Engine:
                 f" data and run `autoresearch prepare`), then `{self.resume_command()}`"
             )
         if promoted:
-            set_branch(self.repo, research_branch(self.tag), self._tip(record))
+            set_branch(self.repo, research_branch(self.tag), self._tip(self._champion()))
+        elif pop.needs_confirming(self.records, record, self._rules()):
+            original = work.parent if work.spec == REPEAT and work.parent else record
+            self._confirming.append(self._repeat(original, "to confirm it"))
         elif outcome.status in CRASHED_STATUSES and pop.may_fix(
             self.records, record, self.settings.fix_attempts
         ):
@@ -653,7 +783,7 @@ class Engine:
     def _may_launch(self) -> bool:
         """Whether another experiment may start: no Ctrl-C, and no limit reached counting
         the experiments in flight as done."""
-        if self.stop_requested:
+        if self.stop_requested or self._finishing and self._finish_launched >= pop.FINISH_RUNS:
             return False
         s = self.settings
         return (
@@ -677,18 +807,17 @@ class Engine:
         self._running.clear()
         self.say(f"cut off {', '.join(cut)}: `{self.resume_command()}` trains them again")
 
-    def _judge(self, outcome: Outcome, spec: str) -> tuple[str, bool]:
+    def _judge(self, record: Record) -> tuple[str, bool]:
         """(status, promoted) for a finished experiment (the rule: `population.judge`)."""
-        if outcome.status != "keep" or outcome.val_bpb is None:
-            return outcome.status, False
-        size = self.settings.population
-        return pop.judge(self.records, outcome.val_bpb, spec, size, self.threshold())
+        if record.status != "keep" or record.val_bpb is None:
+            return record.status, False
+        return pop.judge(self.records, record, self._rules())
 
     def noise(self) -> float | None:
         return pop.noise(self.records)
 
     def threshold(self) -> float:
-        return pop.threshold(self.records, self.settings.min_improvement, self.settings.noise_k)
+        return pop.threshold(self.records, self.settings.min_improvement, self._rules().noise_k)
 
     # -- records, limits, state ----------------------------------------------------------------
 
@@ -748,6 +877,9 @@ class Engine:
         # The delta is against the parent: say when a kept one is worse than the start.
         worse = r.status == "keep" and pop.worse_than_baseline(r, pop.baseline(self.records))
         mark = " (promoted)" if r.promoted else " (worse than the baseline)" if worse else ""
+        if r.proposer in pop.REPEATS and r.val_bpb is not None:
+            mean = pop.means(self.records)[pop.source_of(r)]
+            mark += f" (mean {mean.value:.6f} over {mean.runs} runs)"
         why = f" [{r.reason}]" if r.status in FAILED_STATUSES else ""
         return (
             f"{r.id}  parent {r.parent or '-':5}  {r.proposer:<12} val_bpb {bpb} {delta:>10}"
@@ -759,7 +891,12 @@ class Engine:
         self.limit = pop.limit_reached(
             self.records, self.elapsed(), s.max_experiments, s.hours, s.max_cost_usd
         )
-        why = "stopped by Ctrl-C" if self.stop_requested else self.limit and self.limit.reason
+        finished = self._finishing and self._finish_launched >= pop.FINISH_RUNS
+        why = (
+            "stopped by Ctrl-C" if self.stop_requested
+            else "stopped by Ctrl-C, after re-measuring the best candidates" if finished
+            else self.limit and self.limit.reason
+        )  # fmt: skip
         if why and not self.stop_reason:
             self.stop_reason = why
             self.say(f"stopping: {why}")
@@ -824,7 +961,9 @@ class Engine:
             slots=len(self.slots),
             budget_seconds=self.config.run.budget_seconds,
             experiments_done=len(self.records),
-            best={"id": best.id, "val_bpb": best.val_bpb} if best else None,
+            best={"id": best.id, "val_bpb": pop.means(self.records)[pop.source_of(best)].value}
+            if best
+            else None,
             spend_usd=pop.spent_usd(self.records),
         )
         write_status(self.state, status)
@@ -842,8 +981,15 @@ class Engine:
 
         def on_interrupt(signum, frame):
             self.interrupted_by = signum
-            if self.stop_requested or signum == signal.SIGTERM:
+            if self.stop_requested or self._finishing or signum == signal.SIGTERM:
                 raise StopNow()
+            if self.finish:
+                self._finishing = True
+                self.say(
+                    f"re-measuring the best candidates ({pop.FINISH_RUNS} runs), then stopping"
+                    " (Ctrl-C again to stop now)"
+                )
+                return
             self.stop_requested = True
             what = "the experiments in flight" if len(self.slots) > 1 else "the current experiment"
             self.say(f"finishing {what}, then stopping (Ctrl-C again to stop now)")

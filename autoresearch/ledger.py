@@ -69,6 +69,7 @@ class Record:
     num_steps: int = 0
     num_params: int = 0
     depth: int | None = None
+    code_lines: int = 0  # lines of train.py that are neither blank nor comments (0: not counted)
     mfu_percent: float | None = None
     seed: int = 0
     device: str = ""

@@ -4,23 +4,36 @@ Nothing here is stored: the champion, the population and lineages are
 recomputed from the records, so a resumed run, `leaderboard` and the engine
 always agree.
 
-- The **champion** is the last promoted record (the research branch points at it).
+- A **score** is a mean: every run of the same normalised source (its first run and its
+  repeats, each with a seed of its own) counts toward one mean, and everything here ranks
+  and compares means. The baseline's calibration repeats count toward the baseline's.
+- The **champion** is the last promoted record (the research branch points at it); a
+  promoted repeat stands for the candidate it repeats.
 - The **population** is the champion plus the best `size - 1` other distinct
-  candidates with status `keep` (distinct: a different normalised source).
+  candidates with status `keep` (distinct: a different normalised source), by mean.
 - The **baseline** is the first promoted record: the committed `train.py` the
   run started from. A baseline that crashed was never promoted; the one trained
   after it, on resume, is the baseline.
-- The **noise** is the standard deviation of val_bpb over the baseline and its
-  calibration repeats, and the **threshold** a promotion must beat is
-  max(min_improvement, noise_k x noise).
+- The **noise** σ is the pooled standard deviation of the runs of one source about their
+  mean (the baseline and its calibration repeats, and every repeated candidate), and the
+  **bar** a mean of n runs must beat a mean of m runs by is
+  max(min_improvement, noise_k x σ x sqrt(1/n + 1/m)): the standard error of the
+  difference, so repeats lower it.
+- The **simplicity rule**: at equal score within noise (means within one standard error
+  of their difference), a candidate with fewer lines of code is preferred as a parent and
+  may take the place of a population member.
 
 The search's rules are pure functions of the records here too: how parents are
 weighted (`parent_weights`), how a result is judged (`judge`), whether a crash
-is handed back for a fix (`may_fix`). The engine only orchestrates them.
+is handed back for a fix (`may_fix`), which population and bar `auto` means
+(`strategy`), what a run's last experiments re-measure (`finalist_to_repeat`). The
+engine only orchestrates them.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import statistics
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -28,16 +41,63 @@ from dataclasses import dataclass
 
 from autoresearch.ledger import CRASHED_STATUSES, Record
 
-BASELINE, CALIBRATE = "baseline", "calibrate"  # proposer names of the non-proposed runs
+# Proposer names of the runs nobody proposed: the baseline, its calibration repeats, and a
+# repeat of a candidate (to confirm it, or in the run's final re-measurement).
+BASELINE, CALIBRATE, REPEAT = "baseline", "calibrate", "repeat"
+REPEATS = (CALIBRATE, REPEAT)  # a repeat's parent is the record it repeats
+
+AUTO = "auto"  # evolve.population / evolve.noise_k / evolve.remeasure chosen by `strategy`
+AUTO_POPULATION = 4  # what `auto` chooses when noise is large against the gains
+GREEDY_BELOW = 0.5  # noise under this many typical gains: one lineage (greedy) does best
+# Until three promotions have shown what a gain is here, a typical gain is taken to be this
+# fraction of the baseline's val_bpb (kept edits in 5-minute GPU runs gain about 0.1-0.5%).
+PRIOR_GAIN_FRACTION = 0.003
+MIN_GAINS = 3
+REMEASURE_FRACTION = 0.06  # `auto` remeasure: this share of the run re-measures its best
+FINALISTS = 3  # how many of the best candidates the final re-measurement re-runs
+FINISH_RUNS = 2 * FINALISTS  # what `--finish` re-runs after the first Ctrl-C
 
 
 def tag_records(records: Iterable[Record], tag: str) -> list[Record]:
     return [r for r in records if r.tag == tag]
 
 
+def source_of(record: Record) -> str:
+    """What makes two runs the same candidate: the normalised source's hash (a record of
+    `autoresearch run` without one stands alone)."""
+    return record.fingerprints.get("source") or f"id:{record.id}"
+
+
+@dataclass(frozen=True)
+class Mean:
+    value: float
+    runs: int
+
+
+def means(records: Iterable[Record]) -> dict[str, Mean]:
+    """The mean val_bpb of every source over its scored runs."""
+    runs: dict[str, list[float]] = {}
+    for r in records:
+        if r.val_bpb is not None and r.status != "invalid":
+            runs.setdefault(source_of(r), []).append(r.val_bpb)
+    return {source: Mean(statistics.fmean(v), len(v)) for source, v in runs.items()}
+
+
 def champion(records: Iterable[Record]) -> Record | None:
+    """The last promoted record, or the candidate a promoted repeat repeats."""
+    records = list(records)
     promoted = [r for r in records if r.promoted]
-    return promoted[-1] if promoted else None
+    if not promoted:
+        return None
+    last = promoted[-1]
+    if last.proposer == REPEAT:
+        return next((r for r in records if r.id == last.parent), last)
+    return last
+
+
+def is_candidate(record: Record) -> bool:
+    """A scored run that is not a repeat of another."""
+    return record.val_bpb is not None and record.proposer not in REPEATS
 
 
 def baseline(records: Iterable[Record]) -> Record | None:
@@ -49,17 +109,30 @@ def baseline(records: Iterable[Record]) -> Record | None:
 
 
 def noise(records: Iterable[Record]) -> float | None:
-    """Standard deviation of val_bpb over the baseline and its calibration repeats."""
-    samples = [
-        r.val_bpb for r in records
-        if r.proposer in (BASELINE, CALIBRATE) and r.val_bpb is not None
-    ]  # fmt: skip
-    return statistics.stdev(samples) if len(samples) >= 2 else None
+    """σ: the pooled standard deviation of runs of the same source about their mean (the
+    baseline and its calibration repeats, and repeated candidates); None before any repeat."""
+    runs: dict[str, list[float]] = {}
+    for r in records:
+        if r.val_bpb is not None and r.status != "invalid":
+            runs.setdefault(source_of(r), []).append(r.val_bpb)
+    squares = sum(sum((x - statistics.fmean(v)) ** 2 for x in v) for v in runs.values())
+    freedom = sum(len(v) - 1 for v in runs.values())
+    return math.sqrt(squares / freedom) if freedom else None
 
 
-def threshold(records: Iterable[Record], min_improvement: float, noise_k: float) -> float:
-    """How much a candidate must beat the champion by to be promoted."""
-    return max(min_improvement, noise_k * (noise(records) or 0.0))
+def bar(sigma: float | None, runs: int, other_runs: int, min_improvement: float,
+        noise_k: float) -> float:  # fmt: skip
+    """How much a mean of `runs` runs must beat a mean of `other_runs` by: noise_k standard
+    errors of their difference, and at least `min_improvement`."""
+    se = (sigma or 0.0) * math.sqrt(1 / runs + 1 / other_runs)
+    return max(min_improvement, noise_k * se)
+
+
+def threshold(records: list[Record], min_improvement: float, noise_k: float) -> float:
+    """How much a new candidate's first run must beat the champion's mean by to be promoted."""
+    best = champion(records)
+    runs = means(records)[source_of(best)].runs if best and best.val_bpb is not None else 1
+    return bar(noise(records), 1, runs, min_improvement, noise_k)
 
 
 def worse_than_baseline(record: Record, base: Record | None) -> bool:
@@ -80,6 +153,11 @@ def trained(records: Iterable[Record]) -> int:
         r.status != "invalid" and not (r.proposer == BASELINE and r.status != "keep")
         for r in records
     )
+
+
+def has_spend(usage: dict[str, float]) -> bool:
+    """Whether a recorded usage spent anything worth keeping: tokens or money."""
+    return any(usage.get(k, 0) for k in ("prompt_tokens", "completion_tokens", "cost_usd"))
 
 
 def spent_usd(records: Iterable[Record]) -> float:
@@ -120,19 +198,51 @@ def limit_reached(
 
 
 def population(records: list[Record], size: int) -> list[Record]:
-    """Best first; the champion is always a member (elitism)."""
+    """Best mean first; the champion is always a member (elitism). A candidate within noise
+    of the worst member with fewer lines of code takes its place (the simplicity rule)."""
+    table, sigma = means(records), noise(records)
     best = champion(records)
     members = [best] if best else []
-    sources = {best.fingerprints.get("source")} if best else set()
-    kept = sorted((r for r in records if r.status == "keep" and r.val_bpb is not None), key=_score)
+    sources = {source_of(best)} if best else set()
+    kept = sorted(
+        (r for r in records if r.status == "keep" and is_candidate(r)),
+        key=lambda r: table[source_of(r)].value,
+    )
+    others = []
     for record in kept:
-        if len(members) >= size:
-            break
-        source = record.fingerprints.get("source")
-        if record is not best and source not in sources:
-            members.append(record)
-            sources.add(source)
-    return sorted(members, key=_score)
+        if source_of(record) not in sources:
+            others.append(record)
+            sources.add(source_of(record))
+    members += others[: max(size - len(members), 0)]
+    for record in others[len(members) - (1 if best else 0) :]:
+        worst = max((m for m in members if m is not best), key=_scorer(table), default=None)
+        if worst is None or not _simpler_tie(record, worst, table, sigma):
+            continue
+        members[members.index(worst)] = record
+    return _ranked(members, table, sigma)
+
+
+def _ranked(members: list[Record], table: dict[str, Mean], sigma: float | None) -> list[Record]:
+    """Best mean first, except that of two neighbours equal within noise the one with fewer
+    lines of code goes first."""
+    ranked = sorted(members, key=_scorer(table))
+    for i in range(len(ranked) - 1):
+        if _simpler_tie(ranked[i + 1], ranked[i], table, sigma):
+            ranked[i], ranked[i + 1] = ranked[i + 1], ranked[i]
+    return ranked
+
+
+def _simpler_tie(a: Record, b: Record, table: dict[str, Mean], sigma: float | None) -> bool:
+    """Whether `a` has fewer lines of code than `b` at a score equal within one standard
+    error of their difference (unknown line counts, 0, never tie)."""
+    if not (a.code_lines and b.code_lines and a.code_lines < b.code_lines and sigma):
+        return False
+    ma, mb = table[source_of(a)], table[source_of(b)]
+    return abs(ma.value - mb.value) <= sigma * math.sqrt(1 / ma.runs + 1 / mb.runs)
+
+
+def _scorer(table: dict[str, Mean]) -> Callable[[Record], float]:
+    return lambda r: table[source_of(r)].value
 
 
 def parent_weights(
@@ -141,32 +251,143 @@ def parent_weights(
     """Selection weight of each member (best first): rank r of n weighs (n - r) / (1 + its
     children so far), children being recorded or in flight (`in_flight`: their parents' ids),
     so good parents are preferred and one with many children gives way to others."""
-    children = Counter(r.parent for r in records) + Counter(in_flight)
+    children = Counter(r.parent for r in records if r.proposer not in REPEATS)
+    children += Counter(in_flight)
     n = len(members)
     return [(n - rank) / (1 + children[m.id]) for rank, m in enumerate(members)]
 
 
-def judge(
-    records: list[Record],
-    val_bpb: float,
-    spec: str,
-    population_size: int,
-    threshold: float,
-) -> tuple[str, bool]:
-    """(status, promoted) of a candidate of proposer `spec` that scored `val_bpb`, against
-    one tag's `records`: promoted when it beats the champion by more than `threshold`;
-    kept when promoted or (population > 1) when it enters the population."""
+@dataclass(frozen=True)
+class Rules:
+    """The judging settings in force (`auto` already resolved by `strategy`)."""
+
+    population: int
+    noise_k: float
+    min_improvement: float = 0.0
+    confirm: int = 0  # a promotion needs 1 + confirm runs that all keep the mean ahead
+
+
+def judge(records: list[Record], record: Record, rules: Rules) -> tuple[str, bool]:
+    """(status, promoted) of a scored `record` (its proposer, source and val_bpb set), against
+    one tag's `records`: promoted when its mean beats the champion's by more than the bar and
+    it has been run 1 + confirm times; kept when it beats the champion (awaiting confirmation)
+    or, with a population, enters it. A repeat is kept only when it promotes."""
     best = champion(records)
     if best is None:  # the baseline becomes the first champion
-        return "keep", spec == BASELINE
-    if spec == CALIBRATE:
-        return "discard", False
-    promoted = val_bpb < best.val_bpb - threshold
-    if population_size == 1:
+        return "keep", record.proposer == BASELINE
+    if record.proposer == CALIBRATE or source_of(record) == source_of(best):
+        return "discard", False  # a repeat of the champion only refines its mean
+    after = [*records, record]
+    beats = _beats_champion(after, record, best, rules)
+    promoted = beats and means(after)[source_of(record)].runs >= 1 + rules.confirm
+    if record.proposer == REPEAT:
         return ("keep" if promoted else "discard"), promoted
-    members = population(records, population_size)
-    enters = len(members) < population_size or val_bpb < members[-1].val_bpb
-    return ("keep" if enters or promoted else "discard"), promoted
+    if rules.population == 1:
+        return ("keep" if beats else "discard"), promoted
+    kept = dataclasses.replace(record, status="keep")  # as a member would be
+    enters = any(m is kept for m in population([*records, kept], rules.population))
+    return ("keep" if enters or beats else "discard"), promoted
+
+
+def needs_confirming(records: list[Record], record: Record, rules: Rules) -> bool:
+    """Whether a just-recorded candidate (or repeat) leads the champion but has fewer than
+    1 + confirm runs: then it is repeated before it can be promoted."""
+    best = champion(records)
+    if not rules.confirm or best is None or record.val_bpb is None or record.promoted:
+        return False
+    if record.proposer in (BASELINE, CALIBRATE) or source_of(record) == source_of(best):
+        return False
+    return _beats_champion(records, record, best, rules)
+
+
+def _beats_champion(records: list[Record], record: Record, best: Record, rules: Rules) -> bool:
+    table = means(records)
+    mine, theirs = table[source_of(record)], table[source_of(best)]
+    margin = bar(noise(records), mine.runs, theirs.runs, rules.min_improvement, rules.noise_k)
+    return mine.value < theirs.value - margin
+
+
+@dataclass(frozen=True)
+class Strategy:
+    population: int
+    noise_k: float
+    why: str  # one line, said when the choice is made or changes
+
+
+def strategy(records: list[Record], population_setting: int | str,
+             noise_k_setting: float | str) -> Strategy:  # fmt: skip
+    """What `auto` population and noise_k mean now: with noise small against the gains (under
+    GREEDY_BELOW typical gains), one lineage and no bar; otherwise a population of
+    AUTO_POPULATION and no bar (the final re-measurement, not a bar, guards the result).
+    A typical gain is the median of the promotions' gains once MIN_GAINS are seen, before
+    that PRIOR_GAIN_FRACTION of the baseline. An explicit setting always wins."""
+    sigma, base = noise(records), baseline(records)
+    gains = promotion_gains(records)
+    if len(gains) >= MIN_GAINS:
+        gain, whence = statistics.median(gains), f"the median of {len(gains)} promotions' gains"
+    else:
+        gain = PRIOR_GAIN_FRACTION * (base.val_bpb if base and base.val_bpb else 0.0)
+        whence = f"{PRIOR_GAIN_FRACTION:.1%} of the baseline, until {MIN_GAINS} promotions"
+    if sigma is None or not gain:
+        size, why = AUTO_POPULATION, "noise not measured yet"
+    else:
+        ratio = sigma / gain
+        size = 1 if ratio < GREEDY_BELOW else AUTO_POPULATION
+        how = "under" if size == 1 else "at least"
+        why = (
+            f"noise {sigma:.4f} is {ratio:.2f} typical gains ({gain:.4f}, {whence}),"
+            f" {how} {GREEDY_BELOW:g}"
+        )
+    population_size = size if population_setting == AUTO else int(population_setting)
+    noise_k = 0.0 if noise_k_setting == AUTO else float(noise_k_setting)
+    chosen = [
+        f"population {population_size}" + (" (auto)" if population_setting == AUTO else ""),
+        f"noise_k {noise_k:g}" + (" (auto)" if noise_k_setting == AUTO else ""),
+    ]
+    return Strategy(population_size, noise_k, f"{', '.join(chosen)}: {why}")
+
+
+def promotion_gains(records: list[Record]) -> list[float]:
+    """How much each promotion's mean beat the champion it replaced (as measured now)."""
+    table, by_id = means(records), {r.id: r for r in records}
+    champions = [
+        by_id.get(r.parent or "", r) if r.proposer == REPEAT else r for r in records if r.promoted
+    ]
+    gains = [
+        table[source_of(before)].value - table[source_of(after)].value
+        for before, after in zip(champions, champions[1:], strict=False)
+    ]
+    return [g for g in gains if g > 0]
+
+
+def remeasure_runs(max_experiments: int, fraction: float) -> int:
+    """How many of `max_experiments` are kept to re-measure the best candidates at the end:
+    `fraction` of them, none when that is under two."""
+    runs = round(max_experiments * fraction)
+    return runs if runs >= 2 else 0
+
+
+def finalist_to_repeat(records: list[Record], in_flight: Iterable[str] = ()) -> Record | None:
+    """The next run of the final re-measurement: of the FINALISTS best candidates by mean (the
+    champion among them), the one with the fewest runs, recorded or in flight (`in_flight`:
+    their sources), the champion first and then the better mean among equals."""
+    table = means(records)
+    best = champion(records)
+    if best is None:
+        return None
+    seen, finalists = {source_of(best)}, [best]
+    for r in sorted((r for r in records if is_candidate(r)), key=_scorer(table)):
+        if len(finalists) >= FINALISTS:
+            break
+        if source_of(r) not in seen:
+            seen.add(source_of(r))
+            finalists.append(r)
+    busy = Counter(in_flight)
+    return min(
+        finalists,
+        key=lambda r: (table[source_of(r)].runs + busy[source_of(r)], r is not best,
+                       table[source_of(r)].value),
+    )  # fmt: skip
 
 
 def may_fix(records: list[Record], crashed: Record, fix_attempts: int) -> bool:
@@ -202,7 +423,3 @@ def lineage(records: list[Record], record: Record) -> list[Record]:
         chain.append(up)
         seen.add(id(up))
     return chain
-
-
-def _score(record: Record) -> float:
-    return record.val_bpb if record.val_bpb is not None else float("inf")

@@ -53,6 +53,15 @@ class Proposal:
     usage: Usage = field(default_factory=Usage)
 
 
+class ProposalFailed(RuntimeError):
+    """This one proposal failed after spending `usage` (tokens, USD, seconds): the engine
+    records it `invalid` with that spend, so that it counts toward `--max-cost-usd`."""
+
+    def __init__(self, message: str, usage: Usage | None = None) -> None:
+        super().__init__(message)
+        self.usage = usage or Usage()
+
+
 @runtime_checkable
 class Proposer(Protocol):
     """Anything with a name and a thread-safe `propose` method."""

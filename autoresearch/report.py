@@ -19,24 +19,27 @@ from typing import Any
 from autoresearch.errors import UserError, did_you_mean
 from autoresearch.ledger import STATUSES, Ledger, Record
 from autoresearch.population import (
+    AUTO,
     BASELINE,
     CALIBRATE,
+    REPEAT,
     baseline,
     champion,
     lineage,
+    means,
     noise,
     parent_finder,
     population,
+    source_of,
+    strategy,
     tag_records,
     trained,
-    worse_than_baseline,
 )
 from autoresearch.runner import log_tail
 from autoresearch.status import EvolveStatus, RunStatus
 from autoresearch.workspace import RUN_LOG, TRAIN_FILE, open_repo, run_dir
 
 EMPTY_LEDGER = "no experiments yet: run `autoresearch run`"
-DEFAULT_POPULATION = 4  # when autoresearch.toml has no [evolve] population
 DELTA_DIGITS = 9  # rounds away float noise (1.4 - 1.5 = -0.10000000000000009) in JSON
 DESCRIPTION_WIDTH = 60  # characters of a description in a table; JSON keeps it whole
 LOG_TAIL_LINES = 20
@@ -49,7 +52,8 @@ PARQUET_JSON_COLUMNS_KEY = b"autoresearch.json_columns"
 TABLE_COLUMNS = (
     ("rank", "rank", True),
     ("candidate", "id", False),
-    ("val_bpb", "val_bpb", True),
+    ("val_bpb", "mean", True),
+    ("runs", "runs", True),
     ("delta", "delta", True),
     ("mem GB", "memory_gb", True),
     ("status", "status", False),
@@ -94,9 +98,10 @@ def select(
     tag: str | None = None,
     everything: bool = False,
     statuses: Iterable[str] = (),
-    population_size: int = DEFAULT_POPULATION,
+    population_size: int | str = AUTO,
 ) -> Selection:
     """The population of `tag` (default: the latest), or with `everything`/`statuses` all of it.
+    `population_size` "auto": the size the search chooses from these records.
 
     `everything` without a tag spans every tag. `autoresearch run` records
     (tag "") have no population: all of them are shown.
@@ -118,7 +123,8 @@ def select(
     elif everything or not tag:
         what = f"every experiment of {name}"
     else:
-        members = {id(r) for r in population(chosen, population_size)}
+        size = strategy(chosen, population_size, 0.0).population
+        members = {id(r) for r in population(chosen, size)}
         total = len(chosen)
         chosen = [r for r in chosen if id(r) in members]
         what = f"population of {name} ({len(chosen)} of {total} experiments; --all for every one)"
@@ -128,10 +134,16 @@ def select(
 def leaderboard_rows(
     all_records: list[Record], selected: list[Record], limit: int | None = None
 ) -> list[dict[str, Any]]:
-    """The JSON rows of the leaderboard, best first (schema in docs/report.md)."""
+    """The JSON rows of the leaderboard, best mean first (schema in docs/report.md)."""
     parent = parent_finder(all_records)
     baselines: dict[str, Record | None] = {}
     champions: dict[str, Record | None] = {}
+    tag_means = {tag: means(tag_records(all_records, tag)) for tag in {r.tag for r in selected}}
+
+    def mean(record: Record) -> float | None:
+        found = tag_means[record.tag].get(source_of(record))
+        return found.value if found and record.val_bpb is not None else None
+
     depths: dict[int, int] = {}
 
     def depth(record: Record) -> int:
@@ -147,7 +159,7 @@ def leaderboard_rows(
 
     order = sorted(
         range(len(selected)),
-        key=lambda i: (selected[i].val_bpb is None, selected[i].val_bpb or 0.0, i),
+        key=lambda i: (mean(selected[i]) is None, mean(selected[i]) or 0.0, i),
     )
     rows = []
     for position, i in enumerate(order[:limit] if limit else order, 1):
@@ -157,11 +169,14 @@ def leaderboard_rows(
             baselines[r.tag] = baseline(same_tag)
             champions[r.tag] = champion(same_tag)
         base = baselines[r.tag]
+        score = mean(r)
+        base_score = mean(base) if base is not None else None
         delta = (
-            round(r.val_bpb - base.val_bpb, DELTA_DIGITS)
-            if r.val_bpb is not None and base is not None and base.val_bpb is not None
+            round(score - base_score, DELTA_DIGITS)
+            if score is not None and base_score is not None
             else None
         )
+        found = tag_means[r.tag].get(source_of(r))
         rows.append(
             {
                 "rank": position if r.val_bpb is not None else None,
@@ -170,6 +185,8 @@ def leaderboard_rows(
                 "status": r.status,
                 "reason": r.reason,
                 "val_bpb": r.val_bpb,
+                "mean": score,
+                "runs": found.runs if found and score is not None else 0,
                 "delta": delta,
                 "baseline": base.id if base is not None else None,
                 "memory_gb": r.memory_gb,
@@ -180,7 +197,8 @@ def leaderboard_rows(
                 "commit": r.commit,
                 "promoted": r.promoted,
                 "champion": champions[r.tag] is r,
-                "worse_than_baseline": worse_than_baseline(r, base),
+                "worse_than_baseline": bool(delta and delta > 0)
+                and r.proposer not in (BASELINE, CALIBRATE, REPEAT),
                 "cost_usd": float(r.usage.get("cost_usd", 0.0) or 0.0),
                 "training_seconds": r.training_seconds,
                 "created": r.created,
@@ -206,7 +224,8 @@ def format_table(rows: list[dict[str, Any]], fmt: str = "simple") -> str:
             [
                 "" if row["rank"] is None else str(row["rank"]),
                 candidate + ("*" if row["champion"] else ""),
-                "-" if row["val_bpb"] is None else f"{row['val_bpb']:.6f}",
+                "-" if row["mean"] is None else f"{row['mean']:.6f}",
+                str(row["runs"] or ""),
                 _format_delta(row),
                 f"{row['memory_gb']:.1f}",
                 row["status"],
@@ -253,7 +272,8 @@ def evolve_summary(
     assert base is not None and best is not None, "a summary needs a recorded baseline"
     tag = base.tag
     repeats = sum(r.proposer == CALIBRATE for r in records)
-    tried = [r for r in records if r.proposer not in (BASELINE, CALIBRATE)]
+    remeasured = sum(r.proposer == REPEAT for r in records)
+    tried = [r for r in records if r.proposer not in (BASELINE, CALIBRATE, REPEAT)]
     counts = {s: sum(r.status == s for r in tried) for s in STATUSES}
     rejected = counts.pop("invalid")  # said apart: most never trained
     outcomes = ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "none"
@@ -262,27 +282,41 @@ def evolve_summary(
     plural = "s" * (rejected != 1)
     lines = [
         f"{why[:1].upper()}{why[1:]}: {trained(records)} experiments trained, the baseline,"
-        f" {repeats} noise repeat{'s' * (repeats != 1)} and {candidates}"
+        f" {repeats} noise repeat{'s' * (repeats != 1)}, {candidates}"
         f" candidate{'s' * (candidates != 1)} ({outcomes})"
+        f" and {remeasured} repeat{'s' * (remeasured != 1)} of candidates"
         + (f"; {rejected} proposal{plural} rejected before training" if rejected else "")
         + f"; in this session {'the device' if slots == 1 else f'the {slots} slots'} waited"
         f" {idle_seconds:.0f} s{' (summed)' if slots > 1 else ''} for proposals."
     ]
-    sd = noise(records)
+    sd, table = noise(records), means(records)
     if sd is not None:
-        lines.append(
-            f"Noise: runs of the same train.py differ by {sd:.4f} val_bpb (standard deviation),"
-            f" so a promotion needs a gain over {threshold:.4f}."
+        bar = (
+            f"a new candidate's first run needs a gain over {threshold:.4f} to be promoted"
+            if threshold
+            else "a better mean is promoted (no bar: the re-measurement guards the result)"
         )
+        lines.append(
+            f"Noise: runs of the same train.py differ by {sd:.4f} val_bpb (pooled standard"
+            f" deviation); scores are means over each candidate's runs, and {bar}."
+        )
+    base_mean, best_mean = table[source_of(base)], table[source_of(best)]
     if best is base:
         lines.append(
-            f"No candidate beat the baseline by more than {threshold:.4f}: the champion is still"
-            f" the baseline {base.id} (val_bpb {base.val_bpb:.4f})."
+            f"No candidate's mean beat the baseline's: the champion is still the baseline"
+            f" {base.id} (val_bpb {base_mean.value:.4f}, mean of {base_mean.runs})."
         )
     else:
+        found = base_mean.value - best.val_bpb
+        again = (
+            f", and {base_mean.value - best_mean.value:.4f} re-measured over"
+            f" {best_mean.runs} runs (mean {best_mean.value:.4f})"
+            if best_mean.runs > 1
+            else " (one run: not re-measured)"
+        )
         lines.append(
-            f"Champion: {best.id}, val_bpb {best.val_bpb:.4f}, {base.val_bpb - best.val_bpb:.4f}"
-            f" better than the baseline {base.id} ({base.val_bpb:.4f}), on branch"
+            f"Champion: {best.id}, {found:.4f} better than the baseline {base.id}"
+            f" ({base_mean.value:.4f}) as found (val_bpb {best.val_bpb:.4f}){again}; on branch"
             f" autoresearch/{tag}: {_shorten(best.description, DESCRIPTION_WIDTH)}."
             f" Its diff: `autoresearch show {best.id}`."
         )

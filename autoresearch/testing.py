@@ -91,6 +91,7 @@ class RunnerCall:
     source: str
     run_dir: Path
     slot: Slot  # where the engine ran it
+    seed: int  # the training seed it was given (config.run.seed): repeats get their own
     started: float  # time.monotonic() when it began
     ended: float
 
@@ -136,7 +137,9 @@ class ScriptedRunner:
         # The engine hands a crash back to its proposer with the run's log tail.
         (run_dir / RUN_LOG).write_text(f"{outcome.status}: {outcome.reason}\n", encoding="utf-8")
         with self._lock:
-            self.calls.append(RunnerCall(source, run_dir, slot, started, time.monotonic()))
+            self.calls.append(
+                RunnerCall(source, run_dir, slot, config.run.seed, started, time.monotonic())
+            )
         return outcome
 
 

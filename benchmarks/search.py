@@ -11,6 +11,8 @@ always uses the same seed):
   greedy  `evolve --population 1`, optuna + random: the original loop
   random  random search: the random proposer, every candidate a change of the
           baseline (`evolve.selection = "none"`): nothing is selected on results
+  new     today's defaults (`auto` population and bar, 2 calibration repeats, the
+          final re-measurement), optuna + random; `--arms greedy,new` runs two only
 
 Each search trains `--experiments` candidates after its baseline under a token
 budget (`run.budget_tokens`), so val_bpb does not depend on the machine's load;
@@ -81,17 +83,21 @@ SUMMARY_FILE, FIGURE_FILE = "summary.md", "search.png"
 
 @dataclass(frozen=True)
 class Arm:
-    population: int
+    population: int | str
     selection: str
     proposers: tuple[str, ...]
     color: str
+    calibrate: int = 0  # its own noise repeats, within its experiments
+    noise_k: float | str = 2.0  # the bar of the first three arms' runs
 
 
 ARMS = {
     "evolve": Arm(4, "rank", ("optuna", "random"), PALETTE[0]),
     "greedy": Arm(1, "rank", ("optuna", "random"), PALETTE[1]),
     "random": Arm(1, "none", ("random",), PALETTE[2]),
+    "new": Arm("auto", "rank", ("optuna", "random"), PALETTE[3], calibrate=2, noise_k="auto"),
 }
+DEFAULT_ARMS = "evolve,greedy,random"
 
 
 def ledger_file(arm: str) -> str:
@@ -115,8 +121,9 @@ def arm_config(repo: Path, arm: Arm, args: argparse.Namespace) -> Config:
         "run.budget_seconds": BUDGET_CAP_SECONDS, "run.budget_tokens": args.tokens,
         "run.seed": TRAINING_SEED,
         "evolve.population": arm.population, "evolve.selection": arm.selection,
-        "evolve.proposers": list(arm.proposers), "evolve.calibrate": 0,
-        "evolve.fix_attempts": 0, "evolve.max_experiments": args.experiments + 1,
+        "evolve.proposers": list(arm.proposers), "evolve.calibrate": arm.calibrate,
+        "evolve.noise_k": arm.noise_k,
+        "evolve.fix_attempts": 0, "evolve.max_experiments": args.experiments + 1 + arm.calibrate,
         "proposers.optuna": searched, "proposers.random": searched,
     })  # fmt: skip
 
@@ -198,8 +205,8 @@ def run(args: argparse.Namespace, out: Path) -> None:
         "threads": THREADS, "searched": SEARCHED, "training_seed": TRAINING_SEED,
         "rerun_seed": RERUN_SEED,
     }  # fmt: skip
-    repos = {name: tiny_repo(f"bench-search-{name}-") for name in ARMS}
-    measure_noise(repos["random"], args, out)
+    repos = {name: tiny_repo(f"bench-search-{name}-") for name in args.arms.split(",")}
+    measure_noise(next(iter(repos.values())), args, out)
     for seed in range(1, args.seeds + 1):  # arms interleaved: each sees the same kind of load
         for name, repo in repos.items():
             search(name, repo, seed, args)
@@ -260,6 +267,8 @@ class Search:
 def load_searches(out: Path) -> list[Search]:
     searches = []
     for name in ARMS:
+        if not (out / ledger_file(name)).exists():
+            continue  # an arm not run
         records = Ledger(out / ledger_file(name)).records()
         for t in dict.fromkeys(r.tag for r in records):
             searches.append(Search(name, t, [r for r in records if r.tag == t]))
@@ -466,6 +475,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=TOKENS, help="training tokens each")
     parser.add_argument("--repeats", type=int, default=REPEATS, help="baseline runs per noise")
     parser.add_argument("--out", type=Path, default=OUT, help="where the results go")
+    parser.add_argument("--arms", default=DEFAULT_ARMS, help=f"of {', '.join(ARMS)}")
     parser.add_argument("--report", action="store_true", help="only report the saved results")
     args = parser.parse_args()
     if not args.report:

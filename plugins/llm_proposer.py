@@ -35,7 +35,7 @@ from typing import Any
 from autoresearch import hookimpl
 from autoresearch.errors import UserError
 from autoresearch.plugins import check_option_names
-from autoresearch.proposal import Proposal, ProposalRequest, Usage
+from autoresearch.proposal import Proposal, ProposalFailed, ProposalRequest, Usage
 from autoresearch.redact import redact
 
 from . import prompt
@@ -75,8 +75,9 @@ OPTION_TYPES = {
 TYPE_WORDS = {float: "a number", int: "an integer", str: "a string"}
 
 
-class LLMError(RuntimeError):
-    """This proposal failed (no usable reply, or the provider kept failing); the next may work."""
+class LLMError(ProposalFailed):
+    """This proposal failed (no usable reply, or the provider kept failing); the next may work.
+    Its `usage` holds what the replies before the failure cost."""
 
 
 @dataclass(frozen=True)
@@ -206,6 +207,10 @@ class LLMProposer:
             )
             try:
                 response = self._complete(litellm, messages)
+            except LLMError as e:  # the replies before this one were paid for
+                _save(request.work_dir, f"reply_{attempt}.md", f"(no reply: {e})\n", secrets)
+                e.usage = Usage(tokens_in, tokens_out, cost, time.monotonic() - started)
+                raise
             except Exception as e:
                 _save(request.work_dir, f"reply_{attempt}.md", f"(no reply: {e})\n", secrets)
                 raise
@@ -236,7 +241,8 @@ class LLMProposer:
         first_line = str(error).splitlines()[0] if error else "no reply"
         raise LLMError(
             f"{self.options.model} gave no usable edit in {self.options.max_attempts}"
-            f" attempts; last problem: {redact(first_line)[:MAX_ERROR_CHARS]}"
+            f" attempts; last problem: {redact(first_line)[:MAX_ERROR_CHARS]}",
+            Usage(tokens_in, tokens_out, cost, time.monotonic() - started),
         )
 
     # -- one request, with the only retry layer --------------------------------------------

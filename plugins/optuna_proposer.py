@@ -1,69 +1,73 @@
-"""The `optuna` proposer: Bayesian optimisation (TPE) over the constants of train.py.
+"""The `optuna` proposer: TPE over small moves of the parent's constants.
 
-Each proposal is an optuna trial: every tunable `ALL_CAPS = literal`
-constant of the parent gets a value from the study, and the parent is
-rewritten in place. The search space is fixed the first time a constant is
-seen, around its value then (log scale for learning rates, sizes and other
-positive numbers), because optuna needs a trial's distributions to stay put.
+Each proposal changes one to three tunable `ALL_CAPS = literal` constants of
+the parent (which ones: the request's seeded generator), each by a move an
+optuna trial samples on a range centred on the parent's value: a factor from
+÷2 to ×2 for positive numbers (ints rounded, powers of two stay powers of
+two), the same on the odds for fractions such as betas, so they stay inside
+(0, 1). A trial's parameters are these moves, not absolute values, and its
+objective is the child's val_bpb minus the parent's: the study learns that
+"LR ×1.3 helps" across parents, and each proposal stays a small step from a
+good parent instead of a leap across the whole space.
 
-Learning comes from the request's history. Every description this proposer
-writes is unique and parseable ("optuna trial 7: LR=0.05, DEPTH=6"), so a
-finished experiment is told to the trial that asked for it; after a restart
-the same descriptions, read back from the ledger, are added as finished
-trials of the new study. Crashes, timeouts and invalid proposals are told as
-failures. The parent's own score, when the history has it, is added as a
-trial too, so the study starts from the baseline (and from the wins of other
-proposers) instead of from nothing.
+Learning comes from the request's history alone. Every description is the
+change list `LR 0.04 -> 0.052, DEPTH 8 -> 7`, which is also what the `random`
+proposer writes, so each finished experiment of either is added as a trial of
+the moves it made, scored by its delta; a study rebuilt after a restart from
+the ledger is the study the run had. Failures teach nothing (TPE ignores
+them).
 
-Bools are categorical; strings are tuned only over values the user lists in
-the `choices` option, since nothing in a file says what else a string may be.
-Names containing SEED are never tuned (validation would reject the change).
+Bools and the strings the user lists in `choices` are categorical: the trial
+picks the value, which may be the parent's (then it stays). Names containing
+SEED are never tuned (validation would reject the change).
 """
 
 from __future__ import annotations
 
-import ast
 import math
-import re
 import threading
 import warnings
 from typing import Any
 
 from autoresearch import hookimpl
-from autoresearch.constants import Value, format_value, read_constants, rewrite_constants
+from autoresearch.constants import (
+    Value,
+    describe_changes,
+    parse_changes,
+    read_constants,
+    rewrite_constants,
+)
 from autoresearch.errors import UserError
-from autoresearch.ledger import SCORED_STATUSES, STATUSES
+from autoresearch.ledger import SCORED_STATUSES
 from autoresearch.plugins import check_option_names
 from autoresearch.proposal import HistoryEntry, Proposal, ProposalRequest
-from autoresearch.syntax import parse
 
 NAME = "optuna"
-# A positive float is searched from value/4 to value*4: train.py starts from a tuned
-# baseline, and on a 40-trial budget a narrower range is found faster than two decades.
-FLOAT_SPAN = 4.0
-INT_SPAN = 2  # an int from value/2 to value*2 (at least value+2)
-LOG_INT_MIN = 16  # ints from here are sizes or step counts: log scale
-POW2_MIN = 16  # powers of two from here stay powers of two: value/4 .. value*4
-POW2_STEPS = 2
+LEARNS_FROM = (NAME, "random")  # both describe their changes with `describe_changes`
+MAX_CHANGES = 3  # constants moved per proposal: small steps from the parent
+# A move is a log-factor up to ×/÷ MOVE_SPAN: train.py starts from a tuned baseline,
+# and a child a step away from a good parent is judged against that parent.
+MOVE_SPAN = 2.0
+MAX_MOVE = math.log(MOVE_SPAN)
+POW2_MIN = 16  # powers of two from here are sizes: they move by whole doublings
 SIGNIFICANT = 3  # floats are written with three significant digits: tidy diffs
 MAX_ASKS = 5  # asks per proposal before giving up on finding a change
 SEED_WORD = "SEED"  # never tuned: a seed-only change measures noise
-DESCRIPTION = re.compile(r"^optuna trial (\d+): (.+)$")
 DEFAULTS: dict[str, Any] = {
     "include": None,  # only these constants (default: every tunable one)
     "exclude": (),  # never these constants
-    "choices": {},  # NAME -> list of values: a categorical (e.g. strings) instead of a range
-    "n_startup_trials": 8,  # random trials before TPE starts modelling
+    "choices": {},  # NAME -> list of values: a categorical (e.g. strings) instead of a move
+    "n_startup_trials": 4,  # random trials before TPE starts modelling: moves are few
 }
 
 
 @hookimpl
 def register_proposers(register):
-    register(NAME, OptunaProposer.from_options, "Bayesian optimisation (TPE) over the constants")
+    register(NAME, OptunaProposer.from_options, "TPE over small moves of the parent's constants")
 
 
 class OptunaProposer:
-    """Ask/tell over the parent's constants; one study per proposer, guarded by a lock."""
+    """Ask/tell over moves from the parent; one study per proposer, guarded by a lock."""
 
     name = NAME
 
@@ -72,7 +76,7 @@ class OptunaProposer:
         include: list[str] | None = None,
         exclude: list[str] | tuple[str, ...] = (),
         choices: dict[str, list[Value]] | None = None,
-        n_startup_trials: int = 8,
+        n_startup_trials: int = 4,
     ) -> None:
         import optuna  # lazily: only a run that uses this proposer pays for the import
 
@@ -90,8 +94,6 @@ class OptunaProposer:
         self.n_startup_trials = n_startup_trials
         self._lock = threading.Lock()
         self._study: Any = None
-        self._space: dict[str, Any] = {}  # constant -> optuna distribution, fixed at first sight
-        self._pending: dict[str, Any] = {}  # description -> the asked trial awaiting its result
         self._told: set[str] = set()  # history ids already learnt from
 
     @classmethod
@@ -105,37 +107,49 @@ class OptunaProposer:
                 sampler = self._optuna.samplers.TPESampler(
                     seed=request.rng.randrange(2**32),
                     n_startup_trials=self.n_startup_trials,
-                    multivariate=True,  # hyperparameters interact (LR and batch size)
+                    # Each trial moves its own few constants: TPE models each move on the
+                    # trials that made it, not a joint space no two trials share.
+                    multivariate=False,
                 )
                 self._study = self._optuna.create_study(direction="minimize", sampler=sampler)
+            self._learn(request.history)
             constants = read_constants(request.parent_source)
-            for name, value in constants.items():
-                if name not in self._space and self._wanted(name):
-                    distribution = self._distribution(name, value)
-                    if distribution is not None:
-                        self._space[name] = distribution
-            self._learn(request, constants)
-            space = {name: self._space[name] for name in constants if name in self._space}
-            if not space:
+            tunable = [n for n, v in constants.items() if self._distribution(n, v) is not None]
+            if not tunable:
                 raise UserError("optuna proposer: train.py has no constants to tune")
-            return self._ask(request.parent_source, constants, space)
+            for _ in range(MAX_ASKS):
+                chosen = request.rng.sample(
+                    tunable, request.rng.randint(1, min(MAX_CHANGES, len(tunable)))
+                )
+                changes = self._ask({name: constants[name] for name in chosen})
+                if changes:
+                    return Proposal(
+                        source=rewrite_constants(request.parent_source, changes),
+                        description=describe_changes(
+                            {name: (constants[name], new) for name, new in changes.items()}
+                        ),
+                    )
+            raise UserError("optuna proposer: no move of the constants changes train.py")
 
     # -- asking --------------------------------------------------------------
 
-    def _ask(self, parent: str, constants: dict[str, Value], space: dict[str, Any]) -> Proposal:
-        for _ in range(MAX_ASKS):
-            trial = self._study.ask(space)
-            values = {name: _tidy(trial.params[name]) for name in space}
-            changes = {n: v for n, v in values.items() if not _same(v, constants[n])}
-            if changes:
-                description = f"optuna trial {trial.number}: " + ", ".join(
-                    f"{name}={format_value(value)}" for name, value in values.items()
-                )
-                self._pending[description] = trial
-                return Proposal(source=rewrite_constants(parent, changes), description=description)
-            # The suggestion is the parent itself: nothing to train, nothing to learn.
-            self._study.tell(trial, state=self._optuna.trial.TrialState.FAIL)
-        raise UserError("optuna proposer: the search space has no value left that differs")
+    def _ask(self, parent: dict[str, Value]) -> dict[str, Value]:
+        """New values for the `parent` constants from one trial; the unchanged ones left out.
+
+        The trial only draws the moves: it is closed at once, and what the child scores
+        is learnt from the history as after a restart, so a live study and a rebuilt one
+        are the same.
+        """
+        space = {name: self._distribution(name, value) for name, value in parent.items()}
+        trial = self._study.ask(space)
+        self._study.tell(trial, state=self._optuna.trial.TrialState.FAIL)
+        changes = {}
+        for name, value in parent.items():
+            sampled = trial.params[name]
+            new = sampled if _categorical(space[name]) else apply_move(name, value, sampled)
+            if not _same(new, value):
+                changes[name] = new
+        return changes
 
     def _wanted(self, name: str) -> bool:
         if name in self.exclude or (self.include is not None and name not in self.include):
@@ -143,109 +157,104 @@ class OptunaProposer:
         return SEED_WORD not in name.upper() or name in self.choices
 
     def _distribution(self, name: str, value: Value) -> Any:
-        """The fixed search range for constant `name`, inferred from its current `value`."""
+        """What a trial samples for constant `name` at the parent's `value`; None: not tuned."""
         d = self._optuna.distributions
+        if not self._wanted(name):
+            return None
         if name in self.choices:
             return d.CategoricalDistribution(self.choices[name])
         if isinstance(value, bool):
             return d.CategoricalDistribution([False, True])
-        if isinstance(value, int):
-            if value < 1:
-                return None  # 0 and negative ints are switches or sentinels: no scale
-            if value >= POW2_MIN and value & (value - 1) == 0:
-                steps = range(-POW2_STEPS, POW2_STEPS + 1)
-                return d.CategoricalDistribution(
-                    [value * 2**k if k >= 0 else value >> -k for k in steps]
-                )
-            low, high = max(1, value // INT_SPAN), max(value * INT_SPAN, value + 2)
-            return d.IntDistribution(low, high, log=value >= LOG_INT_MIN)
-        if isinstance(value, float) and value > 0:
-            if value < 1 and "LR" not in name.upper():
-                # A fraction (beta, ratio): stay below 1, approaching it as closely as
-                # the value's distance from 1 allows.
-                high = _significant(1 - (1 - value) / FLOAT_SPAN)
-                if value >= 0.5:
-                    low = _significant(max(value / FLOAT_SPAN, 1 - (1 - value) * FLOAT_SPAN))
-                    return d.FloatDistribution(low, high)
-                low = _significant(value / FLOAT_SPAN)
-                return d.FloatDistribution(
-                    low, min(high, _significant(value * FLOAT_SPAN)), log=True
-                )
-            low, high = _significant(value / FLOAT_SPAN), _significant(value * FLOAT_SPAN)
-            return d.FloatDistribution(low, high, log=True)
-        return None  # zero or negative floats, and strings without choices
+        if isinstance(value, (int, float)) and value > 0:
+            return d.FloatDistribution(-MAX_MOVE, MAX_MOVE)  # a move, centred on the parent
+        return None  # 0, negative numbers (switches, sentinels), strings without choices
 
     # -- learning ------------------------------------------------------------
 
-    def _learn(self, request: ProposalRequest, constants: dict[str, Value]) -> None:
-        state = self._optuna.trial.TrialState
-        for entry in request.history:
-            outcome = _outcome(entry)
-            if entry.id in self._told or outcome is None:
+    def _learn(self, history: tuple[HistoryEntry, ...]) -> None:
+        """Add every new finished experiment of LEARNS_FROM as a trial of the moves it made."""
+        for entry in history:
+            improvement = _improvement(entry)
+            if entry.id in self._told or improvement is None:
                 continue
-            trial = self._pending.pop(entry.description, None)
-            if trial is not None:
-                self._told.add(entry.id)
-                if outcome == "fail":
-                    self._study.tell(trial, state=state.FAIL)
-                else:
-                    self._study.tell(trial, outcome)
-                continue
-            if outcome == "fail":
-                continue  # a failure of a trial this study never asked teaches TPE nothing
-            params = parse_description(entry.description)  # a trial of an earlier process
-            if params is None:
-                if entry.id != request.parent_id:
-                    continue  # another proposer's candidate: usable once it is a parent
-                params = constants
             self._told.add(entry.id)
-            self._add_trial(params, outcome)
+            changes = parse_changes(entry.description) if entry.proposer in LEARNS_FROM else None
+            params = {}
+            for name, (old, new) in (changes or {}).items():
+                distribution = self._distribution(name, old)
+                param = None if distribution is None else _param(name, old, new, distribution)
+                if param is None:
+                    params = {}  # a change the study cannot express: the score is not the moves'
+                    break
+                params[name] = (param, distribution)
+            if params:
+                self._study.add_trial(
+                    self._optuna.trial.create_trial(
+                        params={n: p for n, (p, _) in params.items()},
+                        distributions={n: d for n, (_, d) in params.items()},
+                        value=improvement,
+                    )
+                )
 
-    def _add_trial(self, params: dict[str, Value], value: float) -> None:
-        """Add a finished trial from another process or proposer, when it fits the space."""
-        known = {name: v for name, v in params.items() if name in self._space}
-        if not known or not all(_contains(self._space[n], v) for n, v in known.items()):
-            return
-        trial = self._optuna.trial.create_trial(
-            params=known, distributions={n: self._space[n] for n in known}, value=value
-        )
-        self._study.add_trial(trial)
+
+def apply_move(name: str, value: int | float, move: float) -> Value:
+    """The parent's `value` of constant `name` moved by the log-factor `move`.
+
+    Ints stay ints (at least 1, and at least one step when the move rounds to none),
+    powers of two from POW2_MIN move by whole doublings, fractions move on their odds.
+    """
+    if isinstance(value, int):
+        if value >= POW2_MIN and value & (value - 1) == 0:
+            doublings = round(move / math.log(2)) or (1 if move > 0 else -1)
+            return value << doublings if doublings > 0 else max(1, value >> -doublings)
+        new = max(1, round(value * math.exp(move)))
+        if new == value:
+            new = max(1, value + (1 if move > 0 else -1))
+        return new
+    if _fraction(name, value):
+        odds = value / (1 - value) * math.exp(move)
+        new = odds / (1 + odds)
+        # Round the distance to the nearer end, so 0.9995 does not round to 1.
+        return 1 - _significant(1 - new) if new > 0.5 else _significant(new)
+    return _significant(value * math.exp(move))
 
 
-def parse_description(description: str) -> dict[str, Value] | None:
-    """The constants of an `optuna trial N: A=1, B=2.5` description, or None."""
-    match = DESCRIPTION.match(description.strip())
-    if not match:
+def realised_move(name: str, old: Value, new: Value) -> float | None:
+    """The log-factor that took `old` to `new` (on the odds for fractions); None if none can."""
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (old, new))
+    if not numbers or old <= 0 or new <= 0:
         return None
-    try:
-        call = parse(f"f({match.group(2)})", mode="eval").body
-        if not isinstance(call, ast.Call) or call.args:
+    if _fraction(name, old):
+        if new >= 1:
             return None
-        return {kw.arg: ast.literal_eval(kw.value) for kw in call.keywords if kw.arg}
-    except (SyntaxError, ValueError):
+        return math.log(new / (1 - new)) - math.log(old / (1 - old))
+    return math.log(new / old)
+
+
+def _param(name: str, old: Value, new: Value, distribution: Any) -> Value | None:
+    """The trial parameter of a change from `old` to `new`; None when it has none."""
+    if _categorical(distribution):
+        return new if any(_same(new, c) for c in distribution.choices) else None
+    move = realised_move(name, old, new)
+    # Rounding (ints, three digits) may step just past the range; a bigger move of
+    # another proposer still says which way helped: both count as the edge.
+    return None if move is None else min(max(move, -MAX_MOVE), MAX_MOVE)
+
+
+def _improvement(entry: HistoryEntry) -> float | None:
+    """The child's score minus the parent's (negative: better), or None when not measured."""
+    if entry.status not in SCORED_STATUSES or entry.delta is None:
         return None
+    return float(entry.delta) if math.isfinite(entry.delta) else None
 
 
-def _outcome(entry: HistoryEntry) -> float | str | None:
-    """val_bpb of a finished experiment, 'fail', or None while it is not finished."""
-    if (
-        entry.status in SCORED_STATUSES
-        and entry.val_bpb is not None
-        and math.isfinite(entry.val_bpb)
-    ):
-        return float(entry.val_bpb)
-    if entry.status in STATUSES:
-        return "fail"
-    return None
+def _fraction(name: str, value: int | float) -> bool:
+    # A float below 1 that is not a learning rate is a beta or a ratio: it must stay below 1.
+    return isinstance(value, float) and 0 < value < 1 and "LR" not in name.upper()
 
 
-def _contains(distribution: Any, value: Value) -> bool:
-    choices = getattr(distribution, "choices", None)
-    if choices is not None:
-        return any(_same(value, choice) for choice in choices)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    return distribution.low <= value <= distribution.high
+def _categorical(distribution: Any) -> bool:
+    return hasattr(distribution, "choices")
 
 
 def _same(a: Value, b: Value) -> bool:
@@ -253,12 +262,8 @@ def _same(a: Value, b: Value) -> bool:
     return type(a) is type(b) and a == b
 
 
-def _tidy(value: Any) -> Value:
-    return _significant(value) if isinstance(value, float) else value
-
-
 def _significant(x: float) -> float:
-    """`x` rounded to SIGNIFICANT digits; bounds rounded too, so rounded values stay inside."""
+    """`x` rounded to SIGNIFICANT digits: tidy diffs."""
     if x == 0 or not math.isfinite(x):
         return x
     return round(x, SIGNIFICANT - 1 - math.floor(math.log10(abs(x))))

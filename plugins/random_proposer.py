@@ -16,7 +16,7 @@ import random
 from typing import Any
 
 from autoresearch import hookimpl
-from autoresearch.constants import Value, format_value, read_constants, rewrite_constants
+from autoresearch.constants import Value, describe_changes, read_constants, rewrite_constants
 from autoresearch.errors import UserError
 from autoresearch.plugins import check_option_names
 from autoresearch.proposal import Proposal, ProposalRequest
@@ -87,10 +87,7 @@ class RandomProposer:
         chosen = rng.sample(candidates, count)
         changes = {name: perturb(constants[name], rng, self.sigma) for name in chosen}
         source = rewrite_constants(request.parent_source, changes)
-        description = ", ".join(
-            f"{name} {format_value(constants[name])} -> {format_value(new)}"
-            for name, new in changes.items()
-        )
+        description = describe_changes({n: (constants[n], new) for n, new in changes.items()})
         return Proposal(source=source, description=description)
 
     def _wanted(self, name: str) -> bool:

@@ -10,6 +10,7 @@ the real optimizers (Muon + AdamW) make the loss fall.
 from __future__ import annotations
 
 import ast
+import warnings
 
 import pytest
 import torch
@@ -128,7 +129,7 @@ def test_export_matches_eager(baseline):
 
 
 def test_gpt_sliding_window_attention():
-    """An S layer only sees the last `window` tokens; the last layer is always full."""
+    """An S layer sees its own token and the `window` before it; the last layer is full."""
     _, model = build("gpt", WINDOW_PATTERN="SL", SHORT_WINDOW_FRAC=0.25)
     window = SEQ // 4
     assert model.windows == [window, SEQ, window, SEQ]
@@ -148,7 +149,45 @@ def test_gpt_sliding_window_attention():
         out = attn(x2, None, cos, sin)
     diff = (out - base).abs().amax(dim=-1)[0]
     affected = (diff > 1e-6).nonzero().flatten().tolist()
-    assert affected == list(range(j, j + window)), affected
+    assert affected == list(range(j, j + window + 1)), affected
+
+
+def test_gpt_window_of_1024_sees_1025_keys():
+    """At full size (2048 tokens, half-length windows) a query sees 1025 keys, as a flash
+    attention window of 1024 does; the first 1024 queries see all keys before them."""
+    module = load_baseline("gpt")
+    seq = 2048
+    window = module.window_sizes(8, seq)[0]
+    assert window == 1024
+    attn = module.CausalSelfAttention(16, 1, 16, window, seq, use_ve=False)
+    keys = attn.mask.sum(dim=1)
+    assert keys[window:].eq(window + 1).all()
+    assert torch.equal(keys[:window], torch.arange(1, window + 1))
+
+
+def test_gpt_flex_attention_matches_masked_sdpa():
+    """The windowed layers' FlexAttention path (CUDA's) gives SDPA-with-band-mask's output,
+    and the exported graph, which the evaluator scores, falls back to the masked SDPA."""
+    _, model = build("gpt", SHORT_WINDOW_FRAC=0.25)
+    model.eval()
+    torch.manual_seed(0)
+    for block in model.blocks:
+        torch.nn.init.normal_(block.attn.c_proj.weight, std=0.1)  # c_proj starts at zero
+    idx = torch.randint(0, VOCAB, (2, SEQ))
+    with torch.no_grad():
+        dense = model(idx)
+        model.use_flex_attention()
+        assert model.blocks[0].attn.block_mask is not None
+        assert model.blocks[-1].attn.block_mask is None  # full layers keep SDPA's causal path
+        with warnings.catch_warnings():  # eager FlexAttention warns that it is not fused
+            warnings.simplefilter("ignore", UserWarning)
+            flex = model(idx)
+    assert not torch.equal(flex, dense)  # a different kernel really ran
+    torch.testing.assert_close(flex, dense, rtol=1e-5, atol=1e-5)
+    program = torch.export.export(model, (idx,))
+    assert "flex_attention" not in str(program.graph)
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(idx), dense, rtol=1e-5, atol=1e-5)
 
 
 def test_gpt_value_embeddings_on_alternating_layers():
@@ -160,13 +199,57 @@ def test_gpt_value_embeddings_on_alternating_layers():
 
 
 @pytest.mark.parametrize("shape", [(3, 64, 16), (2, 16, 48)])
-def test_newton_schulz_orthogonalises(baseline, shape):
-    module = load_baseline(baseline)
+def test_newton_schulz_orthogonalises(shape):
+    module = load_baseline("tiny")
     G = torch.randn(*shape)
     X = module.zeropower_via_newtonschulz5(G, 5)
     assert X.shape == G.shape
     singular = torch.linalg.svdvals(X)
     assert singular.min() > 0.5 and singular.max() < 1.3, singular
+
+
+@pytest.mark.parametrize("shape", [(3, 64, 16), (2, 16, 48), (2, 32, 32)])
+def test_polar_express_approaches_the_svd_orthogonalisation(shape):
+    """Five Polar Express steps land within about 10% of U V^T (the exact orthogonal factor
+    of G = U S V^T), twice as close as five classic Newton-Schulz steps."""
+    module = load_baseline("gpt")
+    G = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    U, _, Vh = torch.linalg.svd(G, full_matrices=False)
+    exact = U @ Vh
+
+    def error(method):
+        X = module.orthogonalise(G, 5, method)
+        assert X.shape == G.shape and X.dtype == G.dtype
+        return ((X - exact).norm(dim=(-2, -1)) / exact.norm(dim=(-2, -1))).max().item()
+
+    polar, classic = error("polar_express"), error("newton_schulz")
+    assert polar < 0.15 and polar < 0.6 * classic, (polar, classic)
+    singular = torch.linalg.svdvals(module.orthogonalise(G, 5, "polar_express"))
+    assert singular.min() > 0.8 and singular.max() < 1.2, singular
+
+
+def test_normuon_state_shapes_and_norm():
+    """Muon keeps a momentum of each stacked group and NorMuon one second moment per row of a
+    tall matrix (per column of a wide one); NorMuon keeps each update's overall norm."""
+    module, model = build("gpt")
+    _, muon = module.build_optimizers(model)
+    for p in model.blocks.parameters():
+        p.grad = torch.randn_like(p)
+    muon.step()
+    seen = set()
+    for group in muon.param_groups:
+        n, (rows, cols) = len(group["params"]), group["params"][0].shape
+        state = muon.state[group["params"][0]]
+        assert state["momentum_buffer"].shape == (n, rows, cols)
+        expected = (n, rows, 1) if rows >= cols else (n, 1, cols)
+        assert state["second_moment"].shape == expected
+        assert state["second_moment"].gt(0).all()
+        seen.add("tall" if rows > cols else "wide" if rows < cols else "square")
+    assert seen == {"tall", "wide", "square"}  # MLP in, MLP out, attention
+    update = torch.randn(2, 32, 8)
+    scaled = module.normuon_scale(update, torch.zeros(2, 32, 1), 0.95)
+    torch.testing.assert_close(scaled.norm(dim=(-2, -1)), update.norm(dim=(-2, -1)))
+    assert not torch.allclose(scaled, update)
 
 
 def test_lr_schedule(baseline):

@@ -19,7 +19,8 @@ from helpers import CANDIDATES, MANUAL, TAG, error_line, make_research
 from autoresearch.cli import main
 
 ROW_KEYS = {
-    "rank", "id", "tag", "status", "reason", "val_bpb", "delta", "baseline", "memory_gb",
+    "rank", "id", "tag", "status", "reason", "val_bpb", "mean", "runs", "delta", "baseline",
+    "memory_gb",
     "proposer", "parent", "lineage_depth", "description", "commit", "promoted", "champion",
     "worse_than_baseline", "cost_usd", "training_seconds", "created",
 }  # fmt: skip
@@ -62,7 +63,7 @@ def test_leaderboard_shows_the_population_best_first(run):
     code, out, err = run("leaderboard")
     assert code == 0
     lines = out.splitlines()
-    assert lines[0].split()[:4] == ["rank", "candidate", "val_bpb", "delta"]
+    assert lines[0].split()[:5] == ["rank", "candidate", "val_bpb", "runs", "delta"]
     assert [line.split()[1] for line in lines[2:]] == ["c0005*", "c0006"]  # population 2
     assert "1.400000" in lines[2] and "-0.100000" in lines[2] and "llm:test/model" in lines[2]
     assert "population of 'mar5' (2 of 7 experiments" in err

@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from autoresearch.constants import format_float, read_constants, rewrite_constants
+from autoresearch.constants import (
+    describe_changes,
+    format_float,
+    parse_changes,
+    read_constants,
+    rewrite_constants,
+)
 
 SOURCE = '''\
 """A train.py-like module."""
@@ -141,3 +147,13 @@ def test_depth_of_reads_an_int_depth_or_none():
     assert depth_of("DEPTH = 2.5\n") is None
     assert depth_of("DEPTH = True\n") is None
     assert depth_of("def broken(:\n") is None
+
+
+def test_change_lists_read_back_what_was_written():
+    changes = {"LR": (0.04, 0.052), "DEPTH": (8, 7), "OFFSET": (-1.5, -3e-4),
+               "USE_BIAS": (False, True), "ACTIVATION": ("relu", "gelu, tanh")}  # fmt: skip
+    text = describe_changes(changes)
+    assert text.startswith("LR 0.04 -> 0.052, DEPTH 8 -> 7, OFFSET -1.5 -> -3e-4, ")
+    assert parse_changes(text) == changes
+    for other in ("halve LR", "LR 0.04 -> x", "LR 0.04 -> 0.05, and more", "", "lr 1 -> 2"):
+        assert parse_changes(other) is None, other

@@ -4,6 +4,7 @@ scripted runner (an outcome computed from the source), one search with real tiny
 from __future__ import annotations
 
 import dataclasses
+import math
 import subprocess
 import sys
 import time
@@ -16,7 +17,7 @@ from helpers import FROZEN, LEARNS, committed, rec
 
 from autoresearch.constants import read_constants, rewrite_constants
 from autoresearch.errors import UserError
-from autoresearch.population import champion, judge, may_fix, parent_weights, population
+from autoresearch.population import Rules, champion, judge, may_fix, parent_weights, population
 from autoresearch.runner import Outcome, run_experiment
 from autoresearch.status import RunLock
 from autoresearch.testing import ScriptedProposer, ScriptedRunner
@@ -218,14 +219,14 @@ def test_population_is_the_champion_plus_the_best_distinct():
     records = [
         rec(1, 3.0, promoted=True, proposer="baseline"),
         rec(2, 2.5),
-        rec(3, 2.4, source="s2"),  # same source as e0002: not distinct
+        rec(3, 2.4, source="s2"),  # a second run of e0002's source: one candidate, mean 2.45
         rec(4, 2.9),
         rec(5, 2.0, status="crash"),
         rec(6, 2.7, status="discard"),
         rec(7, 2.6),
     ]
     members = population(records, 3)
-    assert [m.id for m in members] == ["e0003", "e0007", "e0001"]  # champion kept (elitism)
+    assert [m.id for m in members] == ["e0002", "e0007", "e0001"]  # champion kept (elitism)
     assert champion(records).id == "e0001"
     assert len({m.fingerprints["source"] for m in members}) == len(members)
 
@@ -234,28 +235,34 @@ def test_promotion_needs_more_than_the_noise(research_repo):
     engine = make_engine(research_repo, ScriptedProposer(), population=1, noise_k=2.0)
     engine.records = [
         rec(1, 3.00, promoted=True, proposer="baseline"),
-        rec(2, 3.10, status="discard", proposer="calibrate"),
-        rec(3, 3.05, status="discard", proposer="calibrate"),
+        rec(2, 3.10, status="discard", proposer="calibrate", source="s1"),
+        rec(3, 3.05, status="discard", proposer="calibrate", source="s1"),
     ]
-    assert engine.threshold() == pytest.approx(2 * 0.05)
-    within = Outcome("keep", "ok", val_bpb=2.95)
-    beyond = Outcome("keep", "ok", val_bpb=2.85)
-    assert engine._judge(within, "scripted") == ("discard", False)
-    assert engine._judge(beyond, "scripted") == ("keep", True)
+    # Two standard errors of a single run against the baseline's mean of three (3.05).
+    assert engine.threshold() == pytest.approx(2 * 0.05 * math.sqrt(1 + 1 / 3))
+    within = rec(4, 2.95, proposer="scripted")  # 0.10 better
+    beyond = rec(4, 2.85, proposer="scripted")  # 0.20 better
+    assert engine._judge(within) == ("discard", False)
+    assert engine._judge(beyond) == ("keep", True)
     engine.settings = dataclasses.replace(engine.settings, population=4)
-    assert engine._judge(within, "scripted") == ("keep", False)  # enters the population only
+    engine._rules_for = (-1, engine._rules_for[1])  # the settings changed under it
+    assert engine._judge(within) == ("keep", False)  # enters the population only
 
 
 def test_the_rules_are_functions_of_the_records_alone():
     """Judging, parent weights and the fix budget, without an engine (population.py)."""
     base = rec(1, 3.0, promoted=True, proposer="baseline")
     records = [base, rec(2, 2.5, parent="e0001"), rec(3, 2.8, parent="e0001")]
-    assert judge(records, 2.9, "scripted", 1, 0.2) == ("discard", False)  # greedy: no gain
-    assert judge(records, 2.9, "scripted", 4, 0.2) == ("keep", False)  # enters the population
-    assert judge(records, 3.1, "scripted", 3, 0.0) == ("discard", False)  # it is full
-    assert judge(records, 2.9, "calibrate", 4, 0.0) == ("discard", False)  # a repeat is noise
-    assert judge(records, 2.9, "scripted", 1, 0.05) == ("keep", True)
-    assert judge([], 3.0, "baseline", 4, 0.0) == ("keep", True)  # the first champion
+    new = rec(4, 2.9, parent="e0001", proposer="scripted")
+    assert judge(records, new, Rules(1, 0.0, 0.2)) == ("discard", False)  # greedy: no gain
+    assert judge(records, new, Rules(4, 0.0, 0.2)) == ("keep", False)  # enters the population
+    worse = rec(4, 3.1, parent="e0001", proposer="scripted")
+    assert judge(records, worse, Rules(3, 0.0)) == ("discard", False)  # it is full
+    repeat = rec(4, 2.9, proposer="calibrate", source="s1")
+    assert judge(records, repeat, Rules(4, 0.0)) == ("discard", False)  # a repeat is noise
+    assert judge(records, new, Rules(1, 0.0, 0.05)) == ("keep", True)
+    first = rec(1, 3.0, proposer="baseline")
+    assert judge([], first, Rules(4, 0.0)) == ("keep", True)  # the first champion
     members = population(records, 3)  # e0002, e0003, e0001 (two children)
     assert parent_weights(records, members) == [3.0, 2.0, 1 / 3]
     assert parent_weights(records, members, in_flight=["e0002"]) == [1.5, 2.0, 1 / 3]

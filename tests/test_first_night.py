@@ -74,7 +74,7 @@ def test_limits_count_every_training_and_hours_over_sessions():
 
 def test_the_summary_says_what_won_and_what_to_do_next():
     base = rec(1, 2.80, proposer="baseline", promoted=True, description="baseline")
-    repeat = rec(2, 2.82, proposer="calibrate")
+    repeat = rec(2, 2.82, proposer="calibrate", source="s1")  # the baseline's mean: 2.81
     better = rec(3, 2.70, parent="e0001", promoted=True, description="LR 0.1 -> 0.2")
     worse = rec(4, 2.90, "discard", parent="e0003")
     resume = "autoresearch evolve --resume --tag t"
@@ -83,20 +83,30 @@ def test_the_summary_says_what_won_and_what_to_do_next():
                           raise_with="--max-experiments 8")  # fmt: skip
     assert text.startswith("Reached 4 experiments: 4 experiments trained, the baseline, 1 noise")
     assert "2 candidates (1 keep, 1 discard)" in text
-    assert "Champion: e0003, val_bpb 2.7000, 0.1000 better than the baseline e0001" in text
+    assert (
+        "Champion: e0003, 0.1100 better than the baseline e0001 (2.8100) as found"
+        " (val_bpb 2.7000) (one run: not re-measured)" in text
+    )
     assert "`autoresearch show e0003`" in text and "git merge autoresearch/t" in text
     assert text.endswith(f"(`{resume} --max-experiments 8`).")
 
     none = evolve_summary([base, repeat, worse], threshold=0.03, stop_reason="stopped by Ctrl-C",
                           resume=resume, interrupted=True)  # fmt: skip
     assert none.startswith("Stopped by Ctrl-C: ")
-    assert "No candidate beat the baseline by more than 0.0300" in none
+    assert "No candidate's mean beat the baseline's" in none
     assert "still the baseline e0001" in none
     assert none.endswith(f"Next: continue where it stopped with `{resume}`.")
     assert "in this session the device waited 0 s for proposals." in none
     slots = evolve_summary([base, repeat, worse], threshold=0.03, stop_reason="done",
                            resume=resume, idle_seconds=7.4, slots=4)  # fmt: skip
     assert "in this session the 4 slots waited 7 s (summed) for proposals." in slots
+    again = rec(5, 2.76, "discard", proposer="repeat", parent="e0003", source="s3")
+    remeasured = evolve_summary([base, repeat, better, worse, again], threshold=0.03,
+                                stop_reason="done", resume=resume)  # fmt: skip
+    assert "and 1 repeat of candidates" in remeasured
+    assert "as found (val_bpb 2.7000), and 0.0800 re-measured over 2 runs (mean 2.7300)" in (
+        remeasured
+    )
 
 
 def test_a_kept_candidate_worse_than_the_baseline_reads_as_worse():
@@ -216,7 +226,7 @@ def test_evolve_output_reads_as_a_lineage_in_git_log(research_repo):
         champion = next(x for x in reversed(records) if x["promoted"])
         tip = r.heads["autoresearch/g"].commit
         assert champion["commit"] in (tip.hexsha, tip.parents[0].hexsha if tip.parents else "")
-    assert "Champion" in result.stdout or "No candidate beat the baseline" in result.stdout
+    assert "Champion" in result.stdout or "No candidate's mean beat" in result.stdout
 
     # A kill between a record and its result commit: the resume makes the commit.
     last = next(x for x in reversed(records) if x["status"] != "invalid" and x["parent"])

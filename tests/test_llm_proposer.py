@@ -340,3 +340,53 @@ def test_the_key_table_agrees_with_litellm(provider, monkeypatch):
         assert litellm.validate_environment(model=model)["keys_in_environment"]
         LLMProposer(parse_options({"model": model})).check_ready()
         monkeypatch.delenv(name)
+
+
+# -- spend is never lost ----------------------------------------------------------------------
+
+ONE_REPLY_USD = 1000 * INPUT_PRICE + 200 * OUTPUT_PRICE
+
+
+def test_a_failed_proposal_carries_what_its_replies_cost(stub, tmp_path):
+    stub.reply("no edit here", prompt_tokens=1000, completion_tokens=200)
+    stub.error(503)  # the re-ask finds the provider down
+    with pytest.raises(LLMError, match="HTTP 503") as e:
+        make(stub, max_attempts=2, retries=0).propose(request(tmp_path))
+    assert (e.value.usage.prompt_tokens, e.value.usage.completion_tokens) == (1000, 200)
+    assert e.value.usage.cost_usd == pytest.approx(ONE_REPLY_USD)
+
+
+def test_failed_and_abandoned_proposals_are_recorded_and_count_toward_the_cost_limit(
+    stub, research_repo
+):
+    from helpers import FROZEN, committed, make_engine
+
+    from autoresearch import population as pop
+    from autoresearch.ledger import Ledger
+    from autoresearch.testing import ScriptedRunner
+
+    edit = GOOD.replace("LR = 0.01", "LR = 0.0").replace("LR = 0.02", "LR = 0.1")
+    for _ in range(2):  # the first proposal: no usable edit in 2 attempts, both paid for
+        stub.reply("no edit here", prompt_tokens=1000, completion_tokens=200)
+    stub.reply(edit, prompt_tokens=1000, completion_tokens=200)  # trained
+    stub.reply(edit.replace("0.1", "0.3"), prompt_tokens=1000, completion_tokens=200)
+    proposer = make(stub, max_attempts=2)
+    # 2.5 replies' worth: the failed proposal leaves room for one more, whose record reaches
+    # the limit, while the next proposal, prefetched during its training, waits for a slot.
+    engine = make_engine(
+        research_repo, proposer, runner=ScriptedRunner(lambda s: 1.0, seconds=3.0),
+        prefetch=1, max_cost_usd=2.5 * ONE_REPLY_USD,
+    )  # fmt: skip
+    records = engine.run(committed(research_repo, FROZEN))
+    assert [r.status for r in records] == ["keep", "invalid", "discard", "invalid"]
+    failed, abandoned = records[1], records[3]
+    assert failed.reason.startswith("proposer failed: LLMError")
+    assert failed.usage["cost_usd"] == pytest.approx(2 * ONE_REPLY_USD)
+    assert failed.usage["prompt_tokens"] == 2000
+    assert abandoned.reason.startswith("abandoned:")
+    assert abandoned.usage["cost_usd"] == pytest.approx(ONE_REPLY_USD)
+    assert pop.spent_usd(records) == pytest.approx(4 * ONE_REPLY_USD)  # nothing was lost
+    assert engine.limit is not None and "spent" in engine.limit.reason
+    ledger = Ledger(research_repo / ".autoresearch" / "ledger.jsonl")
+    on_disk = pop.tag_records(ledger.records(), "t")
+    assert pop.spent_usd(on_disk) == pytest.approx(4 * ONE_REPLY_USD)

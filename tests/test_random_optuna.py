@@ -12,8 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from autoresearch.constants import read_constants
-from autoresearch.default_plugins.optuna_proposer import OptunaProposer, parse_description
+from autoresearch.constants import parse_changes, read_constants
+from autoresearch.default_plugins.optuna_proposer import OptunaProposer
 from autoresearch.default_plugins.random_proposer import RandomProposer
 from autoresearch.errors import UserError
 from autoresearch.plugins import build_plugin_manager, make_proposer
@@ -174,70 +174,115 @@ def test_optuna_is_imported_only_when_the_proposer_is_made():
     assert out.stdout.strip() == "False"
 
 
-def test_optuna_descriptions_are_unique_and_parseable():
+TUNED = {"LR", "DEPTH", "WARMUP_RATIO", "DEVICE_BATCH_SIZE", "USE_BIAS"}
+
+
+def odds(p: float) -> float:
+    return p / (1 - p)
+
+
+def test_optuna_moves_one_to_three_constants_on_ranges_centred_on_the_parent():
     proposer = make_proposer("optuna", {}, build_plugin_manager(allowed=""))
     assert isinstance(proposer, Proposer)
-    proposals = [proposer.propose(make_request(SOURCE, seed=i)) for i in range(10)]
-    assert len({p.description for p in proposals}) == 10
-    for number, proposal in enumerate(proposals):
-        assert proposal.description.startswith(f"optuna trial {number}: ")
-        params = parse_description(proposal.description)
-        assert set(params) == {"LR", "DEPTH", "WARMUP_RATIO", "DEVICE_BATCH_SIZE", "USE_BIAS"}
-        constants = read_constants(proposal.source)
-        assert {k: constants[k] for k in params} == params
-        assert constants["SEED"] == 42 and constants["ACTIVATION"] == "relu"
-        assert constants["DEVICE_BATCH_SIZE"] in (8, 16, 32, 64, 128)
+    old = read_constants(SOURCE)
+    counts = set()
+    for seed in range(40):
+        proposal = proposer.propose(make_request(SOURCE, seed=seed))
+        new = read_constants(proposal.source)
+        changes = parse_changes(proposal.description)
+        assert changes == {k: (old[k], new[k]) for k in old if old[k] != new[k]}
+        assert set(changes) <= TUNED
+        counts.add(len(changes))
+        assert 0.02 <= new["LR"] <= 0.08  # ÷2 to ×2, three significant digits
+        assert 4 <= new["DEPTH"] <= 16 and isinstance(new["DEPTH"], int)
+        assert 0.5 <= odds(new["WARMUP_RATIO"]) / odds(0.1) <= 2.01  # on the odds: below 1
+        assert new["DEVICE_BATCH_SIZE"] in (16, 32, 64)  # one doubling at most
+        assert validate_proposal(SOURCE, proposal.source, {source_hash(SOURCE)}) is None
+    assert counts == {1, 2, 3}
 
 
 def test_optuna_choices_include_and_exclude_options():
     choices = {"ACTIVATION": ["relu", "gelu"]}
     proposer = OptunaProposer(include=["LR", "ACTIVATION"], choices=choices)
-    seen = set()
+    changed, activations = set(), set()
     for i in range(12):
-        params = parse_description(proposer.propose(make_request(SOURCE, seed=i)).description)
-        assert set(params) == {"LR", "ACTIVATION"}
-        seen.add(params["ACTIVATION"])
-    assert seen == {"relu", "gelu"}
+        new = read_constants(proposer.propose(make_request(SOURCE, seed=i)).source)
+        changed |= {k for k, v in read_constants(SOURCE).items() if new[k] != v}
+        activations.add(new["ACTIVATION"])
+    assert changed == {"LR", "ACTIVATION"} and activations == {"relu", "gelu"}
     with pytest.raises(UserError, match="unknown option 'exclud'"):
         OptunaProposer.from_options({"exclud": ["LR"]})
+    with pytest.raises(UserError, match="no constants to tune"):
+        OptunaProposer(include=["ACTIVATION", "SEED"]).propose(make_request(SOURCE))
 
 
-def test_optuna_tells_results_and_failures_to_its_trials():
+def lr_history(sign: int, n: int = 24, seed: int = 0) -> list[HistoryEntry]:
+    """Experiments of both offline proposers from several parents, where moving LR by
+    the factor f helped by `sign` * log(f): raising it (sign 1) or lowering it (-1)."""
+    rng = random.Random(seed)
+    history = []
+    for i in range(n):
+        lr, factor = rng.choice([0.01, 0.04, 0.1]), math.exp(rng.uniform(-0.6, 0.6))
+        new = round(lr * factor, 5)
+        delta = -sign * math.log(new / lr) + rng.gauss(0, 0.02)
+        history.append(HistoryEntry(f"c{i:04d}", "c9999", "keep" if delta < 0 else "discard",
+                                    1.0 + delta, delta, f"LR {lr} -> {new}",
+                                    ("optuna", "random")[i % 2]))  # fmt: skip
+    return history
+
+
+def lr_raises(history: list[HistoryEntry], proposals: int = 30) -> tuple[int, int]:
+    """(raised, lowered): how the LR of SOURCE moves in a study fed `history`."""
+    proposer = OptunaProposer(include=["LR"])
+    moves = [
+        read_constants(proposer.propose(make_request(SOURCE, history, seed=i)).source)["LR"]
+        for i in range(proposals)
+    ]
+    return sum(lr > 0.04 for lr in moves), sum(lr < 0.04 for lr in moves)
+
+
+def test_optuna_learns_which_way_a_move_helps_across_parents():
+    raised, lowered = lr_raises(lr_history(sign=1))
+    assert raised > 2 * lowered
+    raised, lowered = lr_raises(lr_history(sign=-1))
+    assert lowered > 2 * raised
+
+
+def test_optuna_learns_each_finished_experiment_once_and_only_what_it_can_read():
     proposer = OptunaProposer()
-    first = proposer.propose(make_request(SOURCE, seed=1))
-    second = proposer.propose(make_request(SOURCE, seed=2))
     history = [
-        HistoryEntry("c0001", "c0000", "discard", 1.25, 0.1, first.description, "optuna"),
-        HistoryEntry("c0002", "c0000", "crash", None, None, second.description, "optuna"),
+        HistoryEntry("c0001", "c0000", "discard", 1.25, 0.1, "LR 0.04 -> 0.05", "optuna"),
+        HistoryEntry("c0002", "c0000", "keep", 1.05, -0.1, "DEPTH 8 -> 9, USE_BIAS False -> True",
+                     "random"),  # fmt: skip
+        HistoryEntry("c0003", "c0000", "crash", None, None, "LR 0.04 -> 0.08", "optuna"),
+        HistoryEntry("c0004", "c0000", "keep", 1.0, -0.2, "LR 0.04 -> 0.02", "llm"),
+        HistoryEntry("c0005", "c0000", "keep", 1.0, -0.2, "SEED 42 -> 43", "optuna"),
+        HistoryEntry("c0006", None, "keep", 1.15, None, "baseline", "baseline"),
     ]
     proposer.propose(make_request(SOURCE, history=history, seed=3))
-    trials = proposer._study.trials
-    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "RUNNING"]
-    assert trials[0].value == 1.25
-    # Telling happens once: the same history again adds nothing.
-    proposer.propose(make_request(SOURCE, history=history, seed=4))
-    assert len(proposer._study.trials) == 4
-
-
-def test_optuna_learns_from_the_ledger_across_restarts():
-    _, history = search(OptunaProposer(), seed=0, trials=15)
-    fresh = OptunaProposer()
-    fresh.propose(make_request(SOURCE, history=history, parent_id="c0000", seed=0))
-    finished = [t for t in fresh._study.trials if t.state.name == "COMPLETE"]
-    evaluated = [h for h in history if h.val_bpb is not None]
-    assert len(finished) == len(evaluated)  # every trial, plus the baseline parent
-    assert min(t.value for t in finished) == min(h.val_bpb for h in evaluated)
-
-
-def test_optuna_learns_from_other_proposers_parents():
-    proposer = OptunaProposer()
-    llm_source = SOURCE.replace("LR = 0.04", "LR = 0.02")
-    history = [HistoryEntry("c0003", "c0000", "keep", 0.5, -0.2, "halve LR", "llm")]
-    proposer.propose(make_request(SOURCE, history=history, parent_id="c0000", seed=0))
-    assert [t.state.name for t in proposer._study.trials] == ["RUNNING"]  # not yet a parent
-    proposer.propose(make_request(llm_source, history=history, parent_id="c0003", seed=1))
     finished = [t for t in proposer._study.trials if t.state.name == "COMPLETE"]
-    assert [(t.params["LR"], t.value) for t in finished] == [(0.02, 0.5)]
+    assert [(t.params, t.value) for t in finished] == [
+        ({"LR": pytest.approx(math.log(1.25))}, 0.1),
+        ({"DEPTH": pytest.approx(math.log(9 / 8)), "USE_BIAS": True}, -0.1),
+    ]
+    proposer.propose(make_request(SOURCE, history=history, seed=4))
+    assert len([t for t in proposer._study.trials if t.state.name == "COMPLETE"]) == 2
+
+
+def test_optuna_rebuilt_from_the_ledger_is_the_study_the_run_had():
+    live = OptunaProposer()
+    _, history = search(live, seed=0, trials=15)
+    rebuilt = [OptunaProposer(), OptunaProposer()]
+    proposals = [p.propose(make_request(SOURCE, history=history, seed=7)) for p in rebuilt]
+    live.propose(make_request(SOURCE, history=history, seed=7))
+
+    def finished(proposer: OptunaProposer) -> list:
+        trials = [t for t in proposer._study.trials if t.state.name == "COMPLETE"]
+        return sorted((sorted(t.params.items()), t.value) for t in trials)
+
+    assert len(finished(live)) == sum(h.delta is not None for h in history) > 10
+    assert finished(rebuilt[0]) == finished(rebuilt[1]) == finished(live)
+    assert proposals[0] == proposals[1]  # the same ledger and seed: the same proposal
 
 
 def test_optuna_is_thread_safe():
@@ -245,9 +290,8 @@ def test_optuna_is_thread_safe():
     with ThreadPoolExecutor(8) as pool:
         proposals = list(pool.map(lambda s: proposer.propose(make_request(SOURCE, seed=s)),
                                   range(24)))
-    numbers = sorted(int(p.description.split(":")[0].split()[-1]) for p in proposals)
-    assert numbers == list(range(24))
-    assert all(isinstance(p, Proposal) for p in proposals)
+    assert all(isinstance(p, Proposal) and parse_changes(p.description) for p in proposals)
+    assert len(proposer._study.trials) >= 24
 
 
 def test_optuna_beats_random_on_a_synthetic_objective():
