@@ -115,7 +115,8 @@ STEP = 0.5  # sd of a constant's move, in e-folds
 # Arms: evolve settings over the engine's defaults. `new` is the engine's defaults.
 ARMS = {
     "greedy": {"population": 1, "calibrate": 0},
-    "today": {"population": 4, "noise_k": 2, "calibrate": 2},
+    # the defaults before judging on means: a bar of 2 sd, no re-measurement
+    "today": {"population": 4, "noise_k": 2, "calibrate": 2, "remeasure": 0},
     "new": {},
 }
 
