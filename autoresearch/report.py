@@ -294,7 +294,10 @@ def evolve_summary(
         bar = (
             f"a new candidate's first run needs a gain over {threshold:.4f} to be promoted"
             if threshold
-            else "a better mean is promoted (no bar: the re-measurement guards the result)"
+            else "a better mean is promoted (no bar: the final re-measurement guards the result)"
+            if remeasured
+            else "a better mean is promoted (no bar), and nothing was re-measured: the champion"
+            " may be one lucky run (evolve.remeasure, docs/evolve.md)"
         )
         lines.append(
             f"Noise: runs of the same train.py differ by {sd:.4f} val_bpb (pooled standard"

@@ -104,6 +104,12 @@ def test_the_summary_says_what_won_and_what_to_do_next():
     remeasured = evolve_summary([base, repeat, better, worse, again], threshold=0.03,
                                 stop_reason="done", resume=resume)  # fmt: skip
     assert "and 1 repeat of candidates" in remeasured
+    assert "the final re-measurement guards the result" in evolve_summary(
+        [base, repeat, better, worse, again], threshold=0.0, stop_reason="done", resume=resume
+    )
+    assert "nothing was re-measured: the champion may be one lucky run" in evolve_summary(
+        [base, repeat, better, worse], threshold=0.0, stop_reason="done", resume=resume
+    )
     assert "as found (val_bpb 2.7000), and 0.0800 re-measured over 2 runs (mean 2.7300)" in (
         remeasured
     )
