@@ -39,6 +39,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from autoresearch.config import AUTO  # evolve.population / noise_k / remeasure: see `strategy`
 from autoresearch.ledger import CRASHED_STATUSES, Record
 
 # Proposer names of the runs nobody proposed: the baseline, its calibration repeats, and a
@@ -46,7 +47,6 @@ from autoresearch.ledger import CRASHED_STATUSES, Record
 BASELINE, CALIBRATE, REPEAT = "baseline", "calibrate", "repeat"
 REPEATS = (CALIBRATE, REPEAT)  # a repeat's parent is the record it repeats
 
-AUTO = "auto"  # evolve.population / evolve.noise_k / evolve.remeasure chosen by `strategy`
 AUTO_POPULATION = 4  # what `auto` chooses when noise is large against the gains
 GREEDY_BELOW = 0.5  # noise under this many typical gains: one lineage (greedy) does best
 # Until three promotions have shown what a gain is here, a typical gain is taken to be this
@@ -74,12 +74,18 @@ class Mean:
     runs: int
 
 
-def means(records: Iterable[Record]) -> dict[str, Mean]:
-    """The mean val_bpb of every source over its scored runs."""
+def _runs_by_source(records: Iterable[Record]) -> dict[str, list[float]]:
+    """The scored runs' val_bpb, grouped by source."""
     runs: dict[str, list[float]] = {}
     for r in records:
         if r.val_bpb is not None and r.status != "invalid":
             runs.setdefault(source_of(r), []).append(r.val_bpb)
+    return runs
+
+
+def means(records: Iterable[Record]) -> dict[str, Mean]:
+    """The mean val_bpb of every source over its scored runs."""
+    runs = _runs_by_source(records)
     return {source: Mean(statistics.fmean(v), len(v)) for source, v in runs.items()}
 
 
@@ -111,10 +117,7 @@ def baseline(records: Iterable[Record]) -> Record | None:
 def noise(records: Iterable[Record]) -> float | None:
     """σ: the pooled standard deviation of runs of the same source about their mean (the
     baseline and its calibration repeats, and repeated candidates); None before any repeat."""
-    runs: dict[str, list[float]] = {}
-    for r in records:
-        if r.val_bpb is not None and r.status != "invalid":
-            runs.setdefault(source_of(r), []).append(r.val_bpb)
+    runs = _runs_by_source(records)
     squares = sum(sum((x - statistics.fmean(v)) ** 2 for x in v) for v in runs.values())
     freedom = sum(len(v) - 1 for v in runs.values())
     return math.sqrt(squares / freedom) if freedom else None
