@@ -2,7 +2,7 @@
 
     python benchmarks/landscape.py [--sigmas 0.25,1,3] [--lengths 50,100,300]
         [--searches 200] [--arms greedy,today,new] [--arm NAME=KEY:VALUE,...]
-        [--workers 2] [--results FILE]
+        [--seed-share 0] [--workers 2] [--results FILE] [--table] [--figure PNG]
 
 A `Landscape` (seeded) gives every train.py of the tiny baseline a true value, in
 units (higher is better): a function of 8 of its constants (`f` below: a quadratic
@@ -447,6 +447,41 @@ def tables(results: list[dict], arms: list[str]) -> str:
     )
 
 
+def figure(results: list[dict], arms: list[str], path: Path) -> None:
+    """The true gain of the returned champion (mean ± 2 standard errors) of every arm, one
+    panel per σ (and seed share), experiments along x."""
+    from matplotlib.figure import Figure
+
+    from autoresearch.plot import PALETTE
+
+    panels = sorted({(r["sigma"], r.get("seed_share", 0.0)) for r in results})
+    all_lengths = sorted({r["length"] for r in results})
+    fig = Figure(figsize=(4 * len(panels), 3.4), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (sigma, share) in zip(axes, panels, strict=True):
+        for n, arm in enumerate(arms):
+            cells: dict[int, list[float]] = {}
+            for r in results:
+                if (r["arm"], r["sigma"], r.get("seed_share", 0.0)) == (arm, sigma, share):
+                    cells.setdefault(r["length"], []).append(r["gain"])
+            lengths = sorted(length for length, gains in cells.items() if len(gains) > 1)
+            stats = [mean_se(cells[length]) for length in lengths]
+            ax.errorbar(
+                [all_lengths.index(length) + 0.1 * (n - 1) for length in lengths],
+                [m for m, _ in stats],
+                yerr=[2 * se for _, se in stats], label=arm, color=PALETTE[n % len(PALETTE)],
+                marker="o", capsize=3,
+            )  # fmt: skip
+        ax.set_xticks(range(len(all_lengths)), [str(length) for length in all_lengths])
+        ax.set_xlim(-0.5, len(all_lengths) - 0.5)
+        ax.set_title(f"σ = {sigma:g} units" + (f", {share:.0%} of it the seed's" if share else ""))
+        ax.set_xlabel("experiments per search")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("true gain of the champion (units)")
+    axes[0].legend()
+    fig.savefig(path, dpi=110)
+
+
 def parse_arm(text: str) -> tuple[str, dict]:
     """`name=key:value,...` -> (name, {key: value}); a value is a Python literal or a word."""
     name, _, settings = text.partition("=")
@@ -495,6 +530,7 @@ def main() -> None:
     )
     parser.add_argument("--results", type=Path, help="JSON lines, one per search; resumed")
     parser.add_argument("--table", action="store_true", help="only print the tables of --results")
+    parser.add_argument("--figure", type=Path, help="also draw the true gains into this PNG")
     args = parser.parse_args()
     arms = {name: ARMS[name] for name in filter(None, args.arms.split(","))}
     arms |= dict(parse_arm(a) for a in args.arm)
@@ -530,6 +566,8 @@ def main() -> None:
                 if n % 20 == 0 or n == len(tasks):
                     print(f"{n}/{len(tasks)} searches, {time.monotonic() - t0:.0f} s", flush=True)
     print(tables(results, list(arms)))
+    if args.figure:
+        figure(results, list(arms), args.figure)
 
 
 if __name__ == "__main__":
