@@ -574,10 +574,25 @@ class Engine:
                 latest[pop.source_of(r)] = r
         originals = {pop.source_of(r): r for r in self.records if pop.is_candidate(r)}
         return [
-            self._repeat(originals[source], "to confirm it")
+            work
             for source, r in latest.items()
             if source in originals and pop.needs_confirming(self.records, r, rules)
+            for work in self._confirmation(originals[source])
         ]
+
+    def _confirmation(self, of: Record) -> list[Work]:
+        """`of`'s next run, to confirm it, after runs of the champion at the seeds it lacks up to
+        that run's: a run is compared with the other sources' runs at its own seed
+        (`population.seed_effects`), so a seed only one of the two has run tells nothing."""
+        repeat = self._repeat(of, "to confirm it")
+        best = self._champion()
+        champion_runs = sum(
+            r.val_bpb is not None and pop.source_of(r) == pop.source_of(best)
+            for r in self.records
+        )
+        missing = self._seed_for(repeat) - self.config.run.seed + 1 - champion_runs
+        why = f"to pair its runs' seeds with {of.id}'s confirmation"
+        return [self._repeat(best, why) for _ in range(max(missing, 0))] + [repeat]
 
     def _seed_for(self, work: Work) -> int:
         """One seed per run of a source: a source's first run trains with `run.seed`, its
@@ -770,7 +785,7 @@ class Engine:
             set_branch(self.repo, research_branch(self.tag), self._tip(self._champion()))
         elif pop.needs_confirming(self.records, record, self._rules()):
             original = work.parent if work.spec == REPEAT and work.parent else record
-            self._confirming.append(self._repeat(original, "to confirm it"))
+            self._confirming.extend(self._confirmation(original))
         elif outcome.status in CRASHED_STATUSES and pop.may_fix(
             self.records, record, self.settings.fix_attempts
         ):

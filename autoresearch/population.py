@@ -4,9 +4,15 @@ Nothing here is stored: the champion, the population and lineages are
 recomputed from the records, so a resumed run, `leaderboard` and the engine
 always agree.
 
-- A **score** is a mean: every run of the same normalised source (its first run and its
-  repeats, each with a seed of its own) counts toward one mean, and everything here ranks
-  and compares means. The baseline's calibration repeats count toward the baseline's.
+- A **score** is a seed-adjusted mean: every run of the same normalised source (its first
+  run and its repeats, each with a seed of its own) counts toward one mean, and everything
+  here ranks and compares means. The baseline's calibration repeats count toward the
+  baseline's. Every source's n-th run trains with the same seed (run.seed + n), and the
+  seed moves val_bpb much as an edit does, for every source alike, so a run is first
+  adjusted by its seed's effect: how much the sources run at both that seed and the first
+  seed scored higher at it, on average (`seed_effects`). A first run is thereby compared
+  with the other sources' runs at the same seed (a paired comparison, as the original loop's
+  fixed seed makes it), and a mean over several seeds is not biased by which seeds it has.
 - The **champion** is the last promoted record (the research branch points at it); a
   promoted repeat stands for the candidate it repeats.
 - The **population** is the champion plus the best `size - 1` other distinct
@@ -14,8 +20,11 @@ always agree.
 - The **baseline** is the first promoted record: the committed `train.py` the
   run started from. A baseline that crashed was never promoted; the one trained
   after it, on resume, is the baseline.
-- The **noise** σ is the pooled standard deviation of the runs of one source about their
-  mean (the baseline and its calibration repeats, and every repeated candidate), and the
+- The **noise** σ is the pooled standard deviation of the adjusted runs of one source about
+  their mean (the baseline and its calibration repeats, and every repeated candidate): what
+  is left when seeds are paired. Until it has MIN_NOISE_FREEDOM degrees of freedom (two
+  sources run at a second seed), it is that of the unadjusted runs, which also holds the
+  seed's effect (an upper bound). The
   **bar** a mean of n runs must beat a mean of m runs by is
   max(min_improvement, noise_k x σ x sqrt(1/n + 1/m)): the standard error of the
   difference, so repeats lower it.
@@ -56,6 +65,7 @@ MIN_GAINS = 3
 REMEASURE_FRACTION = 0.06  # `auto` remeasure: this share of the run re-measures its best
 FINALISTS = 3  # how many of the best candidates the final re-measurement re-runs
 FINISH_RUNS = 2 * FINALISTS  # what `--finish` re-runs after the first Ctrl-C
+MIN_NOISE_FREEDOM = 2  # fewer degrees of freedom left by the seed effects: unadjusted noise
 
 
 def tag_records(records: Iterable[Record], tag: str) -> list[Record]:
@@ -74,19 +84,49 @@ class Mean:
     runs: int
 
 
-def _runs_by_source(records: Iterable[Record]) -> dict[str, list[float]]:
-    """The scored runs' val_bpb, grouped by source."""
-    runs: dict[str, list[float]] = {}
+Runs = dict[str, dict[int, list[float]]]  # source -> seed -> val_bpb of its runs at it
+
+
+def _runs_by_source(records: Iterable[Record]) -> Runs:
+    """The scored runs' val_bpb, grouped by source and seed (in the records' order: the first
+    seed is the baseline's)."""
+    runs: Runs = {}
     for r in records:
         if r.val_bpb is not None and r.status != "invalid":
-            runs.setdefault(source_of(r), []).append(r.val_bpb)
+            runs.setdefault(source_of(r), {}).setdefault(r.seed, []).append(r.val_bpb)
     return runs
 
 
+def seed_effects(runs: Runs) -> dict[int, float]:
+    """How much higher each seed scores than the first seed (the baseline's first run's):
+    the mean over the sources run at both of their mean at it minus their mean at the first.
+    The first seed, and a seed no source shares with it, have no effect."""
+    if not runs:
+        return {}
+    first = next(iter(next(iter(runs.values()))))
+    differences: dict[int, list[float]] = {}
+    for by_seed in runs.values():
+        if first not in by_seed:
+            continue
+        reference = statistics.fmean(by_seed[first])
+        for seed, values in by_seed.items():
+            if seed != first:
+                differences.setdefault(seed, []).append(statistics.fmean(values) - reference)
+    return {seed: statistics.fmean(d) for seed, d in differences.items()}
+
+
+def _adjusted(runs: Runs, effects: dict[int, float]) -> dict[str, list[float]]:
+    return {
+        source: [v - effects.get(seed, 0.0) for seed, values in by_seed.items() for v in values]
+        for source, by_seed in runs.items()
+    }
+
+
 def means(records: Iterable[Record]) -> dict[str, Mean]:
-    """The mean val_bpb of every source over its scored runs."""
+    """The seed-adjusted mean val_bpb of every source over its scored runs."""
     runs = _runs_by_source(records)
-    return {source: Mean(statistics.fmean(v), len(v)) for source, v in runs.items()}
+    adjusted = _adjusted(runs, seed_effects(runs))
+    return {source: Mean(statistics.fmean(v), len(v)) for source, v in adjusted.items()}
 
 
 def champion(records: Iterable[Record]) -> Record | None:
@@ -115,12 +155,22 @@ def baseline(records: Iterable[Record]) -> Record | None:
 
 
 def noise(records: Iterable[Record]) -> float | None:
-    """σ: the pooled standard deviation of runs of the same source about their mean (the
-    baseline and its calibration repeats, and repeated candidates); None before any repeat."""
+    """σ: the pooled standard deviation of the seed-adjusted runs of each source about their
+    mean, or of the unadjusted runs while the seed effects leave under MIN_NOISE_FREEDOM
+    degrees of freedom; None before any repeat."""
     runs = _runs_by_source(records)
+    effects = seed_effects(runs)
+    adjusted = _pooled_sd(_adjusted(runs, effects), len(effects))
+    return adjusted if adjusted is not None else _pooled_sd(_adjusted(runs, {}), 0)
+
+
+def _pooled_sd(runs: dict[str, list[float]], estimated: int) -> float | None:
+    """The pooled sd of runs about their sources' means, `estimated` more parameters fitted."""
+    freedom = sum(len(v) - 1 for v in runs.values()) - estimated
+    if freedom < (MIN_NOISE_FREEDOM if estimated else 1):
+        return None
     squares = sum(sum((x - statistics.fmean(v)) ** 2 for x in v) for v in runs.values())
-    freedom = sum(len(v) - 1 for v in runs.values())
-    return math.sqrt(squares / freedom) if freedom else None
+    return math.sqrt(squares / freedom)
 
 
 def bar(sigma: float | None, runs: int, other_runs: int, min_improvement: float,

@@ -13,6 +13,7 @@ new experiment.
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 import re
 from collections.abc import Callable, Collection
@@ -20,6 +21,10 @@ from collections.abc import Callable, Collection
 from autoresearch.syntax import compile_tree, parse
 
 MAX_SOURCE_BYTES = 200_000  # a real train.py is ~30 KB; more is a runaway reply
+# Normalised hashes remembered per source text: a parent's is asked for by every proposal made
+# from it, and a proposal's by validation, the engine and the ledger (hashing a real train.py
+# takes ~50 ms: parse, strip, unparse).
+HASHES_KEPT = 256
 HARNESS = "autoresearch.harness"
 HANDOVER = "handover"
 # Parts of the harness a candidate must never touch: the scorer, the data it scores on, and
@@ -79,16 +84,21 @@ def validate_proposal(
     if new_hash in seen_hashes:
         return "duplicate of an already-evaluated train.py"
     try:
-        parent_tree = parse(parent_source)
+        parent_digest = _seedless_digest(parent_source)
     except SyntaxError:
         return None  # a broken parent: any parsable proposal is a real change
-    if _digest(_normalised(tree, mask_seeds=True)) == _digest(
-        _normalised(parent_tree, mask_seeds=True)
-    ):
+    if _seedless_digest(new_source) == parent_digest:
         return "only the random seed changed; change the training instead"
     return None
 
 
+@functools.lru_cache(maxsize=HASHES_KEPT)
+def _seedless_digest(source: str) -> str:
+    """The digest of `source` normalised with every seed value blanked."""
+    return _digest(_normalised(parse(source), mask_seeds=True))
+
+
+@functools.lru_cache(maxsize=HASHES_KEPT)
 def source_hash(source: str) -> str:
     """sha256 of `source` without comments, docstrings and formatting."""
     try:

@@ -7,8 +7,12 @@ leaves the user's checkout dirty.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -35,6 +39,11 @@ PROGRAM_FILE = "program.md"
 PROTECTED_FILES = (PROGRAM_FILE, CONFIG_FILE)  # proposers may change train.py only
 BASELINES = ("gpt", "tiny")
 FALLBACK_AUTHOR = ("autoresearch", "autoresearch@localhost")  # when git has no identity set
+# Repos kept open for the commits and reads of a search (`_kept_repo`): an open repo keeps its
+# `git cat-file` processes, which otherwise start anew for every commit, read and branch move
+# (a third of the engine's time on a fast runner). Per thread (a repo is not thread-safe);
+# the least recently used beyond this many are closed.
+KEPT_REPOS = 8
 # Every git the orchestrator starts, plain (`git_command`) or GitPython's (`open_repo`), runs
 # with these settings. A candidate could have written ~/.gitconfig (HOME is writable) or,
 # without namespaces, the research repo's .git/config, and a config there can make git run
@@ -226,7 +235,7 @@ def commit_candidate(repo: Path, parent_sha: str, source: str, message: str) -> 
     import git
     from gitdb.base import IStream
 
-    with open_repo(repo) as r:
+    with _kept_repo(repo) as r:
         parent = r.commit(parent_sha)
         data = source.encode("utf-8")
         blob = r.odb.store(IStream(git.Blob.type, len(data), BytesIO(data)))
@@ -239,7 +248,7 @@ def commit_candidate(repo: Path, parent_sha: str, source: str, message: str) -> 
 
 def set_branch(repo: Path, name: str, sha: str) -> None:
     """Point branch `name` at `sha` (creating it); the previous tip stays in the reflog."""
-    with open_repo(repo) as r:
+    with _kept_repo(repo) as r:
         r.create_head(name, sha, force=True)
 
 
@@ -271,7 +280,7 @@ def commit_result(repo: Path, sha: str, message: str) -> str:
     `git log --oneline` reads as a lineage with scores, and nothing already referenced changes."""
     import git
 
-    with open_repo(repo) as r:
+    with _kept_repo(repo) as r:
         trained = r.commit(sha)
         commit = git.Commit.create_from_tree(
             r, trained.tree, message, parent_commits=[trained], head=False
@@ -336,6 +345,38 @@ def open_repo(repo: Path) -> git.Repo:
     return r
 
 
+_kept: OrderedDict[tuple[str, int, int, int], git.Repo] = OrderedDict()
+_kept_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _kept_repo(repo: Path) -> Iterator[git.Repo]:
+    """`open_repo(repo)`, kept open for this thread's next use (KEPT_REPOS). A repo is known
+    by its path and its git folder's inode, so one made anew at the same path is opened anew,
+    and by process, so a forked child never writes to its parent's git processes."""
+    try:
+        inode = (Path(repo) / ".git").stat().st_ino
+    except OSError:  # not a repo's top folder (a worktree's .git file, a bare repo): as usual
+        with open_repo(repo) as r:
+            yield r
+        return
+    key = (str(Path(repo).resolve()), inode, os.getpid(), threading.get_ident())
+    with _kept_lock:
+        r = _kept.pop(key, None)
+    if r is None:
+        r = open_repo(repo)
+    try:
+        yield r
+    except BaseException:
+        r.close()  # a failed git process may leave its pipe mid-answer
+        raise
+    with _kept_lock:
+        _kept[key] = r
+        evicted = [_kept.popitem(last=False)[1] for _ in range(len(_kept) - KEPT_REPOS)]
+    for old in evicted:
+        old.close()
+
+
 def git_command(repo: Path, *args: str) -> str:
     """Plain `git ARGS` in `repo`, with `git_environment()`, output as text."""
     import subprocess
@@ -352,7 +393,7 @@ def git_command(repo: Path, *args: str) -> str:
 def read_train(repo: Path, sha: str) -> str:
     """train.py as committed in `sha`; a `UserError` when that commit has no readable one."""
     # The blob streams from the repo's cat-file process: keep the repo open while reading.
-    with open_repo(repo) as r:
+    with _kept_repo(repo) as r:
         try:
             return (r.commit(sha).tree / TRAIN_FILE).data_stream.read().decode("utf-8")
         except KeyError:
@@ -363,5 +404,5 @@ def read_train(repo: Path, sha: str) -> str:
 
 
 def commit_message(repo: Path, sha: str) -> str:
-    with open_repo(repo) as r:
+    with _kept_repo(repo) as r:
         return r.commit(sha).message

@@ -2,7 +2,7 @@
 
     python benchmarks/landscape.py [--sigmas 0.25,1,3] [--lengths 50,100,300]
         [--searches 200] [--arms greedy,today,new] [--arm NAME=KEY:VALUE,...]
-        [--workers 2] [--results FILE]
+        [--seed-share 0] [--workers 2] [--results FILE] [--table] [--figure PNG]
 
 A `Landscape` (seeded) gives every train.py of the tiny baseline a true value, in
 units (higher is better): a function of 8 of its constants (`f` below: a quadratic
@@ -13,11 +13,14 @@ source contains. There are 150 edits: 10% good (median gain 1 unit), 2% great (a
 (`edit_017 = True`), so it changes the normalised source the engine hashes.
 
 The runner (the engine's runner seam, no training) returns val_bpb = BASE_BPB - UNIT x
-(true value + noise), the noise N(0, sigma) fresh for every run (seeded by the search
-and the experiment's id, so repeats of one source differ). The proposer acts like an
-LLM: given the parent's train.py it moves 1-3 constants, or applies an edit the parent
-does not have (good and great edits `--good-rate` times as often as their share), and
-a crashed parent handed back is fixed (the culprit undone) before its change.
+(true value + noise), the noise N(0, sigma): a share `--seed-share` of its variance is the
+training seed's effect, the same for every source run with that seed (training on CPU is
+deterministic given the seed, and the seed moves every variant alike), the rest fresh for
+every run (seeded by the search and the experiment's id, so repeats of one source differ).
+The proposer acts like an LLM: given the parent's train.py it moves 1-3 constants, or
+applies an edit the parent does not have (good and great edits `--good-rate` times as
+often as their share), and a crashed parent handed back is fixed (the culprit undone)
+before its change.
 
 Arms are evolve settings: `greedy` the original loop (population 1, no calibration),
 `today` population 4 with a noise_k 2 bar over 2 calibration repeats, `new` the
@@ -26,8 +29,9 @@ every arm searches the same landscape with the same seeds (paired). For each cel
 (sigma x experiments x arm): the true gain of the champion the engine returns over
 the baseline's true value (mean +- standard error), the false-promotion rate
 (promotions whose true value was not above the champion they replaced), and the
-overstatement (the champion's measured score, the mean of its runs, minus its true
-value, in sigma); then paired differences of the gain between arms.
+overstatement (the champion's gain over the baseline as the engine measured it, by
+their means, minus its true gain, in sigma); then paired differences of the gain
+between arms.
 
 Each search runs in a research repo of its own under /dev/shm, on a process pool;
 `--results` keeps one JSON line per search, so an interrupted grid goes on where it
@@ -54,6 +58,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
+from autoresearch import population as pop
 from autoresearch.config import Config, load_config
 from autoresearch.constants import format_value, read_constants, rewrite_constants
 from autoresearch.engine import Engine
@@ -256,8 +261,9 @@ class LandscapeProposer:
 class LandscapeRunner:
     """The engine's runner seam: true value + fresh noise, or a crash."""
 
-    def __init__(self, landscape: Landscape, sigma: float, seed: int) -> None:
+    def __init__(self, landscape: Landscape, sigma: float, seed: int, seed_share: float) -> None:
         self.landscape, self.sigma, self.seed = landscape, sigma, seed
+        self.seed_share = seed_share
         self.true: dict[str, float] = {}  # experiment id -> true value of what it ran
 
     def __call__(
@@ -275,7 +281,9 @@ class LandscapeRunner:
             (run_dir / RUN_LOG).write_text(f"step 12 | loss nan\n{crash}\n", encoding="utf-8")
             return Outcome("crash", crash, device="cpu")
         self.true[run_dir.name] = value = self.landscape.value(source)
-        noise = random.Random(f"noise-{self.seed}-{run_dir.name}").gauss(0, self.sigma)
+        shared = random.Random(f"seed-{self.seed}-{config.run.seed}").gauss(0, self.sigma)
+        fresh = random.Random(f"noise-{self.seed}-{run_dir.name}").gauss(0, self.sigma)
+        noise = math.sqrt(self.seed_share) * shared + math.sqrt(1 - self.seed_share) * fresh
         return Outcome(
             "keep", "scored on a simulated landscape", val_bpb=BASE_BPB - UNIT * (value + noise),
             device="cpu",
@@ -295,10 +303,12 @@ class Task:
     prefetch: int
     good_rate: float
     full_source: bool
+    seed_share: float = 0.0
 
     @property
     def key(self) -> str:
-        return f"{self.arm}|{self.sigma:g}|{self.length}|{self.search}"
+        share = f"|share{self.seed_share:g}" if self.seed_share else ""
+        return f"{self.arm}|{self.sigma:g}|{self.length}|{self.search}{share}"
 
 
 _TEMPLATE: Path | None = None  # this worker's research repo of the tiny baseline, copied per search
@@ -340,7 +350,7 @@ def search(task: Task, root: Path) -> dict:
         head = branch_sha(repo, "main")
         baseline = read_train(repo, head)
         landscape = Landscape(baseline, task.search)
-        runner = LandscapeRunner(landscape, task.sigma, task.search)
+        runner = LandscapeRunner(landscape, task.sigma, task.search, task.seed_share)
         proposer = LandscapeProposer(landscape, task.good_rate)
         overrides = {f"evolve.{k}": v for k, v in task.overrides.items()}
         overrides |= {
@@ -359,9 +369,8 @@ def search(task: Task, root: Path) -> dict:
     finally:
         shutil.rmtree(repo, ignore_errors=True)
     source_of = {r.id: r.fingerprints.get("source") for r in records}
-    runs = [r.val_bpb for r in records
-            if r.val_bpb is not None and source_of[r.id] == source_of[champion.id]]  # fmt: skip
-    measured = (BASE_BPB - statistics.fmean(runs)) / UNIT
+    means, first = pop.means(records), pop.baseline(records)
+    measured = (means[source_of[first.id]].value - means[source_of[champion.id]].value) / UNIT
     true, base = runner.true[champion.id], landscape.value(baseline)
     promotions = false = 0
     current = None  # the champion so far
@@ -373,8 +382,9 @@ def search(task: Task, root: Path) -> dict:
             false += runner.true[r.id] <= runner.true[current.id]
         current = r
     return {
-        "key": task.key, "arm": task.arm, "sigma": task.sigma, "length": task.length,
-        "search": task.search, "gain": true - base, "overstatement": (measured - true) / task.sigma,
+        "key": task.key, "arm": task.arm, "sigma": task.sigma, "seed_share": task.seed_share,
+        "length": task.length, "search": task.search, "gain": true - base,
+        "overstatement": (measured - (true - base)) / task.sigma,
         "promotions": promotions, "false_promotions": false,
         "experiments": sum(r.status != "invalid" for r in records), "records": len(records),
         "seconds": time.monotonic() - t0, "cpu": time.process_time() - cpu0,
@@ -393,9 +403,10 @@ def mean_se(values: list[float]) -> tuple[float, float]:
 def tables(results: list[dict], arms: list[str]) -> str:
     cells: dict[tuple, dict[str, dict[int, dict]]] = {}
     for r in results:
-        cells.setdefault((r["sigma"], r["length"]), {}).setdefault(r["arm"], {})[r["search"]] = r
+        cell = (r["sigma"], r.get("seed_share", 0.0), r["length"])
+        cells.setdefault(cell, {}).setdefault(r["arm"], {})[r["search"]] = r
     rows, pairs = [], []
-    for (sigma, length), by_arm in sorted(cells.items()):
+    for (sigma, share, length), by_arm in sorted(cells.items()):
         for arm in [a for a in arms if a in by_arm]:
             done = list(by_arm[arm].values())
             gain, gain_se = mean_se([r["gain"] for r in done])
@@ -403,7 +414,7 @@ def tables(results: list[dict], arms: list[str]) -> str:
             promotions = sum(r["promotions"] for r in done)
             false = sum(r["false_promotions"] for r in done)
             rows.append([
-                sigma, length, arm, len(done), f"{gain:.2f} ± {gain_se:.2f}",
+                sigma, f"{share:.0%}", length, arm, len(done), f"{gain:.2f} ± {gain_se:.2f}",
                 f"{false / promotions:.0%}" if promotions else "-",
                 f"{promotions / len(done):.1f}", f"{over:+.2f} ± {over_se:.2f}",
                 f"{1000 * sum(r['cpu'] for r in done) / sum(r['experiments'] for r in done):.0f}",
@@ -413,10 +424,12 @@ def tables(results: list[dict], arms: list[str]) -> str:
             if len(both) < 2:
                 continue
             diff, se = mean_se([by_arm[b][i]["gain"] - by_arm[a][i]["gain"] for i in both])
-            pairs.append([sigma, length, f"{b} - {a}", len(both), f"{diff:+.2f} ± {se:.2f}",
+            pairs.append([sigma, f"{share:.0%}", length, f"{b} - {a}", len(both),
+                          f"{diff:+.2f} ± {se:.2f}",
                           f"{diff / se:+.1f}" if se > 0 else "-"])  # fmt: skip
     headers = [
         "σ",
+        "of it the seed's",
         "experiments",
         "arm",
         "searches",
@@ -426,12 +439,47 @@ def tables(results: list[dict], arms: list[str]) -> str:
         "overstatement (σ)",
         "CPU ms/experiment",
     ]
-    paired = ["σ", "experiments", "paired", "searches", "gain difference", "z"]
+    paired = ["σ", "of it the seed's", "experiments", "paired", "searches", "gain difference", "z"]
     return (
         tabulate(rows, headers=headers, disable_numparse=True)
         + "\n\n"
         + tabulate(pairs, headers=paired, disable_numparse=True)
     )
+
+
+def figure(results: list[dict], arms: list[str], path: Path) -> None:
+    """The true gain of the returned champion (mean ± 2 standard errors) of every arm, one
+    panel per σ (and seed share), experiments along x."""
+    from matplotlib.figure import Figure
+
+    from autoresearch.plot import PALETTE
+
+    panels = sorted({(r["sigma"], r.get("seed_share", 0.0)) for r in results})
+    all_lengths = sorted({r["length"] for r in results})
+    fig = Figure(figsize=(4 * len(panels), 3.4), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (sigma, share) in zip(axes, panels, strict=True):
+        for n, arm in enumerate(arms):
+            cells: dict[int, list[float]] = {}
+            for r in results:
+                if (r["arm"], r["sigma"], r.get("seed_share", 0.0)) == (arm, sigma, share):
+                    cells.setdefault(r["length"], []).append(r["gain"])
+            lengths = sorted(length for length, gains in cells.items() if len(gains) > 1)
+            stats = [mean_se(cells[length]) for length in lengths]
+            ax.errorbar(
+                [all_lengths.index(length) + 0.1 * (n - 1) for length in lengths],
+                [m for m, _ in stats],
+                yerr=[2 * se for _, se in stats], label=arm, color=PALETTE[n % len(PALETTE)],
+                marker="o", capsize=3,
+            )  # fmt: skip
+        ax.set_xticks(range(len(all_lengths)), [str(length) for length in all_lengths])
+        ax.set_xlim(-0.5, len(all_lengths) - 0.5)
+        ax.set_title(f"σ = {sigma:g} units" + (f", {share:.0%} of it the seed's" if share else ""))
+        ax.set_xlabel("experiments per search")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("true gain of the champion (units)")
+    axes[0].legend()
+    fig.savefig(path, dpi=110)
 
 
 def parse_arm(text: str) -> tuple[str, dict]:
@@ -453,6 +501,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sigmas", default="0.25,1,3", help="noise sd, in units")
     parser.add_argument("--lengths", default="50,100,300", help="experiments per search")
+    parser.add_argument(
+        "--seed-share", type=float, default=0.0,
+        help="share of the noise's variance that is the training seed's, common to all sources",
+    )  # fmt: skip
     parser.add_argument("--searches", type=int, default=200, help="paired searches per cell")
     parser.add_argument("--first", type=int, default=0, help="the first search's seed")
     parser.add_argument("--arms", default="greedy,today,new", help="of " + ", ".join(ARMS))
@@ -478,6 +530,7 @@ def main() -> None:
     )
     parser.add_argument("--results", type=Path, help="JSON lines, one per search; resumed")
     parser.add_argument("--table", action="store_true", help="only print the tables of --results")
+    parser.add_argument("--figure", type=Path, help="also draw the true gains into this PNG")
     args = parser.parse_args()
     arms = {name: ARMS[name] for name in filter(None, args.arms.split(","))}
     arms |= dict(parse_arm(a) for a in args.arm)
@@ -488,7 +541,7 @@ def main() -> None:
         done = {r["key"] for r in results}
         tasks = [
             Task(arm, overrides, float(sigma), int(length), i, args.prefetch, args.good_rate,
-                 args.full_source)
+                 args.full_source, args.seed_share)
             for i in range(args.first, args.first + args.searches)  # every cell grows evenly
             for length in args.lengths.split(",")
             for sigma in args.sigmas.split(",")
@@ -513,6 +566,8 @@ def main() -> None:
                 if n % 20 == 0 or n == len(tasks):
                     print(f"{n}/{len(tasks)} searches, {time.monotonic() - t0:.0f} s", flush=True)
     print(tables(results, list(arms)))
+    if args.figure:
+        figure(results, list(arms), args.figure)
 
 
 if __name__ == "__main__":

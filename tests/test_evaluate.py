@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from autoresearch.config import load_config
-from autoresearch.harness import model_io, sandbox
+from autoresearch.harness import evaluate, model_io, sandbox
 from autoresearch.harness.evaluate import GO, WARM, EvalSpec
 from autoresearch.harness.prepare import load_manifest
 from autoresearch.harness.tokenizer import Tokenizer
@@ -122,3 +122,29 @@ def test_an_evaluator_never_told_anything_exits_without_a_result(spec):
     proc = start(spec)
     out, _ = proc.communicate(b"", timeout=LOAD_SECONDS)
     assert proc.returncode == 0 and out == b""
+
+
+def _peeking_at(position: int, vocab: int):
+    """Logits of a model that is causal except that `position` also sees the next token."""
+
+    def logits_of(x: torch.Tensor) -> torch.Tensor:
+        out = nn.functional.one_hot(x, vocab).float()
+        out[:, position] += nn.functional.one_hot(x[:, position + 1], vocab).float()
+        return out
+
+    return logits_of
+
+
+@pytest.mark.parametrize("rows,length", [(4, 50), (32, 64), (8, 9)])
+def test_the_causality_probe_catches_a_peek_from_any_single_position(rows, length):
+    # Random cuts missed a peek at a few positions in a share of evaluations: every position is
+    # now some row's cut, so a peek from one position is caught at every position, every time.
+    vocab = 1000  # the probe's random token equals the one it replaces once in 999
+    x = torch.randint(0, vocab, (rows, length), generator=torch.Generator().manual_seed(0))
+    for position in range(length - 1):
+        logits_of = _peeking_at(position, vocab)
+        generator = torch.Generator().manual_seed(position)
+        with pytest.raises(evaluate.Refused, match="not causal"):
+            evaluate._probe_causality(logits_of, x, logits_of(x), vocab, 1e-4, generator)
+    causal = lambda t: nn.functional.one_hot(t, vocab).float()  # noqa: E731
+    evaluate._probe_causality(causal, x, causal(x), vocab, 1e-4, torch.Generator())  # passes

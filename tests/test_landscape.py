@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import random
 import sys
@@ -62,10 +63,32 @@ def test_a_good_edit_is_truly_better_and_a_crash_edit_crashes(landscape_module):
 def test_repeats_of_one_source_get_fresh_noise(landscape_module, tmp_path):
     lab = landscape_module
     source = lab.skeleton(TINY.read_text(encoding="utf-8"))
-    runner = lab.LandscapeRunner(lab.Landscape(source, seed=0), sigma=1.0, seed=0)
+    runner = lab.LandscapeRunner(lab.Landscape(source, seed=0), sigma=1.0, seed=0, seed_share=0)
     (tmp_path / "train.py").write_text(source)
     scores = {runner(tmp_path / "train.py", Config(), tmp_path / e).val_bpb for e in ("a", "b")}
     assert len(scores) == 2
+
+
+def test_the_seeds_share_of_the_noise_is_common_to_every_source_run_with_it(
+    landscape_module, tmp_path
+):
+    lab = landscape_module
+    source = lab.skeleton(TINY.read_text(encoding="utf-8"))
+    landscape = lab.Landscape(source, seed=0)
+    runner = lab.LandscapeRunner(landscape, sigma=1.0, seed=0, seed_share=1.0)
+    other = lab.rewrite_constants(source, {"MATRIX_LR": 0.01})
+    for name, text in (("a.py", source), ("b.py", other)):
+        (tmp_path / name).write_text(text)
+
+    def noise(name: str, text: str, seed: int, run: str) -> float:
+        config = Config()
+        config = dataclasses.replace(config, run=dataclasses.replace(config.run, seed=seed))
+        val_bpb = runner(tmp_path / name, config, tmp_path / run).val_bpb
+        return (lab.BASE_BPB - val_bpb) / lab.UNIT - landscape.value(text)
+
+    at_1 = [noise("a.py", source, 1, "a1"), noise("b.py", other, 1, "b1")]
+    assert at_1[0] == pytest.approx(at_1[1])  # one seed, the same noise for both sources
+    assert noise("a.py", source, 2, "a2") != pytest.approx(at_1[0])  # another seed, other noise
 
 
 def test_the_engine_searches_the_landscape(landscape_module, tmp_path):
@@ -74,7 +97,8 @@ def test_the_engine_searches_the_landscape(landscape_module, tmp_path):
         make_request(lab.skeleton(TINY.read_text()), seed=1)
     )
     assert proposal.description
-    task = lab.Task("today", lab.ARMS["today"], 1.0, 12, 0, 0, 2.0, full_source=False)
+    task = lab.Task("today", lab.ARMS["today"], 1.0, 12, 0, 0, 2.0, full_source=False,
+                    seed_share=0.5)  # fmt: skip
     result = lab.search(task, tmp_path)
     assert result["experiments"] == 12 and result["records"] >= 12
     assert result["gain"] > 0  # 9 candidates on this landscape find something

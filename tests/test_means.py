@@ -78,6 +78,50 @@ def test_runs_of_one_source_make_one_mean_and_the_noise_is_pooled():
     assert noise(records[:1]) is None  # nothing repeated yet
 
 
+def test_a_first_run_is_compared_with_the_baseline_at_its_own_seed():
+    # The baseline's first seed was unlucky: over three seeds its mean is 4.01, at seed 42
+    # 4.17. A candidate's first run, at seed 42, beats the baseline there by 0.07; an
+    # unpaired mean would call it 0.09 worse.
+    records = [
+        rec(1, 4.17, promoted=True, proposer=BASELINE, source="b", seed=42),
+        rec(2, 3.89, status="discard", proposer=CALIBRATE, parent="e0001", source="b", seed=43),
+        rec(3, 3.97, status="discard", proposer=CALIBRATE, parent="e0001", source="b", seed=44),
+    ]
+    candidate = rec(4, 4.10, parent="e0001", seed=42)
+    table = means([*records, candidate])
+    assert table["b"].value == pytest.approx(4.17) and table["b"].runs == 3
+    assert table["s4"].value == pytest.approx(4.10)
+    assert judge(records, candidate, Rules(1, 0.0)) == ("keep", True)
+    # Until a second source has a second seed, the noise is the unadjusted runs' (all of the
+    # seed's effect): sd of 4.17, 3.89, 3.97.
+    assert noise(records) == pytest.approx(0.1442, abs=1e-4)
+
+
+def test_seed_effects_come_from_every_source_run_at_both_seeds_and_pair_repeats():
+    # Seed 43 scores 0.3 higher for the baseline and 0.1 higher for the candidate: its effect
+    # is 0.2, and each source's seed-43 run counts 0.2 lower.
+    records = [
+        rec(1, 3.0, promoted=True, proposer=BASELINE, source="b", seed=42),
+        rec(2, 3.3, status="discard", proposer=CALIBRATE, parent="e0001", source="b", seed=43),
+        rec(3, 2.8, parent="e0001", seed=42),
+        rec(4, 2.9, status="discard", proposer=REPEAT, parent="e0003", source="s3", seed=43),
+    ]
+    table = means(records)
+    assert table["b"].value == pytest.approx((3.0 + 3.1) / 2)
+    assert table["s3"].value == pytest.approx((2.8 + 2.7) / 2)
+    assert table["b"].value - table["s3"].value == pytest.approx(0.3)  # paired: (0.2 + 0.4) / 2
+    # Residuals about the adjusted means: ±0.05 four times; 2 degrees of freedom, 1 effect.
+    # Under MIN_NOISE_FREEDOM (2) left, so the unadjusted runs' noise is still used.
+    assert noise(records) == pytest.approx(math.sqrt((0.15**2 * 2 + 0.05**2 * 2) / 2))
+    # A third source at both seeds leaves 2 degrees of freedom: the adjusted runs' noise.
+    more = [*records, rec(5, 2.9, parent="e0001", seed=42),
+            rec(6, 3.2, proposer=REPEAT, parent="e0005", source="s5", seed=43)]  # fmt: skip
+    effect = (0.3 + 0.1 + 0.3) / 3
+    adjusted = {"b": [3.0, 3.3 - effect], "s3": [2.8, 2.9 - effect], "s5": [2.9, 3.2 - effect]}
+    squares = sum((x - sum(v) / 2) ** 2 for v in adjusted.values() for x in v)
+    assert noise(more) == pytest.approx(math.sqrt(squares / (3 - 1)))
+
+
 def test_the_bar_is_standard_errors_of_the_difference_so_repeats_lower_it():
     one_against_three = bar(0.1, 1, 3, 0.0, 2.0)
     assert one_against_three == pytest.approx(2 * 0.1 * math.sqrt(1 + 1 / 3))
@@ -213,18 +257,24 @@ def test_the_last_experiments_re_measure_the_best_and_the_best_mean_wins(researc
 
 def test_confirm_re_runs_a_would_be_champion_before_promoting_it(research_repo):
     base = committed(research_repo, FROZEN)
-    runner = ScriptedRunner(PerRun({0.0: [3.0], 0.3: [2.7, 3.3], 0.2: [2.8, 2.8]}))
+    # The second seed scores about 0.2 higher: paired by seed, LR 0.3 loses its first seed's
+    # lead, LR 0.2 keeps it. The champion (not calibrated) is run at the second seed first.
+    runner = ScriptedRunner(PerRun({0.0: [3.0, 3.2], 0.3: [2.7, 3.6], 0.2: [2.8, 3.0]}))
     proposer = ScriptedProposer([with_lr(0.3), with_lr(0.2)])
     engine = make_engine(
-        research_repo, proposer, population=4, noise_k=0.0, confirm=1, max_experiments=5,
-        prefetch=0, runner=runner,
+        research_repo, proposer, population=4, noise_k=0.0, confirm=1, calibrate=0,
+        max_experiments=6, prefetch=0, runner=runner,
     )  # fmt: skip
     records = engine.run(base)
     assert [(r.proposer, r.promoted) for r in records] == [
-        (BASELINE, True), ("scripted", False), (REPEAT, False),  # LR 0.3: lost its confirmation
+        (BASELINE, True), ("scripted", False),
+        (REPEAT, False), (REPEAT, False),  # the champion at the second seed, then LR 0.3: lost
         ("scripted", False), (REPEAT, True),  # LR 0.2: held, then promoted
     ]
-    assert champion(records).id == "e0004" and lr(runner.calls[3].source) == 0.2
+    first = records[0].seed
+    assert [r.seed - first for r in records] == [0, 0, 1, 1, 0, 1]
+    assert records[2].parent == records[0].id and records[3].parent == records[1].id
+    assert champion(records).id == "e0005" and lr(runner.calls[4].source) == 0.2
 
 
 def test_a_resumed_run_finishes_its_re_measurement_and_no_more(research_repo):

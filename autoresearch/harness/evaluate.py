@@ -61,7 +61,6 @@ PROBE_TOLERANCE_BF16 = 1e-2
 # No honest model needs logits this large (a softmax saturates long before): larger, or not
 # finite, and a logit of a never-scored token could hide what the model does elsewhere.
 LOGIT_LIMIT = 1e4
-PROBE_PASSES = 4  # causality probes, each with a random cut per row
 
 
 @dataclass(frozen=True)
@@ -204,17 +203,21 @@ def _batch(rows, start: int, size: int):
 def _probe_causality(
     logits_of, x, reference, vocab_size: int, tolerance: float, generator: torch.Generator
 ) -> None:
-    """Edit every row from a random cut on; the log-probabilities before the cut must not move.
+    """Edit rows from a cut on; the log-probabilities before the cut must not move.
 
-    Each row and each pass cuts somewhere else, so a model that peeks ahead at a fraction f
-    of the positions goes unnoticed with probability about (1 - f) ** (rows * passes).
+    Every position is the cut of some row in some pass (a random permutation of them, dealt
+    over the rows, as many passes as that takes): a model that looks ahead from any position
+    p is caught by the cut at p + 1. (Random cuts missed one that peeks at 5 positions of 63
+    in about 7% of evaluations, and a peek at 5 positions of 2048 almost always.)
     """
     import torch
 
     rows, length = x.shape
     reference = reference.log_softmax(dim=-1)
-    for _ in range(PROBE_PASSES):
-        cuts = torch.randint(1, length, (rows, 1), generator=generator)
+    passes = math.ceil((length - 1) / rows)
+    every = torch.randperm(length - 1, generator=generator) + 1
+    spare = torch.randint(1, length, (passes * rows - len(every),), generator=generator)
+    for cuts in torch.cat([every, spare]).view(passes, rows, 1):
         edited_part = (torch.arange(length) >= cuts).to(x.device)
         noise = torch.randint(0, vocab_size - 1, x.shape, generator=generator).to(x.device)
         edited = logits_of(torch.where(edited_part, noise, x)).log_softmax(dim=-1)
