@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import sys
+import threading
 import time
 from pathlib import Path
 
+import git
 import pytest
+from helpers import FROZEN, committed, make_engine
 
 from autoresearch.default_plugins.agent_proposer import AgentError, AgentProposer, parse_options
 from autoresearch.errors import UserError
@@ -261,3 +265,62 @@ def test_registered_through_the_plugin_system():
     assert isinstance(proposer, AgentProposer)
     assert proposer.options.command == ("my-agent", "--yes")
     assert proposer.options.timeout == 60.0
+
+
+# -- the agent next to real training: no process-wide state may change under it ---------------
+
+# Every os.chdir in this process, and every process started without an explicit cwd, while
+# `_watching` is set: a chdir from a proposal thread (GitPython's index operations do one)
+# lets a training or evaluation process started meanwhile inherit a scratch folder that is
+# deleted a moment later. An audit hook sees each of them deterministically, however the
+# threads interleave; it cannot be removed, so it does nothing outside that window.
+_watching = threading.Event()
+_seen: list[tuple[str, str, object]] = []
+
+
+def _audit(event: str, args: tuple) -> None:
+    if _watching.is_set():
+        if event == "os.chdir":
+            _seen.append(("chdir", threading.current_thread().name, args[0]))
+        elif event == "subprocess.Popen" and args[2] is None:
+            _seen.append(("Popen without cwd", threading.current_thread().name, args[1]))
+
+
+sys.addaudithook(_audit)
+
+# An agent that edits with git, as aider does: the n-th run sets LR to 0.1 * n and commits.
+GIT_AGENT = """
+import pathlib, re, subprocess, sys
+counter = pathlib.Path(sys.argv[1])
+n = int(counter.read_text()) + 1 if counter.exists() else 1
+counter.write_text(str(n))
+src = pathlib.Path("train.py").read_text()
+pathlib.Path("train.py").write_text(re.sub(r"(?m)^LR = .*$", f"LR = {0.1 * n:.1f}", src))
+pathlib.Path("DESCRIPTION").write_text(f"LR {0.1 * n:.1f}\\n")
+subprocess.run(["git", "commit", "-qam", "agent edit"], check=True)
+"""
+
+
+def test_an_agent_beside_real_training_changes_no_folder_of_the_process(research_repo, tmp_path):
+    base = committed(research_repo, FROZEN)
+    script = tmp_path / "git_agent.py"
+    script.write_text(GIT_AGENT)
+    proposer = AgentProposer(parse_options({
+        "command": [sys.executable, str(script), str(tmp_path / "runs")], "timeout": 60,
+    }))  # fmt: skip
+    # The proposals are made while the baseline trains (prefetch 2), one of them trains next.
+    engine = make_engine(research_repo, proposer, budget=0.5, max_experiments=2, prefetch=2)
+    _seen.clear()
+    _watching.set()
+    try:
+        records = engine.run(base)
+    finally:
+        _watching.clear()
+    assert _seen == []
+    # The candidate trained and was scored, with the agent's edit as its diff.
+    assert [r.status in ("keep", "discard") for r in records] == [True] * 2, records
+    with git.Repo(research_repo) as repo:
+        for r in records[1:]:
+            diff = repo.git.diff(records[0].commit, r.commit, "--", "train.py")
+            changed = [ln for ln in diff.splitlines() if re.match(r"^[-+](?![-+])", ln)]
+            assert changed[0] == "-LR = 0.0" and re.fullmatch(r"\+LR = 0\.[12]", changed[1])
