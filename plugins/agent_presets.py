@@ -6,9 +6,9 @@ A preset knows how to hand an agent its task, which of the user's variables it n
 how to keep it to editing train.py, and how to read what it spent from its output.
 Each preset holds the agent to files, not shell commands: aider is told to suggest
 none and answers "no" to every question it asks (run a command, edit a file not in the
-chat); Claude Code gets only its Read, Edit and Write tools, and may edit only train.py
-and write only DESCRIPTION; Codex runs every command in its workspace-write sandbox (the
-scratch folder, no network) and never asks for more.
+chat); Claude Code gets only its Read, Edit and Write tools, and may read only in its
+folder, edit only train.py and write only DESCRIPTION; Codex runs every command in its
+workspace-write sandbox (the scratch folder, no network) and never asks for more.
 
 The command lines were checked against aider 0.86, Claude Code 2.1 and Codex 0.171
 (tests/test_agent_clients.py drives those real programs against a loopback server).
@@ -42,15 +42,15 @@ class Said:
 
 @dataclass(frozen=True)
 class Preset:
-    """A named agent: `build(prompt, model, environ)` is its argument list after the
-    program; `env` the user's variables it gets when set; `fixed_env` settings of ours;
-    `said` reads the agent's log."""
+    """A named agent: `build(prompt, model, args, environ)` is its argument list after the
+    program, with the user's `args` before any positional argument; `env` the user's
+    variables it gets when set; `fixed_env` settings of ours; `said` reads the agent's log."""
 
     name: str
     program: str
     install: str  # how to get the program, for the error when it is missing
     env: tuple[str, ...]
-    build: Callable[[str, str | None, Mapping[str, str]], list[str]]
+    build: Callable[[str, str | None, tuple[str, ...], Mapping[str, str]], list[str]]
     said: Callable[[str], Said]
     fixed_env: Mapping[str, str] = field(default_factory=dict)
     renamed_env: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # to: from, first set
@@ -94,10 +94,13 @@ AIDER_TOKENS = re.compile(r"^Tokens: ([\d.]+)(k?) sent,.*?([\d.]+)(k?) received\
 AIDER_COST = re.compile(r"Cost: \$[\d.]+ message, \$([\d.]+) session\.")
 
 
-def _aider(prompt: str, model: str | None, environ: Mapping[str, str]) -> list[str]:
+def _aider(
+    prompt: str, model: str | None, args: tuple[str, ...], environ: Mapping[str, str]
+) -> list[str]:
     model_args = ["--model", model] if model else []
     # DESCRIPTION is in the chat (aider creates it empty), so it may be written without asking.
-    return [*AIDER_FLAGS, *model_args, "--message-file", PROMPT_FILE, TARGET, DESCRIPTION_FILE]
+    files = [TARGET, DESCRIPTION_FILE]
+    return [*AIDER_FLAGS, *model_args, *args, "--message-file", PROMPT_FILE, *files]
 
 
 def _aider_said(log: str) -> Said:
@@ -122,15 +125,17 @@ CLAUDE_FLAGS = (
     "--no-session-persistence",
     "--strict-mcp-config",  # no MCP servers from the user's configuration
     "--tools=Read,Edit,Write",  # the only tools there are: no Bash, no web
-    # Edit rules cover every tool that writes a file, Write included.
-    f"--allowedTools=Read,Edit({TARGET}),Edit({DESCRIPTION_FILE})",
+    # Reads inside the scratch folder only; Edit rules cover every tool that writes a file.
+    f"--allowedTools=Read(./**),Edit({TARGET}),Edit({DESCRIPTION_FILE})",
     "--permission-mode", "dontAsk",  # anything not allowed above is refused, not asked
 )  # fmt: skip
 
 
-def _claude(prompt: str, model: str | None, environ: Mapping[str, str]) -> list[str]:
+def _claude(
+    prompt: str, model: str | None, args: tuple[str, ...], environ: Mapping[str, str]
+) -> list[str]:
     model_args = ["--model", model] if model else []
-    return ["-p", _inline(prompt), *CLAUDE_FLAGS, *model_args]
+    return ["-p", _inline(prompt), *CLAUDE_FLAGS, *model_args, *args]
 
 
 def _claude_said(log: str) -> Said:
@@ -166,12 +171,14 @@ CODEX_FLAGS = (
 )  # fmt: skip
 
 
-def _codex(prompt: str, model: str | None, environ: Mapping[str, str]) -> list[str]:
+def _codex(
+    prompt: str, model: str | None, args: tuple[str, ...], environ: Mapping[str, str]
+) -> list[str]:
     base_url = environ.get("OPENAI_BASE_URL") or environ.get("OPENAI_API_BASE")
     # Codex reads its base URL from its configuration, not from the environment.
     url_args = ["-c", f"openai_base_url={json.dumps(base_url)}"] if base_url else []
     model_args = ["-m", model] if model else []
-    return ["exec", *CODEX_FLAGS, *url_args, *model_args, "--", _inline(prompt)]
+    return ["exec", *CODEX_FLAGS, *url_args, *model_args, *args, "--", _inline(prompt)]
 
 
 def _codex_said(log: str) -> Said:

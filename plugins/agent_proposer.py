@@ -277,7 +277,7 @@ class AgentProposer:
         if o.preset is None:
             return list(o.command)
         program, *rest = o.command
-        return [program, *rest, *o.preset.build(text, o.model, os.environ), *o.args]
+        return [program, *rest, *o.preset.build(text, o.model, o.args, os.environ)]
 
     def environment(self, scratch: Path, text: str) -> dict[str, str]:
         """What the agent's process gets: the basics, the named and the preset's variables,

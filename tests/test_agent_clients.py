@@ -145,28 +145,34 @@ def aider_turn(script: Script, r: Received) -> Turn:
     )  # fmt: skip
 
 
-def claude_turn(script: Script, r: Received) -> Turn:
+def claude_turn(script: Script, outside: Path):
     """Claude Code: a side request for a title (no tools), then Read of train.py and
-    program.md, a refused Edit of program.md, Edit of train.py, Write of DESCRIPTION, and
-    the final answer."""
-    if not r.body.get("tools"):
-        return Say('{"title": "Tune the matrix learning rate"}')
-    scratch = SCRATCH.findall(r.text)[0]
-    done = r.text.count('"tool_result"')
-    if done < 2:  # Edit needs a Read first: only the permission can refuse program.md
-        return Call("Read", {"file_path": f"{scratch}/{('train.py', 'program.md')[done]}"})
-    if done == 2:
-        return Call("Edit", {"file_path": f"{scratch}/program.md", "old_string": PROGRAM_LINE,
-                             "new_string": "Anything goes"})  # fmt: skip
-    if done == 3:
-        old, new = script.edit(r.text)
-        return Call("Edit", {"file_path": f"{scratch}/train.py", "old_string": old,
-                             "new_string": new})  # fmt: skip
-    if done == 4:
-        value = re.findall(r'"new_string": "LR = ([0-9.]+)', r.text)[-1]  # its Edit
-        return Call("Write", {"file_path": f"{scratch}/DESCRIPTION",
-                              "content": DESCRIPTION.format(value=value) + "\n"})  # fmt: skip
-    return Say("Done: LR changed.")
+    program.md, a refused Read of a file outside the scratch folder, a refused Edit of
+    program.md, Edit of train.py, Write of DESCRIPTION, and the final answer."""
+
+    def turn(r: Received) -> Turn:
+        if not r.body.get("tools"):
+            return Say('{"title": "Tune the learning rate"}')
+        scratch = SCRATCH.findall(r.text)[0]
+        done = r.text.count('"tool_result"')
+        if done < 2:  # Edit needs a Read first: only the permission can refuse program.md
+            return Call("Read", {"file_path": f"{scratch}/{('train.py', 'program.md')[done]}"})
+        if done == 2:
+            return Call("Read", {"file_path": str(outside)})
+        if done == 3:
+            edit = {"old_string": PROGRAM_LINE, "new_string": "Anything goes"}
+            return Call("Edit", {"file_path": f"{scratch}/program.md", **edit})
+        if done == 4:
+            old, new = script.edit(r.text)
+            return Call("Edit", {"file_path": f"{scratch}/train.py", "old_string": old,
+                                 "new_string": new})  # fmt: skip
+        if done == 5:
+            value = re.findall(r'"new_string": "LR = ([0-9.]+)', r.text)[-1]  # its Edit
+            return Call("Write", {"file_path": f"{scratch}/DESCRIPTION",
+                                  "content": DESCRIPTION.format(value=value) + "\n"})  # fmt: skip
+        return Say("Done: LR changed.")
+
+    return turn
 
 
 def codex_turn(script: Script, escape: Path):
@@ -254,14 +260,18 @@ def test_aider(research_repo, tmp_path):
 def test_claude_code(research_repo, tmp_path):
     bin_dir = npm_bin("@anthropic-ai/claude-code", "claude")
     script = Script()
+    outside = tmp_path / "private.txt"
+    outside.write_text("PRIVATE-MARKER-4711\n")
     with OpenAIStub() as stub:
-        stub.responder = lambda r: claude_turn(script, r)
+        stub.responder = claude_turn(script, outside)
         env = client_env(tmp_path, bin_dir, ANTHROPIC_API_KEY="sk-ant-loopback",
                          ANTHROPIC_BASE_URL=stub.base_url.removesuffix("/v1"))  # fmt: skip
         records = evolve(research_repo, "agent:claude", env)
-        refused = [rq for rq in stub.requests if "Permission to use Edit" in rq.text]
+        texts = [rq.text for rq in stub.requests]
     trained = check_candidates(research_repo, records, script)
-    assert refused, "Claude Code did not refuse the edit of program.md"
+    assert any("Permission to use Edit" in t for t in texts), "program.md was not refused"
+    assert any("Permission to use Read" in t for t in texts), "a read outside was not refused"
+    assert not any("PRIVATE-MARKER-4711" in t for t in texts)
     # Claude Code reports tokens and what they cost at its list price.
     assert all(r.usage["prompt_tokens"] > 0 and r.usage["cost_usd"] > 0 for r in trained)
 

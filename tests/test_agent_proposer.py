@@ -14,7 +14,7 @@ import git
 import pytest
 from helpers import FROZEN, committed, make_engine
 
-from autoresearch.default_plugins.agent_presets import MAX_ARG_PROMPT, POINTER
+from autoresearch.default_plugins.agent_presets import MAX_ARG_PROMPT, POINTER, PRESETS
 from autoresearch.default_plugins.agent_proposer import AgentError, AgentProposer, parse_options
 from autoresearch.errors import UserError
 from autoresearch.proposal import ProposalRequest
@@ -351,7 +351,7 @@ def test_claude_preset_command_and_environment(monkeypatch, tmp_path):
     argv = proposer.argv("the task")
     assert argv[:3] == ["claude", "-p", "the task"]
     assert "--tools=Read,Edit,Write" in argv  # no Bash: no shell command at all
-    assert "--allowedTools=Read,Edit(train.py),Edit(DESCRIPTION)" in argv
+    assert "--allowedTools=Read(./**),Edit(train.py),Edit(DESCRIPTION)" in argv
     assert argv[argv.index("--permission-mode") + 1] == "dontAsk"
     assert argv[argv.index("--model") + 1] == "claude-sonnet-4-5"
     env = proposer.environment(tmp_path, "the task")
@@ -391,6 +391,14 @@ def test_preset_from_the_config_with_program_and_args(monkeypatch):
     argv = proposer.argv("the task")
     assert argv[0] == "/opt/claude/bin/claude" and argv[-2:] == ["--max-turns", "30"]
     assert proposer.environment(Path("/x"), "t")["GITHUB_TOKEN"] == "ghp-planted"  # asked for
+
+
+def test_args_come_before_the_task(monkeypatch):
+    argv = preset("codex", monkeypatch, args=["--profile", "night"]).argv("the task")
+    assert argv[-4:] == ["--profile", "night", "--", "the task"]
+    argv = preset("aider", monkeypatch, args=["--cache-prompts"]).argv("the task")
+    assert argv[-5:] == ["--cache-prompts", "--message-file", "PROMPT.md", "train.py",
+                         "DESCRIPTION"]  # fmt: skip
 
 
 def test_a_prompt_too_long_for_one_argument_is_pointed_to(monkeypatch):
@@ -446,3 +454,25 @@ def test_spend_a_preset_reports_is_kept_when_the_proposal_fails(monkeypatch, tmp
     usage = failed.value.usage
     assert (usage.prompt_tokens, usage.completion_tokens, usage.cost_usd) == (1200, 30, 0.42)
     assert usage.seconds > 0
+
+
+# Lines as aider 0.86 and Codex 0.171 print them (tests/test_agent_clients.py sees them live).
+AIDER_LOG = """Applied edit to train.py
+Tokens: 7.5k sent, 119 received. Cost: $0.02 message, $0.02 session.
+Tokens: 2.1k sent, 1.2k cache write, 45 received. Cost: $0.01 message, $0.03 session.
+"""
+CODEX_LOG = "\n".join(json.dumps(e) for e in [
+    {"type": "turn.completed", "usage": {"input_tokens": 500, "cached_input_tokens": 0,
+                                         "output_tokens": 250}},
+    {"type": "item.completed", "item": {"type": "agent_message", "text": "Raised LR."}},
+    {"type": "turn.completed", "usage": {"input_tokens": 100, "output_tokens": 5}},
+]) + "\nnot json {"  # fmt: skip
+
+
+def test_what_aider_and_codex_print_is_their_spend():
+    aider = PRESETS["aider"].said(AIDER_LOG)
+    assert (aider.usage.prompt_tokens, aider.usage.completion_tokens) == (9600, 164)
+    assert aider.usage.cost_usd == 0.03 and aider.message == ""
+    codex = PRESETS["codex"].said(CODEX_LOG)
+    assert (codex.usage.prompt_tokens, codex.usage.completion_tokens) == (600, 255)
+    assert codex.message == "Raised LR."
