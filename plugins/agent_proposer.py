@@ -324,9 +324,10 @@ class AgentProposer:
                     preexec_fn=die_with_parent,  # evolve may end while a proposal is in flight
                 )
             except OSError as e:
+                fix = "'program'" if o.preset else "'command'"
                 raise UserError(
                     f"agent command {o.command[0]!r} could not start ({e.strerror or e}):"
-                    " fix 'command' in [proposers.agent]"
+                    f" fix {fix} in [proposers.agent]"
                 ) from None
             _LIVE_GROUPS.add(proc.pid)
             if answers:  # less than a pipe holds: this never blocks
@@ -344,7 +345,7 @@ class AgentProposer:
             finally:
                 _stop_group(proc, grace=0.0)  # background leftovers, and on any interruption
                 _LIVE_GROUPS.discard(proc.pid)
-        _redact_file(log_path, self._secrets())
+                _redact_file(log_path, self._secrets())  # a timed-out agent's log too
         if code != 0:
             raise AgentError(f"the agent command exited with status {code}: {_last_line(log_path)}")
 

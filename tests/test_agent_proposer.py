@@ -220,6 +220,16 @@ def test_a_named_secret_printed_by_the_agent_is_redacted_in_the_log(tmp_path, mo
     assert "my key is [redacted]" in log and FAKE_SECRET not in log
 
 
+def test_a_secret_printed_before_a_timeout_is_redacted_too(tmp_path, monkeypatch):
+    monkeypatch.setenv("AGENT_API_KEY", FAKE_SECRET)
+    script = 'import os, time\nprint("my key is", os.environ["AGENT_API_KEY"], flush=True)\n'
+    proposer = agent(tmp_path, script + "time.sleep(60)\n", env=["AGENT_API_KEY"], timeout=1)
+    with pytest.raises(AgentError, match="timeout"):
+        proposer.propose(request(tmp_path))
+    log = (tmp_path / "run" / "c0002" / "agent.log").read_text()
+    assert "my key is [redacted]" in log and FAKE_SECRET not in log
+
+
 def test_command_string_is_split_without_a_shell(tmp_path):
     script = tmp_path / "agent_script.py"
     script.write_text(EDIT_WITHOUT_DESCRIPTION)
