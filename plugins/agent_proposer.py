@@ -68,7 +68,7 @@ _LIVE_SCRATCH: set[Path] = set()  # scratch folders of proposals in flight
 # Their agents' process groups: the group outlives its leader (the `codex` launcher that
 # starts the real program is one), and evolve may end while a proposal is in flight.
 _LIVE_GROUPS: set[int] = set()
-DESCRIPTION = "an external coding agent (any command) editing train.py in a scratch repo"
+DESCRIPTION = "a coding agent (aider, claude, codex, any command) editing train.py in a scratch dir"
 LOG_FILE = "agent.log"
 SCRATCH_GIT_CONFIG = {
     "user.name": "autoresearch",
