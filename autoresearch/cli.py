@@ -149,7 +149,8 @@ def run(
     "--proposer",
     "proposers",
     multiple=True,
-    help="A proposer, e.g. optuna, random, llm:anthropic/claude-sonnet-4-5; repeat for several.",
+    help="A proposer, e.g. optuna, random, llm:anthropic/claude-sonnet-4-5, agent:claude"
+    " (or agent:codex, agent:aider); repeat for several.",
 )
 @click.option("--tag", help="Names the branches autoresearch/<tag>... (default: today's date).")
 @click.option("--budget", type=float, help="Training seconds per experiment.")

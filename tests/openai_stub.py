@@ -1,4 +1,4 @@
-"""A loopback OpenAI-compatible chat server whose replies a test scripts.
+"""A loopback LLM server whose replies a test scripts.
 
 Tests that exercise an LLM client end to end (through litellm and the OpenAI
 SDK, over real HTTP) start an `OpenAIStub`, queue the replies it should give
@@ -10,6 +10,14 @@ leaves 127.0.0.1.
         stub.reply("DESCRIPTION: ...")
         ... litellm.completion(model="openai/stub", api_base=stub.base_url, ...)
         assert len(stub.requests) == 1
+
+Coding agents hold a conversation of several requests (read a file, edit it,
+say they are done) and send side requests of their own, so for them a test
+sets `stub.responder`: a function from each request to the next `Say` or
+`Call` of the scripted agent. The stub answers it in the protocol of the path
+asked: OpenAI chat completions (`/chat/completions`, streamed when the client
+asks), the OpenAI Responses API (`/responses`, streamed, as Codex speaks it)
+and Anthropic Messages (`/messages`, as Claude Code speaks it).
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -60,6 +69,39 @@ class Received:
         users = [m for m in self.messages if m.get("role") == "user"]
         return str(users[-1]["content"]) if users else ""
 
+    @property
+    def protocol(self) -> str:
+        """`chat`, `responses` or `messages`: which API the client called."""
+        return self.path.split("?")[0].rstrip("/").rsplit("/", 1)[-1].replace("completions", "chat")
+
+    @property
+    def text(self) -> str:
+        """Everything the request carries (messages, tool results, instructions) as text,
+        for a responder that looks for what the agent has seen so far."""
+        return json.dumps(self.body, ensure_ascii=False)
+
+
+@dataclass(frozen=True)
+class Say:
+    """A scripted agent's text answer, which ends its turn."""
+
+    text: str
+    prompt_tokens: int = 100
+    completion_tokens: int = 50
+
+
+@dataclass(frozen=True)
+class Call:
+    """A scripted agent's tool call: `name` with `arguments`."""
+
+    name: str
+    arguments: dict[str, Any]
+    prompt_tokens: int = 100
+    completion_tokens: int = 50
+
+
+Turn = Say | Call
+
 
 def chat_body(
     content: str, prompt_tokens: int = 100, completion_tokens: int = 50, model: str = "stub",
@@ -99,6 +141,9 @@ class OpenAIStub:
         self._lock = threading.Lock()
         self._stopping = threading.Event()  # wakes handlers sleeping in a scripted delay
         self.requests: list[Received] = []
+        # Set by agent tests: answers every request in place of the queue.
+        self.responder: Callable[[Received], Turn] | None = None
+        self.failures: list[str] = []  # what the responder raised
         self._server = ThreadingHTTPServer((HOST, 0), self._handler_class())
         self._server.daemon_threads = True
         self._thread = threading.Thread(
@@ -160,6 +205,12 @@ class OpenAIStub:
     def _next(self, received: Received) -> Scripted:
         with self._lock:
             self.requests.append(received)
+            if self.responder is not None:
+                try:
+                    return Scripted(200, render(self.responder(received), received))
+                except Exception as e:  # a broken script: say so, rather than drop the line
+                    self.failures.append(f"{type(e).__name__}: {e}")
+                    return Scripted(500, error_body(500, f"stub: the responder failed: {e!r}"))
             if self._queue:
                 return self._queue.popleft()
         return Scripted(UNSCRIPTED_STATUS, error_body(UNSCRIPTED_STATUS, "stub: no scripted reply"))
@@ -181,7 +232,10 @@ class OpenAIStub:
                 # keep them in lower case, and look them up that way.
                 headers = {k.lower(): v for k, v in self.headers.items()}
                 received = Received(self.path, headers, body, time.monotonic())
-                if not self.path.rstrip("/").endswith("/chat/completions"):
+                if received.protocol == "count_tokens":  # Anthropic's, before long prompts
+                    self._send(Scripted(200, {"input_tokens": len(raw) // 4}))
+                    return
+                if received.protocol not in PROTOCOLS:
                     self._send(Scripted(404, error_body(404, f"stub: no route {self.path}")))
                     return
                 item = stub._next(received)
@@ -193,11 +247,28 @@ class OpenAIStub:
                     return  # the stub is shutting down; drop the connection
                 self._send(item)
 
+            def do_GET(self) -> None:  # noqa: N802 - a WebSocket upgrade (Codex): use HTTP
+                self._send(Scripted(404, error_body(404, "stub: no WebSocket here")))
+
+            def do_HEAD(self) -> None:  # noqa: N802 - a connectivity check (Claude Code)
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
             def _send(self, item: Scripted) -> None:
-                payload = json.dumps(item.body).encode()
+                events = item.body.get(SSE_KEY)
+                if events is not None:
+                    payload = "".join(
+                        f"event: {e['type']}\ndata: {json.dumps(e)}\n\n" if "type" in e
+                        else f"data: {json.dumps(e)}\n\n"
+                        for e in events
+                    ).encode() + (b"data: [DONE]\n\n" if item.body.get("done") else b"")
+                    kind = "text/event-stream"
+                else:
+                    payload, kind = json.dumps(item.body).encode(), "application/json"
                 try:
                     self.send_response(item.status)
-                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Type", kind)
                     self.send_header("Content-Length", str(len(payload)))
                     for name, value in item.headers.items():
                         self.send_header(name, value)
@@ -210,3 +281,84 @@ class OpenAIStub:
                 pass  # keep pytest output clean
 
         return Handler
+
+
+# -- the protocols of coding agents ----------------------------------------------------------
+
+PROTOCOLS = ("chat", "responses", "messages")
+SSE_KEY = "_sse"  # a rendered body holding server-sent events instead of one JSON object
+
+
+def render(turn: Turn, received: Received) -> dict[str, Any]:
+    """`turn` as the body the client of `received` expects (server-sent events when it
+    streams)."""
+    model = received.body.get("model", "stub")
+    if received.protocol == "responses":
+        return {SSE_KEY: _responses_events(turn)}
+    if received.protocol == "messages":
+        return _messages_body(turn, model, bool(received.body.get("stream")))
+    if isinstance(turn, Call):
+        raise ValueError("the chat-completions agents driven here (aider) edit in text")
+    body = chat_body(turn.text, turn.prompt_tokens, turn.completion_tokens, model)
+    if not received.body.get("stream"):
+        return body
+    delta = {k: v for k, v in body.items() if k not in ("choices", "usage")}
+    delta["object"] = "chat.completion.chunk"
+    chunks = [
+        {**delta, "choices": [{"index": 0, "delta": {"role": "assistant", "content": turn.text},
+                               "finish_reason": None}]},
+        {**delta, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+    ]  # fmt: skip
+    if (received.body.get("stream_options") or {}).get("include_usage"):
+        chunks.append({**delta, "choices": [], "usage": body["usage"]})
+    return {SSE_KEY: chunks, "done": True}
+
+
+def _responses_events(turn: Turn) -> list[dict[str, Any]]:
+    if isinstance(turn, Call):
+        item = {"type": "function_call", "id": "fc_stub", "call_id": f"call_{time.time_ns()}",
+                "name": turn.name, "arguments": json.dumps(turn.arguments)}  # fmt: skip
+    else:
+        content = [{"type": "output_text", "text": turn.text, "annotations": []}]
+        item = {"type": "message", "role": "assistant", "id": "msg_stub", "content": content}
+    usage = {
+        "input_tokens": turn.prompt_tokens, "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": turn.completion_tokens, "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": turn.prompt_tokens + turn.completion_tokens,
+    }  # fmt: skip
+    return [
+        {"type": "response.created", "response": {"id": "resp_stub"}},
+        {"type": "response.output_item.done", "output_index": 0, "item": item},
+        {"type": "response.completed", "response": {"id": "resp_stub", "usage": usage}},
+    ]
+
+
+def _messages_body(turn: Turn, model: str, stream: bool) -> dict[str, Any]:
+    if isinstance(turn, Call):
+        block = {"type": "tool_use", "id": f"toolu_{time.time_ns()}", "name": turn.name,
+                 "input": turn.arguments}  # fmt: skip
+        stop = "tool_use"
+    else:
+        block, stop = {"type": "text", "text": turn.text}, "end_turn"
+    usage = {"input_tokens": turn.prompt_tokens, "output_tokens": turn.completion_tokens}
+    message = {"id": "msg_stub", "type": "message", "role": "assistant", "model": model,
+               "content": [block], "stop_reason": stop, "stop_sequence": None,
+               "usage": usage}  # fmt: skip
+    if not stream:
+        return message
+    if block["type"] == "text":
+        start, delta = {"type": "text", "text": ""}, {"type": "text_delta", "text": turn.text}
+    else:
+        start = {**block, "input": {}}
+        delta = {"type": "input_json_delta", "partial_json": json.dumps(turn.arguments)}
+    return {SSE_KEY: [
+        {"type": "message_start",
+         "message": {**message, "content": [], "stop_reason": None,
+                     "usage": {**usage, "output_tokens": 1}}},
+        {"type": "content_block_start", "index": 0, "content_block": start},
+        {"type": "content_block_delta", "index": 0, "delta": delta},
+        {"type": "content_block_stop", "index": 0},
+        {"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": None},
+         "usage": {"output_tokens": turn.completion_tokens}},
+        {"type": "message_stop"},
+    ]}  # fmt: skip
