@@ -1,6 +1,6 @@
 """What several test files share: the command line in a subprocess and its error line, the
-tests' train.py files and engine, a recorded evolve run in a real research repo, and the
-baselines at a tiny size.
+tests' train.py files and engine, a recorded evolve run in a real research repo, a running
+`autoresearch serve`, and the baselines at a tiny size.
 
 Test files import these from here (as they import tests/candidates.py, attacking.py and
 kill_resume.py), never from one another.
@@ -8,10 +8,14 @@ kill_resume.py), never from one another.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
+import os
+import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -183,6 +187,43 @@ def make_research(tmp_path: Path, population: int | None = 2, manual: bool = Tru
         )  # fmt: skip
     g.git.checkout("-q", "main")
     return Research(repo, state, ledger, commits)
+
+
+# --------------------------------------------------------------------------- a running dashboard
+
+
+@dataclasses.dataclass
+class Served:
+    url: str  # http://127.0.0.1:PORT/, as printed (with ?token=... when it printed one)
+    base: str  # http://127.0.0.1:PORT: where the tests connect, whatever --host was
+    process: subprocess.Popen
+    rest: str = ""  # what it printed after the URL, on stdout and stderr (once it stopped)
+
+
+@contextlib.contextmanager
+def serving(repo: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[Served]:
+    """`autoresearch serve --port 0 ARGS` in `repo`, a real process, until the block ends."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "autoresearch", "serve", "--port", "0", *args],
+        cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
+    try:
+        line = process.stdout.readline()
+        assert " at http://" in line, line + process.stderr.read()
+        url = line.split(" at ", 1)[1].split(" ", 1)[0]
+        port = url.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[1]
+        served = Served(url, f"http://127.0.0.1:{port}", process)
+        yield served
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            out, err = process.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            out, err = process.communicate()
+        with contextlib.suppress(NameError):
+            served.rest = out + err
 
 
 # --------------------------------------------------------------------------- tiny baselines
