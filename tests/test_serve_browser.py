@@ -183,7 +183,7 @@ def test_markup_in_records_logs_and_replies_is_only_text(page, served, tmp_path)
     page.locator("details summary", has_text="reply_1.md").click()
     assert f"reply {XSS} {IMG}" in page.locator("pre.log").nth(1).inner_text()
     open_page(page, served, "/lineage?tag=xss")
-    assert XSS in page.locator("ul.tree").inner_text()
+    assert XSS in page.locator("div.tree").inner_text()
     open_page(page, served, "/compare?a=xss/x0001&b=xss/x0002")
     assert page.locator("div.side").count() == 2
     # Nothing became markup: no image, no script but ours, nothing ran.
@@ -199,7 +199,7 @@ def test_the_lineage_highlights_the_champions_path_and_collapses(page, served, t
     on_path = page.locator(".node.on-path a").all_inner_texts()
     assert on_path[:3] == ["c0001", "c0002", "c0005"] and on_path[-1].endswith("★")
     assert page.locator("a", has_text="c0007").count() == 0  # under a collapsed c0003
-    page.locator("summary", has_text="WEIGHT_DECAY").click()
+    page.get_by_role("button", name="open c0003").click()  # c0003: WEIGHT_DECAY
     expect(page.locator("a", has_text="c0007")).to_have_count(1)  # drawn when opened
     screenshot(page, "serve-lineage.png", tmp_path)
     page.get_by_role("button", name="Collapse to the champion's path").click()

@@ -306,8 +306,11 @@ async function overviewPage() {
 // --------------------------------------------------------------------------- lineage
 
 const openNodes = new Set(); // kept across live redraws
+const MAX_INDENT = 40; // deeper nodes are indented no further, and say their depth
 
 function lineagePage(data) {
+  // A flat list of rows, indented by depth: deep lineages (hundreds of generations) stay
+  // quick to lay out, and only the rows under open nodes are drawn.
   const rows = data.experiments;
   const byId = new Map(rows.map((r) => [r.id, r]));
   const children = new Map();
@@ -319,46 +322,55 @@ function lineagePage(data) {
     } else roots.push(r);
   }
   const onPath = new Set(data.champion_path);
-  const sizes = new Map(); // descendants of each node, counted without recursion
+  const sizes = new Map(); // descendants of each node; children come after parents in the ledger
   for (let i = rows.length - 1; i >= 0; i--) {
     const r = rows[i];
     sizes.set(r.id, (children.get(r.id) || []).reduce((n, c) => n + 1 + (sizes.get(c.id) || 0), 0));
   }
   if (openNodes.size === 0) data.champion_path.forEach((id) => openNodes.add(id));
 
-  function label(r) {
+  const tree = el("div", { class: "tree", role: "tree" });
+  function line(r, depth) {
     const kids = children.get(r.id) || [];
-    return el("span", { class: "node" + (onPath.has(r.id) ? " on-path" : "") },
-      el("a", { href: experimentHref(r), text: r.id + (r.champion ? " ★" : "") }),
-      badge(r.status),
-      el("span", { class: "mono", text: r.val_bpb === null ? "–" : fixed(r.mean) }),
-      el("span", { class: "desc", text: r.description || r.reason }),
-      kids.length ? el("span", { class: "muted", text: `${kids.length} children, ${sizes.get(r.id)} below` }) : null);
+    const open = openNodes.has(r.id);
+    const toggle = kids.length
+      ? el("button", { type: "button", class: "toggle", "aria-expanded": String(open),
+          "aria-label": `${open ? "close" : "open"} ${r.id}`, text: open ? "▾" : "▸",
+          onclick: () => { if (open) openNodes.delete(r.id); else openNodes.add(r.id); draw(); } })
+      : el("span", { class: "toggle" });
+    const row = el("div", { class: "tree-row", role: "treeitem" }, toggle,
+      el("span", { class: "node" + (onPath.has(r.id) ? " on-path" : "") },
+        depth > MAX_INDENT ? el("span", { class: "muted", text: `depth ${depth}` }) : null,
+        el("a", { href: experimentHref(r), text: r.id + (r.champion ? " ★" : "") }),
+        badge(r.status),
+        el("span", { class: "mono", text: r.val_bpb === null ? "–" : fixed(r.mean) }),
+        el("span", { class: "desc", text: r.description || r.reason }),
+        kids.length ? el("span", { class: "muted", text: `${kids.length} children, ${sizes.get(r.id)} below` }) : null));
+    row.style.paddingLeft = `${Math.min(depth, MAX_INDENT) * 16}px`;
+    return row;
   }
-
-  function node(r) {
-    const kids = children.get(r.id) || [];
-    if (!kids.length) return el("li", {}, label(r));
-    const details = el("details", {}, el("summary", {}, label(r)));
-    const fill = () => {
-      if (details.open && details.childElementCount === 1) details.append(el("ul", {}, kids.map(node)));
-    };
-    details.addEventListener("toggle", () => {
-      if (details.open) openNodes.add(r.id); else openNodes.delete(r.id);
-      fill();
-    });
-    if (openNodes.has(r.id)) { details.open = true; fill(); }
-    return el("li", {}, details);
+  function draw() {
+    const out = [];
+    const stack = roots.map((r) => [r, 0]).reverse(); // depth first, without recursion
+    while (stack.length) {
+      const [r, depth] = stack.pop();
+      out.push(line(r, depth));
+      if (openNodes.has(r.id)) {
+        const kids = children.get(r.id) || [];
+        for (let k = kids.length - 1; k >= 0; k--) stack.push([kids[k], depth + 1]);
+      }
+    }
+    tree.replaceChildren(...out);
   }
+  draw();
 
-  const tree = el("ul", { class: "tree" }, roots.map(node));
   const controls = el("p", {},
     el("button", { type: "button", text: "Collapse to the champion's path", onclick: () => {
-      openNodes.clear(); data.champion_path.forEach((id) => openNodes.add(id)); refresh();
+      openNodes.clear(); data.champion_path.forEach((id) => openNodes.add(id)); draw();
     } }),
     " ",
     el("button", { type: "button", text: "Expand all", onclick: () => {
-      rows.forEach((r) => openNodes.add(r.id)); refresh();
+      rows.forEach((r) => openNodes.add(r.id)); draw();
     } }));
   return [el("div", { class: "title" }, el("h1", { text: `lineage of ${data.tag || "autoresearch run"}` }), tagPicker(data.tags, data.tag, "lineage")),
     el("p", { class: "muted", text: `${rows.length} experiments; the champion's path back to the baseline is highlighted` }),
