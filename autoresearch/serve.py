@@ -17,6 +17,7 @@ own name to 127.0.0.1); bound to any other, every request needs the token.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import hmac
@@ -120,7 +121,7 @@ class Research:
         self.ledger = Ledger(state / LEDGER_FILE)
         self._lock = threading.RLock()
         self._depth = 0
-        self._version: tuple = ()
+        self._version_seen: tuple = ()
         self._records: list[Record] = []
         self._cache: dict[tuple, Any] = {}
         self._redact = redactor()
@@ -136,32 +137,53 @@ class Research:
         key = repr((self.ledger_version(), _stat_key(self.state / STATUS_FILE)))
         return hashlib.sha256(key.encode()).hexdigest()[:16]
 
-    def _cached(self, key: tuple, compute: Callable[[], Any]) -> Any:
-        """`compute()` once per version of the ledger; its records are `self._records`."""
+    @contextlib.contextmanager
+    def _version(self) -> Iterator[None]:
+        """Everything computed inside one block sees one version of the ledger: the
+        outermost block reads it again if it changed (and forgets every answer)."""
         with self._lock:  # reentrant: answers are computed from other cached answers
             self._depth += 1
             try:
                 version = self.ledger_version()
-                if self._depth == 1 and version != self._version:  # one version per answer
+                if self._depth == 1 and version != self._version_seen:
                     self._cache.clear()
-                    self._records, self._version = self.ledger.records(), version
+                    self._records, self._version_seen = self.ledger.records(), version
                 if not self._records:
                     raise UserError(EMPTY_LEDGER)
-                if key not in self._cache:
-                    self._cache[key] = self.redacted(compute())
-                return self._cache[key]
+                yield
             finally:
                 self._depth -= 1
 
+    def _cached(self, key: tuple, compute: Callable[[], Any], redact: bool = True) -> Any:
+        """`compute()` once per version of the ledger; its records are `self._records`.
+        `redact`: pass the answer through `redacted` (False: it is made of redacted parts)."""
+        with self._version():
+            if key not in self._cache:
+                answer = compute()
+                self._cache[key] = self.redacted(answer) if redact else answer
+            return self._cache[key]
+
+    def _body(self, key: tuple, compute: Callable[[], Any], redact: bool = True) -> bytes:
+        """The JSON body of a cached answer, encoded once per version of the ledger."""
+        with self._version():
+            answer = self._cached(key, compute, redact)
+            return self._cached(("json", *key), lambda: _encode(answer), redact=False)
+
     def redacted(self, value: Any) -> Any:
-        """`value` with every string in it passed through the ledger's redaction."""
-        if isinstance(value, str):
-            return self._redact(value)
-        if isinstance(value, dict):
-            return {self.redacted(k): self.redacted(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [self.redacted(v) for v in value]
-        return value
+        """`value` with every string in it (keys too) passed through the ledger's redaction."""
+        mask = self._redact
+
+        def walk(v: Any) -> Any:  # by exact type: JSON-able values, and fast on 10,000 rows
+            kind = type(v)
+            if kind is str:
+                return mask(v)
+            if kind is dict:
+                return {(mask(k) if type(k) is str else k): walk(x) for k, x in v.items()}
+            if kind is list or kind is tuple:
+                return [walk(x) for x in v]
+            return v
+
+        return walk(value)
 
     # -- rows, in the schema of `leaderboard --json`
 
@@ -181,7 +203,9 @@ class Research:
         """The rows of `tag` in ledger order: what the plot and the lineage draw."""
         rows = self._tag_rows(tag)
         return self._cached(
-            ("ordered", tag), lambda: [rows[r.id] for r in tag_records(self._records, tag)]
+            ("ordered", tag),
+            lambda: [rows[r.id] for r in tag_records(self._records, tag)],
+            redact=False,
         )
 
     def _settings(self, tag: str) -> tuple[dict[str, Any], float]:
@@ -201,7 +225,7 @@ class Research:
 
     def leaderboard(
         self, tag: str | None, everything: bool, statuses: tuple[str, ...], limit: int | None
-    ) -> list[dict[str, Any]]:
+    ) -> bytes:
         """Exactly what `autoresearch leaderboard --json` prints for the same options."""
 
         def compute() -> list[dict[str, Any]]:
@@ -211,21 +235,26 @@ class Research:
             )  # fmt: skip
             return leaderboard_rows(self._records, chosen.records, limit)
 
-        return self._cached(("leaderboard", tag, everything, statuses, limit), compute)
+        return self._body(("leaderboard", tag, everything, statuses, limit), compute)
 
     def status(self) -> dict[str, Any]:
         """Exactly what `autoresearch status --json` prints."""
         return self.redacted(status_json(run_status(self.state)))
 
-    def overview(self, tag: str | None) -> dict[str, Any]:
-        """The run's status, its population, and every experiment of the tag for the plot."""
+    def overview(self, tag: str | None) -> bytes:
+        """The run's status, its population, and every experiment of the tag for the plot:
+        the part from the ledger encoded once per version, the status added each time."""
         status = self.status()
-        part = self._cached(("overview", tag), lambda: self._overview(tag))
+        with self._version():  # the part, its body and its records of one version
+            part = self._cached(("overview", tag), lambda: self._overview(tag), redact=False)
+            body = self._body(("overview", tag), lambda: part, redact=False)
+            tagged = tag_records(self._records, part["tag"])
         settings, elapsed = self._settings(part["tag"])
         if status["running"] and status.get("tag") == part["tag"] and status.get("started"):
             elapsed += time.time() - status["started"]  # this session's time is not saved yet
-        stop = stop_condition(tag_records(self._records, part["tag"]), settings, elapsed)
-        return {**part, "status": status, "stop": stop, "now": time.time()}
+        live = {"status": status, "stop": self.redacted(stop_condition(tagged, settings, elapsed)),
+                "now": time.time()}  # fmt: skip
+        return _encode(live)[:-1] + b", " + body[1:]  # one object: the live keys, then the part
 
     def _overview(self, tag: str | None) -> dict[str, Any]:
         population = load_config(self.repo).evolve.population
@@ -253,18 +282,21 @@ class Research:
                     tagged, settings.get("evolve.min_improvement", 0.0), noise_k
                 ),
             }
-        return {
+        fresh = {
             "tag": tag,
             "tags": list(dict.fromkeys(r.tag for r in self._records)),
             "what": chosen.what,
             "leaderboard": leaderboard_rows(self._records, chosen.records),
+        }
+        return {
+            **self.redacted(fresh),
             "experiments": rows,
             "champion": best.id if best else None,
             "noise": judged,
             "scale": {"low": low, "high": high, "top": top},
         }
 
-    def lineage(self, tag: str | None) -> dict[str, Any]:
+    def lineage(self, tag: str | None) -> bytes:
         """The tag's experiments in ledger order (each row names its parent), and the path
         from the champion back to the baseline."""
 
@@ -273,28 +305,26 @@ class Research:
             select(self._records, tag=chosen, everything=True)  # an unknown tag: one line
             best = champion(tag_records(self._records, chosen))
             path = [r.id for r in lineage(self._records, best)] if best else []
-            return {
+            fresh = {
                 "tag": chosen,
                 "tags": list(dict.fromkeys(r.tag for r in self._records)),
                 "champion_path": path,
-                "experiments": self._in_order(chosen),
             }
+            return {**self.redacted(fresh), "experiments": self._in_order(chosen)}
 
-        return self._cached(("lineage", tag), compute)
+        return self._body(("lineage", tag), compute, redact=False)
 
-    def experiment(self, name: str) -> dict[str, Any]:
+    def experiment(self, name: str) -> bytes:
         """Everything `autoresearch show` prints, as JSON."""
-        return self._cached(("experiment", name), lambda: self._experiment(name))
+        return self._body(("experiment", name), lambda: self._experiment(name), redact=False)
 
     def _experiment(self, name: str) -> dict[str, Any]:
         record = find_record(self._records, name)
         chain = lineage(self._records, record)
         against, why = compared_with(self._records, chain)
         log_path, tail = log_lines(self.state, record)
-        return {
-            "experiment": self._row(record),
+        fresh = {
             "record": dataclasses.asdict(record),
-            "lineage": [self._row(r) for r in chain],
             "diff": {
                 "against": against.id if against else None,
                 "why": why,
@@ -306,19 +336,26 @@ class Research:
                 for path in proposal_files(self.state, record)
             ],
         }
+        rows = {"experiment": self._row(record), "lineage": [self._row(r) for r in chain]}
+        return {**rows, **self.redacted(fresh)}  # the rows are redacted already
 
-    def compare(self, a: str, b: str) -> dict[str, Any]:
+    def compare(self, a: str, b: str) -> bytes:
         """Two experiments, and the diff of train.py from the first to the second."""
 
         def compute() -> dict[str, Any]:
             first, second = find_record(self._records, a), find_record(self._records, b)
+            text = diff_between(self.repo, self.state, first, second)
             return {
                 "a": self._experiment(a),
                 "b": self._experiment(b),
-                "diff": {"text": diff_between(self.repo, self.state, first, second)},
+                "diff": {"text": self.redacted(text)},
             }
 
-        return self._cached(("compare", a, b), compute)
+        return self._body(("compare", a, b), compute, redact=False)
+
+
+def _encode(value: Any) -> bytes:
+    return json.dumps(value, allow_nan=False).encode()
 
 
 def _stat_key(path: Path) -> tuple:
@@ -468,11 +505,12 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def _json(self, value: Any) -> None:
-        body = json.dumps(value, allow_nan=False).encode()
+        """Send `value`, or a body already encoded (bytes)."""
+        body = value if isinstance(value, bytes) else _encode(value)
         self._send(HTTPStatus.OK, body, "application/json")
 
     def _error(self, status: int, message: str) -> None:
-        body = json.dumps({"error": self.server.research.redacted(message)}).encode()
+        body = _encode({"error": self.server.research.redacted(message)})
         self._send(status, body, "application/json")
 
     def _send_file(self, name: str, content_type: str) -> None:

@@ -1,6 +1,6 @@
 """How fast `autoresearch serve` answers with a big history: a 10,000-experiment ledger.
 
-    python benchmarks/serve.py [--experiments 10000] [--repeats 3]
+    python benchmarks/serve.py [--experiments 10000] [--repeats 3] [--repo PATH]
 
 The history is scale.py's synthetic one (real commits on their own branches, packed
 refs, a ledger record each) shaped like a night of search: three proposers, a lineage
@@ -9,13 +9,17 @@ band), crashes, timeouts and rejected proposals. A real `autoresearch serve` pro
 answers; each endpoint is timed cold (the first request after the ledger changed: the
 ledger read and verified, the answer computed) and warm (answered from its cache). With
 Chromium and Playwright here, the overview and lineage pages are also timed in the
-browser, from navigation to drawn. Target: the overview in under 2 s.
+browser, from navigation to drawn. Target: the overview in under 2 s. The server's CPU
+seconds per request are read from /proc: on a busy machine they say what the wall time
+would be on an idle one. `--repo`: time a history built before (its path is printed;
+building 10,000 records with an fsync each takes a while).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import subprocess
 import sys
@@ -77,11 +81,18 @@ def night(base_source: str, seed: int = 0):
     return shape
 
 
-def timed(url: str) -> tuple[float, int]:
-    t0 = time.perf_counter()
-    with urllib.request.urlopen(url, timeout=120) as response:
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of process `pid` so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def timed(url: str, pid: int) -> tuple[float, float, int]:
+    """(wall seconds, the server's CPU seconds, bytes) of one GET."""
+    t0, cpu0 = time.perf_counter(), cpu_seconds(pid)
+    with urllib.request.urlopen(url, timeout=300) as response:
         size = len(response.read())
-    return time.perf_counter() - t0, size
+    return time.perf_counter() - t0, cpu_seconds(pid) - cpu0, size
 
 
 def touch_ledger(repo: Path) -> None:
@@ -116,7 +127,7 @@ def browser_times(base: str, repo: Path, repeats: int) -> list[list]:
                     page.goto(base + path)
                     page.wait_for_selector(f"body[data-drawn] {selector}")
                     times.append(time.perf_counter() - t0)
-            rows.append([f"page {path} (Chromium, drawn)", min(cold), min(warm), ""])
+            rows.append([f"page {path} (Chromium, drawn)", min(cold), "", min(warm), "", ""])
         context.close()
     return rows
 
@@ -125,15 +136,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--experiments", type=int, default=10_000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repo", type=Path, help="A research repo this script built before.")
     args = parser.parse_args()
 
-    repo = init_repo(Path(tempfile.mkdtemp(prefix="bench-serve-")) / "research", "tiny")
-    head = subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
-    ).stdout.strip()
-    t0 = time.perf_counter()
-    synthetic_history(repo, args.experiments, night(read_train(repo, head)))
-    print(f"built {args.experiments} experiments in {time.perf_counter() - t0:.1f} s: {repo}")
+    repo = args.repo
+    if repo is None:
+        repo = init_repo(Path(tempfile.mkdtemp(prefix="bench-serve-")) / "research", "tiny")
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        t0 = time.perf_counter()
+        synthetic_history(repo, args.experiments, night(read_train(repo, head)))
+        print(f"built {args.experiments} experiments in {time.perf_counter() - t0:.1f} s: {repo}")
 
     server = subprocess.Popen(
         [sys.executable, "-m", "autoresearch", "serve", "--port", "0"],
@@ -151,10 +165,10 @@ def main() -> None:
             cold, warm = [], []
             for _ in range(args.repeats):
                 touch_ledger(repo)
-                cold.append(timed(url + path)[0])
-                seconds, size = timed(url + path)
-                warm.append(seconds)
-            rows.append([path, min(cold), min(warm), f"{size:,}"])
+                cold.append(timed(url + path, server.pid))
+                warm.append(timed(url + path, server.pid))
+            (wall, cpu, _), (warm_wall, warm_cpu, size) = min(cold), min(warm)
+            rows.append([path, wall, cpu, warm_wall, warm_cpu, f"{size:,}"])
         overview = json.loads(urllib.request.urlopen(url + "/api/overview").read())
         assert len(overview["experiments"]) >= args.experiments
         rows += browser_times(url, repo, args.repeats)
@@ -164,7 +178,14 @@ def main() -> None:
     print(
         tabulate(
             rows,
-            headers=["endpoint", "cold s (ledger changed)", "warm s (cached)", "bytes"],
+            headers=[
+                "endpoint",
+                "cold s (ledger changed)",
+                "server CPU s",
+                "warm s (cached)",
+                "server CPU s",
+                "bytes",
+            ],  # fmt: skip
             floatfmt=".3f",
             tablefmt="github",
         )

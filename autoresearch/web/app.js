@@ -307,6 +307,8 @@ async function overviewPage() {
 
 const openNodes = new Set(); // kept across live redraws
 const MAX_INDENT = 40; // deeper nodes are indented no further, and say their depth
+const CHILDREN_SHOWN = 30; // of an open node, the best ones; a button shows the rest
+const everyChild = new Set(); // nodes whose children are all shown
 
 function lineagePage(data) {
   // A flat list of rows, indented by depth: deep lineages (hundreds of generations) stay
@@ -322,6 +324,8 @@ function lineagePage(data) {
     } else roots.push(r);
   }
   const onPath = new Set(data.champion_path);
+  const score = (r) => (onPath.has(r.id) ? -Infinity : r.mean ?? Infinity);
+  for (const kids of children.values()) kids.sort((a, b) => score(a) - score(b)); // best first
   const sizes = new Map(); // descendants of each node; children come after parents in the ledger
   for (let i = rows.length - 1; i >= 0; i--) {
     const r = rows[i];
@@ -349,15 +353,25 @@ function lineagePage(data) {
     row.style.paddingLeft = `${Math.min(depth, MAX_INDENT) * 16}px`;
     return row;
   }
+  function more(parent, depth, hidden) {
+    const row = el("div", { class: "tree-row" }, el("span", { class: "toggle" }),
+      el("button", { type: "button", class: "more", text: `show ${hidden} more children of ${parent.id}`,
+        onclick: () => { everyChild.add(parent.id); draw(); } }));
+    row.style.paddingLeft = `${Math.min(depth, MAX_INDENT) * 16}px`;
+    return row;
+  }
   function draw() {
     const out = [];
     const stack = roots.map((r) => [r, 0]).reverse(); // depth first, without recursion
     while (stack.length) {
-      const [r, depth] = stack.pop();
+      const [r, depth, hidden] = stack.pop();
+      if (hidden) { out.push(more(r, depth, hidden)); continue; }
       out.push(line(r, depth));
       if (openNodes.has(r.id)) {
         const kids = children.get(r.id) || [];
-        for (let k = kids.length - 1; k >= 0; k--) stack.push([kids[k], depth + 1]);
+        const shown = everyChild.has(r.id) ? kids.length : Math.min(kids.length, CHILDREN_SHOWN);
+        if (shown < kids.length) stack.push([r, depth + 1, kids.length - shown]);
+        for (let k = shown - 1; k >= 0; k--) stack.push([kids[k], depth + 1]);
       }
     }
     tree.replaceChildren(...out);
