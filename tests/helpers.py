@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -189,7 +190,21 @@ def make_research(tmp_path: Path, population: int | None = 2, manual: bool = Tru
     return Research(repo, state, ledger, commits)
 
 
-# --------------------------------------------------------------------------- a running dashboard
+# --------------------------------------------------------------------------- a live run, served
+
+# `python -c HOLD_LOCK <state>/evolve.lock` holds the engine's run lock as a live run does,
+# until its stdin is closed; it prints "locked" once it holds it.
+HOLD_LOCK = textwrap.dedent(
+    """
+    import fcntl, os, sys
+    fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\\n".encode(), 0)
+    print("locked", flush=True)
+    sys.stdin.read()  # hold the lock until the test closes our stdin
+    """
+)
 
 
 @dataclasses.dataclass

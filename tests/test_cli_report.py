@@ -10,11 +10,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import textwrap
 
 import git
 import pytest
-from helpers import CANDIDATES, MANUAL, TAG, error_line, make_research
+from helpers import CANDIDATES, HOLD_LOCK, MANUAL, TAG, error_line, make_research
 
 from autoresearch.cli import main
 
@@ -179,19 +178,6 @@ def test_export_formats(run, research, tmp_path):
 # --------------------------------------------------------------------------- status
 
 
-HOLD_LOCK = textwrap.dedent(
-    """
-    import fcntl, os, sys
-    fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\\n".encode(), 0)
-    print("locked", flush=True)
-    sys.stdin.read()  # hold the lock until the test closes our stdin
-    """
-)
-
-
 def test_status_tells_a_live_run_from_a_finished_one(run, research, tmp_path):
     import time
 
@@ -253,7 +239,7 @@ def test_help_lists_the_commands_and_stays_light():
     from autoresearch.cli import cli
 
     out = CliRunner().invoke(cli, ["--help"]).output
-    for command in ("leaderboard", "plot", "show", "export", "status"):
+    for command in ("leaderboard", "plot", "show", "export", "status", "serve"):
         assert f"  {command} " in out
 
 

@@ -349,7 +349,7 @@ function lineagePage(data) {
         badge(r.status),
         el("span", { class: "mono", text: r.val_bpb === null ? "–" : fixed(r.mean) }),
         el("span", { class: "desc", text: r.description || r.reason }),
-        kids.length ? el("span", { class: "muted", text: `${kids.length} children, ${sizes.get(r.id)} below` }) : null));
+        kids.length ? el("span", { class: "muted", text: `${kids.length} ${kids.length === 1 ? "child" : "children"}, ${sizes.get(r.id)} below` }) : null));
     row.style.paddingLeft = `${Math.min(depth, MAX_INDENT) * 16}px`;
     return row;
   }
