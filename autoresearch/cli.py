@@ -550,7 +550,8 @@ def status(as_json: bool) -> None:
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option(
-    "--port", type=click.IntRange(0, 65535), default=8765, show_default=True, help="0: any free."
+    "--port", type=click.IntRange(0, 65535), default=8765, show_default=True,
+    help="Port to listen on; 0: any free one.",
 )
 @click.option(
     "--token",
