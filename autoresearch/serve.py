@@ -41,6 +41,7 @@ from autoresearch.harness.untrusted import read_untrusted
 from autoresearch.ledger import STATUSES, Ledger, LedgerTampered, Record
 from autoresearch.plot import y_range
 from autoresearch.population import (
+    baseline,
     champion,
     lineage,
     means,
@@ -209,17 +210,18 @@ class Research:
         )
 
     def _settings(self, tag: str) -> tuple[dict[str, Any], float]:
-        """(the tag's dotted settings, seconds it has run): what it remembers, else the
+        """(the tag's dotted settings, seconds it has run): what it remembers, over the
         toml's."""
         from autoresearch import tags
 
+        configured = tags.settings_of(load_config(self.repo))
         try:
             remembered = tags.load(self.state, tag) if tag else None
         except UserError:  # damaged: `evolve --resume` says so; here the toml will do
             remembered = None
-        if remembered is not None:
-            return remembered.settings, remembered.elapsed_seconds
-        return tags.settings_of(load_config(self.repo)), 0.0
+        if remembered is None:
+            return configured, 0.0
+        return configured | remembered.settings, remembered.elapsed_seconds
 
     # -- the endpoints
 
@@ -265,22 +267,16 @@ class Research:
         best = champion(tagged)
         scores = [r.val_bpb for r in tagged if r.val_bpb is not None]
         rows = self._in_order(tag)
-        base = next((row for row in rows if row["id"] == (rows[0]["baseline"] if rows else None)),
-                    None)  # fmt: skip
-        low, high, top = y_range(scores, base["mean"] if base else scores[0]) if scores else (
-            0.0, 1.0, 1.0)  # fmt: skip
+        base = baseline(tagged)
+        # The plot's y range, outliers pinned, by the rule of `autoresearch plot`.
+        low, high, top = y_range(scores, base.val_bpb) if base else (0.0, 1.0, 1.0)
         judged = None
         if best is not None and best.val_bpb is not None:
-            noise_k = strategy(
-                tagged, settings.get("evolve.population", population),
-                settings.get("evolve.noise_k", 2.0),
-            ).noise_k  # fmt: skip
+            rules = strategy(tagged, settings["evolve.population"], settings["evolve.noise_k"])
             judged = {
                 "champion_mean": means(tagged)[source_of(best)].value,
                 "sigma": noise(tagged),
-                "threshold": threshold(
-                    tagged, settings.get("evolve.min_improvement", 0.0), noise_k
-                ),
+                "threshold": threshold(tagged, settings["evolve.min_improvement"], rules.noise_k),
             }
         fresh = {
             "tag": tag,
