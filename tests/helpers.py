@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib.util
+import json
 import os
 import signal
 import subprocess
@@ -205,6 +206,25 @@ HOLD_LOCK = textwrap.dedent(
     sys.stdin.read()  # hold the lock until the test closes our stdin
     """
 )
+
+
+@contextlib.contextmanager
+def live_run(state: Path, status: dict[str, Any]) -> Iterator[int]:
+    """A live run as `status` and the dashboard see one: a process holding the run lock, and
+    `status` (with its pid) as status.json, which stays when the block ends and the lock is
+    let go, as a finished run leaves it. Yields the pid."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(state / "evolve.lock")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        (state / "status.json").write_text(json.dumps({"pid": holder.pid, **status}))
+        yield holder.pid
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=10)
+        holder.stdout.close()
 
 
 @dataclasses.dataclass

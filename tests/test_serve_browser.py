@@ -12,17 +12,14 @@ written into docs/ (docs/serve-*.png, shown by the README).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from helpers import HOLD_LOCK, make_research, serving
+from helpers import live_run, make_research, serving
 
 from autoresearch.ledger import Record
 
@@ -214,25 +211,17 @@ def test_the_lineage_highlights_the_champions_path_and_collapses(page, served, t
 def test_the_status_panel_shows_a_live_run_as_it_changes(page, served, research):
     open_page(page, served, "/?tag=mar5")
     assert "no evolve run is going" in page.locator("div.status").inner_text()
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_LOCK, str(research.state / "evolve.lock")],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert holder.stdout.readline().strip() == "locked"
-        now = time.time()
-        (research.state / "status.json").write_text(json.dumps({
-            "pid": holder.pid, "tag": "mar5", "started": now - 600, "phase": "training",
-            "training": {"c0021": now - 30, "c0022": now - 5}, "slots": 4,
-            "budget_seconds": 300.0, "experiments_done": 10, "spend_usd": 0.14,
-        }))  # fmt: skip
+    now = time.time()
+    running = {
+        "tag": "mar5", "started": now - 600, "phase": "training",
+        "training": {"c0021": now - 30, "c0022": now - 5}, "slots": 4,
+        "budget_seconds": 300.0, "experiments_done": 10, "spend_usd": 0.14,
+    }  # fmt: skip
+    with live_run(research.state, running):
         panel = page.locator("div.status")
         expect(panel).to_contain_text("evolve is running: tag mar5", timeout=15_000)
         assert "for 10 min" in panel.inner_text()
         assert "phase: training; slots busy: 2 of 4" in panel.inner_text()
         assert page.locator("div.training progress").count() == 2
         assert re.search(r"c0021\s+3\d of 300 s \(1[01]%\)", panel.inner_text())  # 30 s in
-    finally:
-        holder.stdin.close()
-        holder.wait(timeout=10)
-        (research.state / "status.json").unlink()
+    (research.state / "status.json").unlink()
