@@ -533,21 +533,59 @@ def export(fmt: str, output: Path | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the run's state as JSON on stdout.")
 def status(as_json: bool) -> None:
     """Is an evolve run going: which experiment, how far, best and spend so far."""
-    import dataclasses
     import json
 
-    from autoresearch.report import format_status
+    from autoresearch.report import format_status, status_json
     from autoresearch.status import run_status
 
     _, state, ledger = _read_ledger()
     current = run_status(state)
     if as_json:
-        written = dataclasses.asdict(current.state) if current.state else {}
-        click.echo(json.dumps({"running": current.running, "pid": current.pid, **written}))
+        click.echo(json.dumps(status_json(current)))
         return
     records = ledger.records()
     _warn(ledger)
     click.echo(format_status(current, records))
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=8765, show_default=True,
+    help="Port to listen on; 0: any free one.",
+)
+@click.option(
+    "--token",
+    help="Require this token on every request (made up and printed when --host is not loopback).",
+)
+@click.option("--open", "open_browser", is_flag=True, help="Open the dashboard in a browser.")
+def serve(host: str, port: int, token: str | None, open_browser: bool) -> None:
+    """A live, read-only dashboard of the research in a browser (docs/report.md)."""
+    from autoresearch.serve import is_loopback, make_server, new_token
+
+    repo, state, _ = _read_ledger()
+    if not is_loopback(host):
+        click.echo(
+            f"warning: serving on {host}, not only this machine: anyone who can reach it and"
+            " has the token sees the research",
+            err=True,
+        )
+        token = token or new_token()
+    server = make_server(repo, state, host, port, token)
+    shown = f"[{host}]" if ":" in host else host
+    url = f"http://{shown}:{server.server_address[1]}/" + (f"?token={token}" if token else "")
+    click.echo(f"serving {repo} at {url} (Ctrl-C stops)")
+    if open_browser:
+        import webbrowser
+
+        webbrowser.open(url)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        click.echo("stopped", err=True)
+    finally:
+        server.stopping.set()
+        server.server_close()
 
 
 def format_summary(record, peak_vram_mb: float) -> str:

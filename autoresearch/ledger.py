@@ -93,11 +93,12 @@ class Record:
         """The record in a parsed JSON line; TypeError when it is not one (a damaged line)."""
         if not isinstance(data, dict):
             raise TypeError(f"a JSON {type(data).__name__}, not an object")
-        hints = _field_types()
+        hints, exact = _field_types(), _exact_types()
         values = {k: v for k, v in data.items() if k in hints}  # newer fields are ignored
         for name, value in values.items():
-            # A wrong type would only fail later, in whatever report reads the field.
-            if not fits_type(value, hints[name]):
+            # A wrong type would only fail later, in whatever report reads the field. The
+            # exact JSON types a field takes answer at once (10,000 records load in a blink).
+            if type(value) not in exact[name] and not fits_type(value, hints[name]):
                 raise TypeError(f"{name} is {value!r}")
         return cls(**values)
 
@@ -105,6 +106,16 @@ class Record:
 @functools.cache
 def _field_types() -> dict[str, Any]:
     return typing.get_type_hints(Record)
+
+
+@functools.cache
+def _exact_types() -> dict[str, frozenset[type]]:
+    """For each field, the JSON value types that `fits_type` accepts for it."""
+    samples = ("", 0, 0.0, False, None, {}, [])  # one value of each JSON type
+    return {
+        name: frozenset(type(v) for v in samples if fits_type(v, hint))
+        for name, hint in _field_types().items()
+    }
 
 
 def fits_type(value: Any, hint: Any) -> bool:

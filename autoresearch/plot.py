@@ -130,7 +130,7 @@ def _draw_scores(ax, records: list[Record], colors: dict[str, str]) -> None:
         return
     values = [r.val_bpb for r in scored]
     base = baseline(records)
-    low, high, top = _y_range(values, base.val_bpb if base is not None else values[0])
+    low, high, top = y_range(values, base.val_bpb if base is not None else values[0])
     ax.set_ylim(low, top)
 
     # The running best: the frontier the search has reached after each experiment.
@@ -227,7 +227,7 @@ def _draw_scores(ax, records: list[Record], colors: dict[str, str]) -> None:
     ax.set_ylabel("val_bpb (lower is better)")
 
 
-def _y_range(values: list[float], anchor: float) -> tuple[float, float, float]:
+def y_range(values: list[float], anchor: float) -> tuple[float, float, float]:
     """(bottom, highest value drawn to scale, top): outliers must not flatten the frontier.
 
     The core is the best 90% of the scores plus `anchor` (the baseline, which

@@ -31,6 +31,7 @@ from autoresearch.population import (
     parent_finder,
     population,
     source_of,
+    spent_usd,
     strategy,
     tag_records,
     trained,
@@ -368,10 +369,10 @@ def show_text(repo: Path, state: Path, records: list[Record], record: Record, co
         _show_header(record, base, color),
         _show_metrics(record),
         _show_lineage(chain, color),
-        _show_diff(repo, state, record, *_compared_with(records, chain), color),
+        _show_diff(repo, state, record, *compared_with(records, chain), color),
         _show_log(state, record),
     ]
-    files = _proposal_files(state, record)
+    files = proposal_files(state, record)
     if files:
         parts.append("proposal files:\n" + "\n".join(f"  {p}" for p in files))
     return "\n\n".join(p for p in parts if p)
@@ -448,7 +449,7 @@ def _show_lineage(chain: list[Record], color: bool) -> str:
     return "\n".join(lines)
 
 
-def _compared_with(records: list[Record], chain: list[Record]) -> tuple[Record | None, str]:
+def compared_with(records: list[Record], chain: list[Record]) -> tuple[Record | None, str]:
     """What to diff against: the parent; for an `autoresearch run` record, the run before it."""
     record = chain[0]
     if len(chain) > 1:
@@ -466,14 +467,19 @@ def _show_diff(
     if parent is None:
         return ""
     title = f"diff {parent.id} -> {record.id} ({TRAIN_FILE}{why}):"
-    text = git_diff(repo, parent.commit, record.commit)
-    if text is None:  # commits gone (another clone, a gc): the run folders keep the sources
-        text = _snapshot_diff(state, parent, record)
+    text = diff_between(repo, state, parent, record)
     if text is None:
         return f"{title}\n  not available: commit {record.commit[:12] or '-'} is not in this repo"
     if not text.strip():
         return f"{title}\n  (identical {TRAIN_FILE})"
     return title + "\n" + (colorize_diff(text) if color else text)
+
+
+def diff_between(repo: Path, state: Path, old: Record, new: Record) -> str | None:
+    """The diff of train.py from `old` to `new`: git's, or where the commits are gone (another
+    clone, a gc) the run folders' copies; None when neither has them."""
+    text = git_diff(repo, old.commit, new.commit)
+    return _snapshot_diff(state, old, new) if text is None else text
 
 
 def git_diff(repo: Path, old: str, new: str) -> str | None:
@@ -529,14 +535,22 @@ def _status_text(text: str, color: bool, status: str | None = None) -> str:
 
 
 def _show_log(state: Path, record: Record) -> str:
-    path = run_dir(state, record.id) / RUN_LOG
-    if not path.is_file():
+    path, tail = log_lines(state, record)
+    if path is None:
         return ""
-    tail = log_tail(path, LOG_TAIL_LINES).splitlines()
     return f"log tail ({path}, last {len(tail)} lines):\n" + "\n".join(f"  {ln}" for ln in tail)
 
 
-def _proposal_files(state: Path, record: Record) -> list[Path]:
+def log_lines(state: Path, record: Record) -> tuple[Path | None, list[str]]:
+    """(the run's log, its last LOG_TAIL_LINES lines); (None, []) when it has none."""
+    path = run_dir(state, record.id) / RUN_LOG
+    if not path.is_file():
+        return None, []
+    return path, log_tail(path, LOG_TAIL_LINES).splitlines()
+
+
+def proposal_files(state: Path, record: Record) -> list[Path]:
+    """The proposer's prompt_<n>.md and reply_<n>.md files saved in the run folder."""
     folder = run_dir(state, record.id)
     if not folder.is_dir():
         return []
@@ -643,6 +657,29 @@ def _json_columns(schema: Any) -> set[str]:
 
 
 # --------------------------------------------------------------------------- status
+
+
+def status_json(status: RunStatus) -> dict[str, Any]:
+    """What `autoresearch status --json` prints: `running`, `pid` and each field of status.json."""
+    written = dataclasses.asdict(status.state) if status.state else {}
+    return {"running": status.running, "pid": status.pid, **written}
+
+
+def stop_condition(records: list[Record], settings: dict[str, Any], elapsed: float) -> str:
+    """When the evolve run of `records` (one tag's) stops, with how far it is, in words:
+    "after 20 experiments (14 trained) or 8 h (3.2 h run)". `settings`: the tag's dotted
+    settings (autoresearch/tags.py); `elapsed`: seconds it has run over all its sessions."""
+    most = settings.get("evolve.max_experiments") or 0
+    hours = settings.get("evolve.hours") or 0.0
+    cost = settings.get("evolve.max_cost_usd") or 0.0
+    parts = []
+    if most:
+        parts.append(f"after {most} experiments ({trained(records)} trained)")
+    if hours:
+        parts.append(f"after {hours:g} h ({_duration(elapsed)} run)")
+    if cost:
+        parts.append(f"at ${cost:.2f} spent (${spent_usd(records):.2f})")
+    return " or ".join(parts) or "when stopped (no limit set)"
 
 
 def format_status(status: RunStatus, records: list[Record], now: float | None = None) -> str:

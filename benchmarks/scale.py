@@ -33,7 +33,9 @@ import argparse
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from tabulate import tabulate
 
@@ -56,9 +58,13 @@ from autoresearch.workspace import (
 TAG = "big"
 
 
-def synthetic_history(repo: Path, n: int) -> None:
+def synthetic_history(
+    repo: Path, n: int, shape: Callable[[int, dict[str, Any]], Record] | None = None
+) -> None:
     """`n` recorded experiments of TAG: the baseline (the committed train.py), then
-    candidates that change one constant, each with its result commit and branch."""
+    candidates that change one constant, each with its result commit and branch.
+    `shape(i, fields)`: the record of candidate i from the fields it would have (all
+    discarded children of the baseline, unless it says otherwise)."""
     base = subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True
     ).stdout.strip()
@@ -92,12 +98,13 @@ def synthetic_history(repo: Path, n: int) -> None:
         promoted=True, description="baseline", fingerprints={"source": source_hash(source)},
     ))  # fmt: skip
     for i, variant in records:
-        ledger.append(Record(
+        fields = dict(
             id=f"e{i:04d}", status="discard", val_bpb=3.0 + i * 1e-6,
             commit=sha_of[f":{3 * i + 1}"],
             parent="e0001", proposer="scripted", tag=TAG, description="synthetic",
             fingerprints={"source": source_hash(variant)},
-        ))  # fmt: skip
+        )  # fmt: skip
+        ledger.append(shape(i, fields) if shape else Record(**fields))
 
 
 def measure(n: int, experiments: int) -> list:

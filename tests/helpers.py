@@ -1,6 +1,6 @@
 """What several test files share: the command line in a subprocess and its error line, the
-tests' train.py files and engine, a recorded evolve run in a real research repo, and the
-baselines at a tiny size.
+tests' train.py files and engine, a recorded evolve run in a real research repo, a running
+`autoresearch serve`, and the baselines at a tiny size.
 
 Test files import these from here (as they import tests/candidates.py, attacking.py and
 kill_resume.py), never from one another.
@@ -8,10 +8,16 @@ kill_resume.py), never from one another.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
+import json
+import os
+import signal
 import subprocess
 import sys
+import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -183,6 +189,76 @@ def make_research(tmp_path: Path, population: int | None = 2, manual: bool = Tru
         )  # fmt: skip
     g.git.checkout("-q", "main")
     return Research(repo, state, ledger, commits)
+
+
+# --------------------------------------------------------------------------- a live run, served
+
+# `python -c HOLD_LOCK <state>/evolve.lock` holds the engine's run lock as a live run does,
+# until its stdin is closed; it prints "locked" once it holds it.
+HOLD_LOCK = textwrap.dedent(
+    """
+    import fcntl, os, sys
+    fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\\n".encode(), 0)
+    print("locked", flush=True)
+    sys.stdin.read()  # hold the lock until the test closes our stdin
+    """
+)
+
+
+@contextlib.contextmanager
+def live_run(state: Path, status: dict[str, Any]) -> Iterator[int]:
+    """A live run as `status` and the dashboard see one: a process holding the run lock, and
+    `status` (with its pid) as status.json, which stays when the block ends and the lock is
+    let go, as a finished run leaves it. Yields the pid."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(state / "evolve.lock")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        (state / "status.json").write_text(json.dumps({"pid": holder.pid, **status}))
+        yield holder.pid
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=10)
+        holder.stdout.close()
+
+
+@dataclasses.dataclass
+class Served:
+    url: str  # http://127.0.0.1:PORT/, as printed (with ?token=... when it printed one)
+    base: str  # http://127.0.0.1:PORT: where the tests connect, whatever --host was
+    process: subprocess.Popen
+    rest: str = ""  # what it printed after the URL, on stdout and stderr (once it stopped)
+
+
+@contextlib.contextmanager
+def serving(repo: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[Served]:
+    """`autoresearch serve --port 0 ARGS` in `repo`, a real process, until the block ends."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "autoresearch", "serve", "--port", "0", *args],
+        cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, **(env or {})},
+    )  # fmt: skip
+    try:
+        line = process.stdout.readline()
+        assert " at http://" in line, line + process.stderr.read()
+        url = line.split(" at ", 1)[1].split(" ", 1)[0]
+        port = url.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[1]
+        served = Served(url, f"http://127.0.0.1:{port}", process)
+        yield served
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            out, err = process.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            out, err = process.communicate()
+        with contextlib.suppress(NameError):
+            served.rest = out + err
 
 
 # --------------------------------------------------------------------------- tiny baselines

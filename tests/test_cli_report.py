@@ -10,11 +10,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import textwrap
 
 import git
 import pytest
-from helpers import CANDIDATES, MANUAL, TAG, error_line, make_research
+from helpers import CANDIDATES, MANUAL, TAG, error_line, live_run, make_research
 
 from autoresearch.cli import main
 
@@ -179,52 +178,30 @@ def test_export_formats(run, research, tmp_path):
 # --------------------------------------------------------------------------- status
 
 
-HOLD_LOCK = textwrap.dedent(
-    """
-    import fcntl, os, sys
-    fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\\n".encode(), 0)
-    print("locked", flush=True)
-    sys.stdin.read()  # hold the lock until the test closes our stdin
-    """
-)
-
-
 def test_status_tells_a_live_run_from_a_finished_one(run, research, tmp_path):
     import time
 
-    lock = research.state / "evolve.lock"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_LOCK, str(lock)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        assert holder.stdout.readline().strip() == "locked"
-        now = time.time()
-        (research.state / "status.json").write_text(json.dumps({
-            "pid": holder.pid, "tag": TAG, "started": now - 600,
-            "phase": "training", "training": {"c0008": now - 30}, "budget_seconds": 300.0,
-            "experiments_done": 7, "best": {"id": "c0005", "val_bpb": 1.4}, "spend_usd": 0.56,
-        }))  # fmt: skip
+    now = time.time()
+    status = {
+        "tag": TAG, "started": now - 600,
+        "phase": "training", "training": {"c0008": now - 30}, "budget_seconds": 300.0,
+        "experiments_done": 7, "best": {"id": "c0005", "val_bpb": 1.4}, "spend_usd": 0.56,
+    }  # fmt: skip
+    with live_run(research.state, status) as pid:
         code, out, _ = run("status")
         assert code == 0
-        assert out.startswith(f"evolve is running: tag 'mar5', pid {holder.pid}, for 10 min")
+        assert out.startswith(f"evolve is running: tag 'mar5', pid {pid}, for 10 min")
         assert "experiment c0008: training, 30 of 300 s (10%)" in out
         assert "best so far: c0005 val_bpb 1.400000" in out and "spend so far: $0.56" in out
         code, out, _ = run("status", "--json")
-        assert json.loads(out)["running"] is True and json.loads(out)["pid"] == holder.pid
+        assert json.loads(out)["running"] is True and json.loads(out)["pid"] == pid
         code, out, _ = run("leaderboard", "--json")  # read-only: fine while the run goes on
         assert code == 0 and json.loads(out)[0]["id"] == "c0005"
-    finally:
-        holder.stdin.close()
-        holder.wait(timeout=10)
     code, out, _ = run("status")
     assert code == 0 and out.startswith("no evolve run is going (the last one, tag 'mar5'")
     assert "last experiment: mar5/c0007 keep val_bpb 1.440000" in out
     (research.state / "status.json").unlink()
-    lock.unlink()
+    (research.state / "evolve.lock").unlink()
 
 
 # --------------------------------------------------------------------------- empty ledger
@@ -253,7 +230,7 @@ def test_help_lists_the_commands_and_stays_light():
     from autoresearch.cli import cli
 
     out = CliRunner().invoke(cli, ["--help"]).output
-    for command in ("leaderboard", "plot", "show", "export", "status"):
+    for command in ("leaderboard", "plot", "show", "export", "status", "serve"):
         assert f"  {command} " in out
 
 

@@ -1,0 +1,322 @@
+"""`autoresearch serve` over real HTTP: every endpoint, during and after a small real evolve.
+
+The server is a real process on a loopback port; requests go through urllib and
+http.client. The JSON must be the library's own answers (`leaderboard --json`,
+`status --json`, git's diff), the headers strict, the token and Host rules enforced, and
+nothing secret served. How the pages draw it in a browser is tests/test_serve_browser.py.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import make_research_repo
+from helpers import LEARNS, cli, committed, error_line, make_research, serving
+from kill_resume import EVOLVE
+
+from autoresearch.ledger import Ledger, Record
+from autoresearch.report import git_diff, log_lines
+from autoresearch.serve import CSP
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+ROOT = Path(__file__).resolve().parents[1]
+PAGES = ("/", "/lineage", "/experiment?id=e0002", "/compare?a=e0001&b=e0002")
+SECRET = "sk-serve-0123456789-PLANTED"
+XSS = "<script>alert(1)</script>"
+IMG = '<img src=x onerror="alert(1)">'
+
+
+def get(base: str, path: str, headers: dict[str, str] | None = None) -> tuple[int, dict, bytes]:
+    """(status, headers, body) of GET `path`; errors are answers too."""
+    request = urllib.request.Request(base + path, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+def api(base: str, path: str) -> object:
+    status, _, body = get(base, path)
+    assert status == 200, (path, status, body)
+    return json.loads(body)
+
+
+def cli_json(repo: Path, *args: str) -> object:
+    result = cli(*args, cwd=repo)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+# --------------------------------------------------------------------------- a real evolve
+
+
+@pytest.fixture(scope="module")
+def evolved(tmp_path_factory, corpus):
+    """A research repo served from before its first experiment, through a real 3-experiment
+    evolve, to after it: what /api/status and /api/overview said while it ran."""
+    repo = make_research_repo(tmp_path_factory.mktemp("serve") / "research", corpus)
+    committed(repo, LEARNS)
+    with serving(repo) as served:
+        before = get(served.base, "/api/overview")
+        run = subprocess.Popen(
+            [sys.executable, "-m", "autoresearch", *EVOLVE, "--max-experiments", "3"],
+            cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        during = []
+        while run.poll() is None:
+            during.append((api(served.base, "/api/status"), get(served.base, "/api/overview")))
+            time.sleep(0.2)
+        assert run.returncode == 0, run.stderr.read()
+        run.stderr.close()
+        yield repo, served, before, during
+
+
+def test_status_and_overview_follow_the_run_live(evolved):
+    repo, served, before, during = evolved
+    status, _, body = before
+    assert status == 404 and json.loads(body) == {
+        "error": "no experiments yet: run `autoresearch run`"
+    }
+    running = [s for s, _ in during if s["running"]]
+    assert running, "the run was never seen running"
+    assert any(s.get("training") and s["budget_seconds"] == 1.0 for s in running)
+    assert any(s.get("tag") and s["pid"] for s in running)  # status.json read as written
+    counts = [len(json.loads(o[2])["experiments"]) for _, o in during if o[0] == 200]
+    assert counts == sorted(counts) and counts[-1] >= 1  # read while written: only growing
+    overview = api(served.base, "/api/overview")
+    assert len(overview["experiments"]) == 3 and overview["status"]["running"] is False
+    assert overview["stop"].startswith("after 3 experiments (3 trained)")
+    assert api(served.base, "/api/status") == cli_json(repo, "status", "--json")
+
+
+def test_leaderboard_is_the_cli_json(evolved):
+    repo, served, _, _ = evolved
+    tag = api(served.base, "/api/overview")["tag"]
+    for query, args in [
+        ("", ()),
+        ("?all=1", ("--all",)),
+        ("?status=keep&status=discard", ("--status", "keep", "--status", "discard")),
+        ("?limit=1", ("--limit", "1")),
+        (f"?tag={tag}&all=1", ("--tag", tag, "--all")),
+    ]:
+        assert api(served.base, "/api/leaderboard" + query) == cli_json(
+            repo, "leaderboard", "--json", *args
+        ), query
+    overview = api(served.base, "/api/overview")
+    assert overview["leaderboard"] == cli_json(repo, "leaderboard", "--json")
+    assert [r["id"] for r in overview["experiments"]] == ["e0001", "e0002", "e0003"]
+    everything = {r["id"]: r for r in cli_json(repo, "leaderboard", "--json", "--all")}
+    assert all(row == everything[row["id"]] for row in overview["experiments"])
+    assert overview["champion"] == next(r["id"] for r in everything.values() if r["champion"])
+
+
+def test_experiment_lineage_and_compare_come_from_git_and_the_run_folders(evolved):
+    repo, served, _, _ = evolved
+    records = Ledger(repo / ".autoresearch" / "ledger.jsonl").records()
+    by_id = {r.id: r for r in records}
+    lineage = api(served.base, "/api/lineage")
+    path = lineage["champion_path"]
+    assert path[0] == api(served.base, "/api/overview")["champion"] and path[-1] == "e0001"
+    assert [r["id"] for r in lineage["experiments"]] == ["e0001", "e0002", "e0003"]
+    for record in records:
+        shown = api(served.base, f"/api/experiment?id={record.id}")
+        assert shown["record"]["commit"] == record.commit and shown["experiment"]["id"] == record.id
+        log, lines = log_lines(repo / ".autoresearch", record)  # the bigram prints nothing
+        assert shown["log"] == {"path": str(log), "lines": lines} and log.name == "run.log"
+        assert [r["id"] for r in shown["lineage"]][0] == record.id
+        if record.parent:
+            parent = by_id[record.parent]
+            assert shown["diff"]["against"] == parent.id
+            assert shown["diff"]["text"] == git_diff(repo, parent.commit, record.commit)
+            assert shown["diff"]["text"].startswith("diff --git a/train.py b/train.py")
+        else:
+            assert shown["diff"] == {"against": None, "why": "", "text": None}
+    both = api(served.base, f"/api/compare?a=e0001&b={records[-1].tag}/e0003")
+    assert both["a"]["record"]["id"] == "e0001" and both["b"]["record"]["id"] == "e0003"
+    assert both["diff"]["text"] == git_diff(repo, by_id["e0001"].commit, by_id["e0003"].commit)
+
+
+def test_pages_static_files_and_errors(evolved):
+    _, served, _, _ = evolved
+    for page in PAGES:
+        status, headers, body = get(served.base, page)
+        assert status == 200 and headers["Content-Type"] == "text/html; charset=utf-8"
+        assert b'<script src="/static/app.js" defer></script>' in body
+    for path, kind in [("/static/app.js", "text/javascript"), ("/static/style.css", "text/css")]:
+        status, headers, body = get(served.base, path)
+        assert status == 200 and headers["Content-Type"].startswith(kind) and len(body) > 1000
+    for path, code, words in [
+        ("/nope", 404, "no page /nope"),
+        ("/api/experiment?id=e9999", 404, "no experiment 'e9999'"),
+        ("/api/experiment", 400, "give the experiment as ?id=ID"),
+        ("/api/compare?a=e0001", 400, "give the experiment as ?b=ID"),
+        ("/api/leaderboard?limit=zero", 400, "limit must be a positive whole number"),
+        ("/api/leaderboard?status=won", 400, "unknown status 'won'"),
+        ("/api/overview?tag=nope", 404, "no experiments with tag 'nope'"),
+    ]:
+        status, headers, body = get(served.base, path)
+        assert status == code and words in json.loads(body)["error"], (path, body)
+        assert headers["Content-Type"] == "application/json"
+
+
+def test_events_announce_every_change(evolved):
+    repo, served, _, _ = evolved
+    connection = http.client.HTTPConnection("127.0.0.1", int(served.base.rsplit(":", 1)[1]))
+    connection.request("GET", "/api/events")
+    response = connection.getresponse()
+    assert response.status == 200 and response.headers["Content-Type"] == "text/event-stream"
+
+    def next_event() -> str:
+        lines = []
+        while (line := response.fp.readline().decode()) != "\n" or not lines:
+            if line.strip() and not line.startswith(("retry:", ":")):
+                lines.append(line.strip())
+        return "\n".join(lines)
+
+    first = next_event()
+    assert first.startswith("event: change\ndata: ")
+    ledger = Ledger(repo / ".autoresearch" / "ledger.jsonl")
+    ledger.records()
+    ledger.append(Record(id="e0004", status="crash", reason="appended by the test", tag="x"))
+    started = time.monotonic()
+    second = next_event()
+    assert second != first and time.monotonic() - started < 5
+    connection.close()
+    assert api(served.base, "/api/overview")["tag"] == "x"  # the new record is seen at once
+
+
+# --------------------------------------------------------------------------- headers, hosts, tokens
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory):
+    """A recorded run whose records, log and proposal carry markup and a secret."""
+    research = make_research(tmp_path_factory.mktemp("serve-hostile"))
+    run = research.state / "runs" / "c0009"
+    run.mkdir()
+    (run / "run.log").write_text(f"step 1\n{IMG}\nkey {SECRET}\n")
+    (run / "reply_1.md").write_text(f"{XSS} and {SECRET}")
+    research.ledger.append(
+        Record(id="c0009", status="keep", val_bpb=1.43, parent="c0005", tag="mar5",
+               description=f"{XSS} {SECRET}", reason=IMG, proposer="llm:test/model",
+               commit=research.commits["c0006"], fingerprints={"source": "src-c0009"})
+    )  # fmt: skip
+    return research
+
+
+def test_every_response_has_the_strict_headers_and_no_secret(hostile):
+    with serving(hostile.repo, env={"SERVE_TEST_API_KEY": SECRET}) as served:
+        paths = [
+            *PAGES[:2], "/experiment?id=c0009", "/static/app.js", "/static/style.css",
+            "/favicon.svg", "/api/overview", "/api/leaderboard?all=1", "/api/status",
+            "/api/lineage", "/api/experiment?id=c0009", "/api/compare?a=c0009&b=c0005",
+            "/api/nope",
+        ]  # fmt: skip
+        for path in paths:
+            status, headers, body = get(served.base, path)
+            assert status in (200, 404), path
+            assert headers["Content-Security-Policy"] == CSP, path
+            assert headers["X-Content-Type-Options"] == "nosniff"
+            assert headers["X-Frame-Options"] == "DENY" and headers["Cache-Control"] == "no-store"
+            assert SECRET.encode() not in body, path
+        shown = api(served.base, "/api/experiment?id=c0009")
+        assert shown["record"]["description"] == f"{XSS} [redacted]"  # data stays data
+        assert shown["record"]["reason"] == IMG and "key [redacted]" in shown["log"]["lines"]
+        assert shown["proposal"] == [{"name": "reply_1.md", "text": f"{XSS} and [redacted]"}]
+        connection = http.client.HTTPConnection("127.0.0.1", int(served.base.rsplit(":", 1)[1]))
+        connection.request("POST", "/api/overview", body=b"{}")
+        response = connection.getresponse()
+        assert response.status == 501 and response.headers["Content-Security-Policy"] == CSP
+        connection.close()
+    assert "script-src 'self'" in CSP and "unsafe" not in CSP and "default-src 'none'" in CSP
+
+
+def test_the_page_has_no_inline_script_or_style():
+    html = (ROOT / "autoresearch" / "web" / "index.html").read_text()
+    assert re.findall(r"<script\b[^>]*>", html) == ['<script src="/static/app.js" defer>']
+    assert "</script>" in html and not re.search(r"<script[^>]*>[^<]+</script>", html)
+    assert "<style" not in html and " style=" not in html and " on" not in html.split("<body>")[1]
+    script = (ROOT / "autoresearch" / "web" / "app.js").read_text()
+    assert not re.search(r"innerHTML|outerHTML|insertAdjacentHTML|document\.write|eval\(", script)
+
+
+def test_a_loopback_server_answers_only_to_its_own_names(hostile):
+    with serving(hostile.repo) as served:
+        port = served.base.rsplit(":", 1)[1]
+        assert served.url == f"http://127.0.0.1:{port}/"
+        for host in (f"localhost:{port}", f"127.0.0.1:{port}"):
+            assert get(served.base, "/api/status", {"Host": host})[0] == 200
+        for host in ("evil.example", f"evil.example:{port}", f"127.0.0.1.nip.io:{port}"):
+            status, _, body = get(served.base, "/api/status", {"Host": host})
+            assert status == 403 and b"only to its own address" in body
+
+
+def test_a_token_is_needed_on_every_request_when_given(hostile):
+    token = "a-token-of-the-test-42"
+    with serving(hostile.repo, "--token", token) as served:
+        assert served.url.endswith(f"/?token={token}")
+        for path in ("/", "/static/app.js", "/api/overview", "/api/events"):
+            status, _, body = get(served.base, path)
+            assert status == 401 and b"a token is needed" in body, path
+        assert get(served.base, "/api/status", {"Authorization": "Bearer wrong"})[0] == 401
+        assert get(served.base, "/api/status", {"Authorization": f"Bearer {token}"})[0] == 200
+        connection = http.client.HTTPConnection("127.0.0.1", int(served.base.rsplit(":", 1)[1]))
+        connection.request("GET", f"/experiment?id=c0005&token={token}")
+        response = connection.getresponse()
+        assert response.status == 303 and response.headers["Location"] == "/experiment?id=c0005"
+        cookie = response.headers["Set-Cookie"]
+        assert cookie.startswith(f"autoresearch_token={token};") and "HttpOnly" in cookie
+        connection.close()
+        pair = cookie.split(";", 1)[0]
+        assert get(served.base, "/api/overview", {"Cookie": pair})[0] == 200
+        assert get(served.base, "/api/overview", {"Cookie": "autoresearch_token=nope"})[0] == 401
+
+
+def test_another_host_warns_and_makes_up_a_token_printed_once(hostile):
+    with serving(hostile.repo, "--host", "0.0.0.0") as served:
+        warning = served.process.stderr.readline()
+        assert warning.startswith("warning: serving on 0.0.0.0, not only this machine")
+        token = served.url.split("?token=", 1)[1]
+        assert len(token) >= 32 and served.url.startswith("http://0.0.0.0:")
+        assert get(served.base, "/api/status")[0] == 401
+        assert get(served.base, "/api/status", {"Authorization": f"Bearer {token}"})[0] == 200
+        with_token = {"Host": "evil.example", "Authorization": f"Bearer {token}"}
+        assert get(served.base, "/api/status", with_token)[0] == 200  # the token decides
+    assert token not in warning + served.rest  # printed once: in the URL
+
+
+def test_command_line_errors_are_one_line(hostile, tmp_path):
+    assert "not inside a research repo" in error_line(cli("serve", cwd=tmp_path))
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        port = str(taken.getsockname()[1])
+        line = error_line(cli("serve", "--port", port, cwd=hostile.repo))
+        assert line == f"error: port {port} on 127.0.0.1 is in use: choose another with --port"
+    finally:
+        taken.close()
+    assert "is not in the range" in error_line(cli("serve", "--port", "70000", cwd=hostile.repo))
+
+
+def test_a_non_editable_install_ships_the_page():
+    settings = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    globs = settings["package-data"]["autoresearch"]
+    web = ROOT / "autoresearch" / "web"
+    shipped = {p for g in globs for p in (ROOT / "autoresearch").glob(g)}
+    assert shipped == set(web.iterdir()) and len(shipped) == 4
