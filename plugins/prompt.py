@@ -50,6 +50,8 @@ Rules:
 - Keep blocks short: only the lines that change plus a little context.
 - Blocks are applied in order; several blocks may edit different places.
 - Only train.py may be changed.
+- A unified diff of train.py in a ```diff block is accepted too; its hunks
+  are placed by their context lines, which must match exactly one place.
 - For a large rewrite you may instead send the complete new train.py in a
   single ```python block (no SEARCH/REPLACE markers).
 """
