@@ -37,8 +37,10 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
+from typing import Any
 
 TARGET = "train.py"  # the only file a proposal may change
 FULL_FILE_MIN_RATIO = 0.5  # a "whole file" shorter than this share of the parent is a fragment
@@ -128,17 +130,12 @@ def apply_reply(source: str, reply: str) -> tuple[str, str | None]:
 
 def apply_edits(source: str, edits: tuple[Edit, ...] | list[Edit]) -> str:
     """Apply blocks in order, each to the result of the previous; report every failing block."""
-    problems = []
-    for edit in edits:
-        if edit.filename is not None and not is_target(edit.filename):
-            problems.append(
-                f"block {edit.number} edits {edit.filename}: only {TARGET} may be changed"
-            )
-            continue
-        try:
-            source = _apply_one(source, edit)
-        except EditError as e:
-            problems.append(str(e))
+
+    def apply(edit: Edit) -> None:
+        nonlocal source
+        source = _apply_one(source, edit)
+
+    problems = _problems("block", edits, apply)
     if problems:
         raise EditError(
             "\n".join(problems) + "\nNo block was applied. Send all blocks again, corrected,"
@@ -151,17 +148,8 @@ def apply_hunks(source: str, hunks: tuple[Hunk, ...] | list[Hunk]) -> str:
     """Place every hunk in `source` by its lines, then apply them together; report every
     hunk that does not fit (no match, several, another file, overlapping another)."""
     src_lines = source.splitlines(keepends=True)
-    problems, placed = [], []
-    for hunk in hunks:
-        if hunk.filename is not None and not is_target(hunk.filename):
-            problems.append(
-                f"hunk {hunk.number} edits {hunk.filename}: only {TARGET} may be changed"
-            )
-            continue
-        try:
-            placed.append((*_place(src_lines, hunk), hunk))
-        except EditError as e:
-            problems.append(str(e))
+    placed: list[tuple[int, tuple[str, str], Hunk]] = []
+    problems = _problems("hunk", hunks, lambda h: placed.append((*_place(src_lines, h), h)))
     placed.sort(key=lambda p: p[0])
     for (start, _, a), (other, _, b) in zip(placed, placed[1:], strict=False):
         if other < start + len(a.old):
@@ -179,6 +167,23 @@ def apply_hunks(source: str, hunks: tuple[Hunk, ...] | list[Hunk]) -> str:
         source = _splice(source, src_lines, start, len(hunk.old), "".join(new), shift)
         src_lines = source.splitlines(keepends=True)
     return source
+
+
+def _problems(kind: str, items: Iterable[Edit | Hunk], work: Callable[[Any], None]) -> list[str]:
+    """`work(item)` for each block or hunk of train.py; the problem of each that is for
+    another file or raises `EditError`."""
+    problems = []
+    for item in items:
+        if item.filename is not None and not is_target(item.filename):
+            problems.append(
+                f"{kind} {item.number} edits {item.filename}: only {TARGET} may be changed"
+            )
+            continue
+        try:
+            work(item)
+        except EditError as e:
+            problems.append(str(e))
+    return problems
 
 
 def check_compiles(source: str) -> None:
