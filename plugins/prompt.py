@@ -166,8 +166,9 @@ def _numbers(run: RunNumbers) -> list[str]:
         if run.final_loss is not None
         else "- final training loss: not reported"
     )
+    status = "" if run.status in FAILED_WORDS else f" ({run.status}: {_line(run.reason)})"
     return [
-        f"- {score} ({run.status}: {_line(run.reason)})",
+        f"- {score}{status}",  # a failure's reason is in the section's title
         f"- budget {run.budget}; trained {run.training_seconds:.1f} s on {run.device or '?'}",
         f"- {run.num_steps:,} optimizer steps, {run.tokens:,} tokens{speed}",
         f"- peak memory {run.memory_gb:.2f} GB",

@@ -68,6 +68,7 @@ def test_a_timed_out_parent_is_called_a_timeout_with_its_reason():
     )  # fmt: skip
     text = user_prompt(request)
     assert f"# The parent (e0003) timed out: {TIMEOUT_REASON}" in text
+    assert text.count(TIMEOUT_REASON) == 1  # in the title, not again in the numbers
     assert "crashed" not in text
     assert "killed: over the budget" in text  # and its log tail follows
 
