@@ -259,27 +259,38 @@ def _collect(lines: list[str], start: int, end_re: re.Pattern[str], number: int,
 def _diff_hunks(lines: list[str]) -> list[Hunk]:
     """The hunks of every diff fence in the reply (```diff, or any fence with an @@ line)."""
     hunks: list[Hunk] = []
+    diffs = 0
     for lang, filename, body in _fenced_blocks(lines):
         body_lines = body.splitlines()
         if lang in DIFF_LANGS or any(HUNK_RE.match(line) for line in body_lines):
+            diffs += 1
             hunks += _parse_diff(body_lines, filename, len(hunks) + 1)
+    if diffs and not hunks:
+        raise EditError(
+            "the ```diff block has no hunk: a hunk is the unchanged lines around the change"
+            " (each with a leading space), the removed lines ('-') and the added lines ('+'),"
+            " after a line '@@ -12,3 +12,3 @@'"
+        )
     return hunks
 
 
 def _parse_diff(lines: list[str], filename: str | None, first: int) -> list[Hunk]:
-    """Hunks of one diff; line counts in @@ headers are ignored (models miscount them)."""
+    """Hunks of one diff; line counts in @@ headers are ignored (models miscount them). A
+    diff without any @@ line is one hunk: its lines must still place it."""
     hunks: list[Hunk] = []
-    body: list[tuple[str, str]] | None = None  # (kind ' ', '-' or '+', text) of the open hunk
+    headerless = not any(HUNK_RE.match(line) for line in lines)
+    # The open hunk's lines as (kind ' ', '-' or '+', text); None: outside any hunk.
+    body: list[tuple[str, str]] | None = [] if headerless else None
     claimed: int | None = None
 
     def close() -> None:
-        if body is not None:
+        if body:
             hunks.append(_hunk(body, first + len(hunks), filename, claimed))
 
     for i, line in enumerate(lines):
         if line.startswith("--- ") and i + 1 < len(lines) and lines[i + 1].startswith("+++ "):
             close()
-            body = None
+            body = [] if headerless else None
             old_name, new_name = _diff_name(line), _diff_name(lines[i + 1])
             filename = next((n for n in (new_name, old_name) if not is_target(n)), new_name)
             continue
@@ -291,7 +302,7 @@ def _parse_diff(lines: list[str], filename: str | None, first: int) -> list[Hunk
             body, claimed = [], int(header.group(1)) if header.group(1) else None
         elif line.startswith("diff "):  # "diff --git a/x b/x": the next file's header
             close()
-            body = None
+            body = [] if headerless else None
         elif body is None or line.startswith("\\"):  # preamble; "\ No newline at end of file"
             continue
         elif line[:1] in ("+", "-", " "):

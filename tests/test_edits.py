@@ -299,3 +299,13 @@ def test_a_hunk_without_context_is_refused():
 def test_a_diff_of_another_file_is_refused(header):
     with pytest.raises(EditError, match="only train.py may be changed"):
         apply_reply(SOURCE, diff("@@ -1 +1 @@\n-import math\n+import os\n", header=header))
+
+
+def test_a_diff_without_hunk_headers_is_one_hunk():
+    reply = diff(" LR = 0.01\n-DEPTH = 8\n+DEPTH = 4\n")
+    assert apply_reply(SOURCE, reply)[0] == SOURCE.replace("DEPTH = 8", "DEPTH = 4")
+
+
+def test_an_empty_diff_is_refused_saying_what_a_hunk_is():
+    with pytest.raises(EditError, match="has no hunk: a hunk is the unchanged lines"):
+        apply_reply(SOURCE, "DESCRIPTION: x\n```diff\n--- a/train.py\n+++ b/train.py\n```\n")
