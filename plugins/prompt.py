@@ -18,6 +18,7 @@ import re
 from collections.abc import Callable
 
 from autoresearch.briefing import summarize
+from autoresearch.ledger import FAILED_STATUSES
 from autoresearch.proposal import Briefing, HistoryEntry, ProposalRequest, RunNumbers
 
 # Everything between program.md and train.py (about 8k tokens): the history sections are
@@ -29,7 +30,7 @@ CRASH_TAIL_LINES = 60  # the end of a traceback is where the cause is
 CRASH_TAIL_CHARS = 6000
 SECTION_BREAK = "\n\n"
 TABLE_TITLE_CHARS = 160  # the table's title and fences, at most
-FAILED_WORDS = {"crash": "crashed", "timeout": "timed out", "invalid": "was rejected"}
+FAILED_WORDS = {"crash": "crashed", "timeout": "timed out", "invalid": "was rejected"}  # verbs
 
 SYSTEM = """\
 You are an expert machine-learning research engineer. You improve a small \
@@ -143,8 +144,8 @@ def parent_section(request: ProposalRequest) -> str:
     run, pid = request.parent_run, request.parent_id
     out = []
     if run is not None:
-        if run.status in FAILED_WORDS:
-            out.append(f"# The parent ({pid}) {FAILED_WORDS[run.status]}: {_line(run.reason)}")
+        if run.status in FAILED_STATUSES:
+            out.append(f"# The parent ({pid}) {_failed(run.status)}: {_line(run.reason)}")
         else:
             out.append(f"# The parent's run ({pid})")
         out += ["", *_numbers(run)]
@@ -166,7 +167,7 @@ def _numbers(run: RunNumbers) -> list[str]:
         if run.final_loss is not None
         else "- final training loss: not reported"
     )
-    status = "" if run.status in FAILED_WORDS else f" ({run.status}: {_line(run.reason)})"
+    status = "" if run.status in FAILED_STATUSES else f" ({run.status}: {_line(run.reason)})"
     return [
         f"- {score}{status}",  # a failure's reason is in the section's title
         f"- budget {run.budget}; trained {run.training_seconds:.1f} s on {run.device or '?'}",
@@ -188,11 +189,13 @@ def judging_section(briefing: Briefing) -> str:
             f"- noise: runs of the same train.py differ in val_bpb by σ = {briefing.noise:.4f};"
             " a change smaller than that is hard to tell from luck"
         )
-    if briefing.threshold is not None:
+    if briefing.threshold:
         out.append(
             "- promotion: a candidate's val_bpb must beat the champion's mean by more than"
             f" {briefing.threshold:.4f}"
         )
+    elif briefing.threshold is not None:
+        out.append("- promotion: a candidate's val_bpb must be lower than the champion's mean")
     return "\n".join(out)
 
 
@@ -261,9 +264,13 @@ def _history_line(h: HistoryEntry) -> str:
     parent = f" from {h.parent}" if h.parent else ""
     text = _line(h.description, MAX_HISTORY_DESCRIPTION) or "no description"
     why = ""
-    if h.reason and h.status in FAILED_WORDS:
-        why = f" ({FAILED_WORDS[h.status]}: {_line(h.reason)})"
+    if h.reason and h.status in FAILED_STATUSES:
+        why = f" ({_failed(h.status)}: {_line(h.reason)})"
     return f"- {h.id}{parent} [{h.status}, {h.proposer}] {score}{delta}: {text}{why}"
+
+
+def _failed(status: str) -> str:
+    return FAILED_WORDS.get(status, status)
 
 
 def _line(text: str, limit: int = MAX_REASON_CHARS) -> str:
