@@ -46,7 +46,7 @@ TARGET = "train.py"  # the only file a proposal may change
 FULL_FILE_MIN_RATIO = 0.5  # a "whole file" shorter than this share of the parent is a fragment
 CONTEXT_PREVIEW_LINES = 6  # how many source lines a no-match error quotes back
 HINT_CUTOFF = 0.6  # difflib ratio under which no source line is "close" to a SEARCH line
-CONTAINED_SCORE = 0.95  # a SEARCH line found inside a longer one (a missing comment) is close
+CONTAINED_SCORE = 0.95  # a SEARCH line that starts a longer one (a missing comment) is close
 
 SEARCH_RE = re.compile(r"^\s*<{5,9} ?SEARCH\s*$")
 DIVIDER_RE = re.compile(r"^\s*={5,9}\s*$")
@@ -595,8 +595,8 @@ def _no_match_message(what: str, src_lines: list[str], find: list[str]) -> str:
 
 
 def _closest_line(src_lines: list[str], want: str) -> int | None:
-    """Index of the line most like `want`: one holding it whole (a line with a comment the
-    SEARCH lacks) first, else the best difflib ratio over HINT_CUTOFF; None if none is."""
+    """Index of the line most like `want`: one that starts with it (a line with a comment
+    the SEARCH lacks) first, else the best difflib ratio over HINT_CUTOFF; None if none is."""
     target, squashed = want.strip(), _squash(want)
     matcher = difflib.SequenceMatcher(autojunk=False)
     matcher.set_seq2(target)
@@ -605,7 +605,7 @@ def _closest_line(src_lines: list[str], want: str) -> int | None:
         have = line.strip()
         if not have:
             continue
-        if squashed in _squash(have):
+        if _squash(have).startswith(squashed):
             score = CONTAINED_SCORE
         else:
             matcher.set_seq1(have)
