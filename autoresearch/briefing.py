@@ -13,7 +13,7 @@ import bisect
 import difflib
 import functools
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import overload
 
 from autoresearch.ledger import FAILED_STATUSES, Record
@@ -45,6 +45,9 @@ class HistoryView(Sequence[HistoryEntry]):
 
     def __len__(self) -> int:
         return self._size
+
+    def __iter__(self) -> Iterator[HistoryEntry]:
+        return iter(self._ordered)
 
     @overload
     def __getitem__(self, index: int) -> HistoryEntry: ...
