@@ -57,6 +57,7 @@ from pathlib import Path
 
 from autoresearch import population as pop
 from autoresearch import tags
+from autoresearch.briefing import Book, HistoryView, run_numbers, train_diff
 from autoresearch.config import Config
 from autoresearch.constants import code_lines, depth_of
 from autoresearch.errors import UserError
@@ -70,7 +71,7 @@ from autoresearch.ledger import (
 )
 from autoresearch.population import AUTO, BASELINE, CALIBRATE, REPEAT
 from autoresearch.progress import LiveProgress
-from autoresearch.proposal import HistoryEntry, Proposal, ProposalRequest, Proposer, Usage
+from autoresearch.proposal import Briefing, Proposal, ProposalRequest, Proposer, Usage
 from autoresearch.redact import redact
 from autoresearch.runner import Outcome, Runner, kill_leftovers, log_tail, run_experiment
 from autoresearch.slots import Slot, slots_for
@@ -190,7 +191,8 @@ class Engine:
         # engine is the only writer while it holds the run lock).
         self._last_number = highest_number(r.id for r in recorded)
         self._tips: dict[str, str] = {}
-        self._entries: dict[str, HistoryEntry] = {}  # record id -> what proposers see of it
+        self._book = Book(self._diff)  # what proposers see of the records, added as they come
+        self._briefed: tuple[int, Briefing] | None = None  # (records in the book, its briefing)
         self.rng = random.Random(f"{config.run.seed}-{tag}")
         self.program = (repo / PROGRAM_FILE).read_text(encoding="utf-8")
         remembered = tags.load(self.state, tag)
@@ -413,16 +415,21 @@ class Engine:
                 spec=spec, work_dir=self.state / PROPOSALS_DIR / f"p{self._jobs_made:05d}",
                 started=time.monotonic(),
             )  # fmt: skip
+            history, briefing = self._history()
             request = ProposalRequest(
                 parent_id=parent.id,
                 parent_source=read_train(self.repo, parent.commit),
                 program=self.program,
-                history=self._history(),
+                history=history,
                 crash_log=log_tail(run_dir(self.state, parent.id) / RUN_LOG)
                 if parent.status in CRASHED_STATUSES
                 else None,
                 rng=random.Random(f"{self.config.run.seed}-{self.tag}-{job.number}"),
                 work_dir=job.work_dir,
+                parent_run=None  # the baseline-to-be has not trained yet
+                if first_parent
+                else run_numbers(parent, self.config.run.describe_budget()),
+                briefing=briefing,
             )
             job.work_dir.mkdir(parents=True, exist_ok=True)
             self._in_flight.append(job)
@@ -608,19 +615,24 @@ class Engine:
         specs = list(self.proposers)
         return self.rng.choices(specs, weights=[self.proposers[s][1] for s in specs])[0]
 
-    def _history(self) -> tuple[HistoryEntry, ...]:
-        """Everything tried in this run: scored results best first, then failures newest first.
-        Each record's entry is made once (records never change): a request costs little more
-        with 10,000 records than with 100."""
-        tried = [r for r in self.records if r.proposer not in pop.REPEATS]
-        new = [r for r in tried if r.id not in self._entries]
-        if new:
-            by_id = {r.id: r for r in self.records}
-            for r in new:
-                self._entries[r.id] = _history_entry(r, by_id.get(r.parent or ""))
-        scored = sorted((r for r in tried if r.val_bpb is not None), key=lambda r: r.val_bpb)
-        failed = [r for r in reversed(tried) if r.val_bpb is None]
-        return tuple(self._entries[r.id] for r in scored + failed)
+    def _history(self) -> tuple[HistoryView, Briefing]:
+        """What a request tells of the run (`autoresearch.briefing`): the book takes in the
+        records made since the last request, and the briefing, noise and threshold included,
+        is made once per new record, so a request costs the same with 10,000 records as
+        with 100."""
+        if self._briefed is None or self._briefed[0] != len(self.records):
+            for r in self.records[self._briefed[0] if self._briefed else 0 :]:
+                self._book.add(r)
+            briefing = self._book.briefing(self.noise(), self.threshold())
+            self._briefed = (len(self.records), briefing)
+        return self._book.history(), self._briefed[1]
+
+    def _diff(self, parent: Record, record: Record) -> str:
+        """A promoted record's change to train.py, for the briefing."""
+        if not (parent.commit and record.commit):
+            return ""
+        old, new = (read_train(self.repo, r.commit) for r in (parent, record))
+        return train_diff(old, new)
 
     # -- one proposal to one record ------------------------------------------------------------
 
@@ -1015,16 +1027,6 @@ class Engine:
         finally:
             for s, handler in previous.items():
                 signal.signal(s, handler)
-
-
-def _history_entry(r: Record, parent: Record | None) -> HistoryEntry:
-    """A record as proposers see it: its score and its change against its parent."""
-    delta = (
-        r.val_bpb - parent.val_bpb
-        if r.val_bpb is not None and parent and parent.val_bpb is not None
-        else None
-    )
-    return HistoryEntry(r.id, r.parent, r.status, r.val_bpb, delta, r.description, r.proposer)
 
 
 def _adopt(work_dir: Path, run_dir: Path) -> None:

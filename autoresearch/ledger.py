@@ -71,6 +71,7 @@ class Record:
     depth: int | None = None
     code_lines: int = 0  # lines of train.py that are neither blank nor comments (0: not counted)
     mfu_percent: float | None = None
+    final_loss: float | None = None  # the last training loss train.py reported (its claim)
     seed: int = 0
     device: str = ""
     ran_on: str = ""  # where, with several slots: "slot 2 (GPU 2)", a Ray node; "" with one

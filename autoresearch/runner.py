@@ -115,7 +115,7 @@ SANDBOX_LOG = "sandbox.log"  # the sandbox's own errors (the candidate's output 
 PACKAGE_DIR = Path(autoresearch.__file__).resolve().parent  # the harness and the orchestrator
 MEASURED_FIELDS = (
     "status", "reason", "val_bpb", "training_seconds", "total_seconds", "tokens", "num_steps",
-    "num_params", "mfu_percent", "device", "fingerprints", "timings",
+    "num_params", "mfu_percent", "final_loss", "device", "fingerprints", "timings",
 )  # fmt: skip
 LOG_TAIL_LINES = 40
 LOG_TAIL_BYTES = 64 * 1024  # read from the end of a log for its last lines
@@ -146,6 +146,7 @@ class Outcome:
     tokens: int = 0
     num_steps: int = 0
     num_params: int = 0
+    final_loss: float | None = None  # of the last step event: train.py's word, for proposers
     device: str = ""
     ran_on: str = ""  # the machine and GPU, where the runner knows better than the slot (Ray)
     fingerprints: dict[str, str] = field(default_factory=dict)
@@ -392,6 +393,7 @@ def run_experiment(
             peak_rss_mb=_peak_rss_mb(run.rusage),
             num_steps=int(meta.get("steps") or events.last_step.get("step", -1) + 1),
             tokens=data.tokens_served,  # the runner's count, never the candidate's
+            final_loss=_reported_loss(events.last_step),
             device=ctx.device,
             fingerprints=fingerprints,
             timings=timings,
@@ -445,6 +447,13 @@ def run_experiment(
         )
     finally:
         evaluator.cancel()
+
+
+def _reported_loss(step: dict) -> float | None:
+    """The loss of a step event if it is a finite number (the pipe carries any JSON)."""
+    loss = step.get("loss")
+    ok = isinstance(loss, (int, float)) and not isinstance(loss, bool) and math.isfinite(loss)
+    return float(loss) if ok else None
 
 
 def hide_environment() -> None:

@@ -128,6 +128,17 @@ def test_malformed_reply_then_good_one(stub, tmp_path):
     assert proposal.usage.prompt_tokens == 200 and proposal.usage.completion_tokens == 100
 
 
+def test_a_unified_diff_reply_is_applied(stub, tmp_path):
+    stub.reply(
+        "DESCRIPTION: deeper\n\n```diff\n--- a/train.py\n+++ b/train.py\n"
+        "@@ -1,2 +1,2 @@\n LR = 0.01\n-DEPTH = 8\n+DEPTH = 12\n```\n"
+    )
+    proposal = make(stub).propose(request(tmp_path))
+    assert proposal.source == PARENT.replace("DEPTH = 8", "DEPTH = 12")
+    assert proposal.description == "deeper"
+    assert "```diff block is accepted" in stub.requests[0].last_user_message
+
+
 def test_unmatched_block_is_sent_back_with_the_error(stub, tmp_path):
     stub.reply(GOOD.replace("LR = 0.01\n=", "LR = 0.1\n="))
     stub.reply(GOOD)

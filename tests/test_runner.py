@@ -26,6 +26,9 @@ def test_honest_candidate_is_scored_by_the_harness(research_repo):
     assert 1.5 < out.training_seconds < 4.0
     assert out.num_steps > 5 and out.tokens >= out.num_steps * 16 * 64
     assert out.num_params == 257 * 257  # counted from the hand-over, not reported by the candidate
+    # The last loss train.py reported, for proposers: a byte bigram starts near ln(257) = 5.5.
+    assert out.final_loss is not None and 0 < out.final_loss < 6.0
+    assert out.to_record(id="e0001").final_loss == out.final_loss
     assert set(out.fingerprints) == {"harness", "data", "tokenizer", "train"}
     assert (research_repo / ".autoresearch/runs/t/run.log").exists()
 
