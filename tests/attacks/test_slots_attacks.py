@@ -33,7 +33,7 @@ from helpers import FROZEN, LEARNS, committed, make_engine
 
 from autoresearch.config import load_config
 from autoresearch.errors import UserError
-from autoresearch.ledger import Ledger
+from autoresearch.ledger import Ledger, Record
 from autoresearch.runner import run_experiment
 from autoresearch.slots import plan_slots
 from autoresearch.testing import ScriptedProposer, ScriptedRunner
@@ -216,27 +216,41 @@ def test_3_a_protected_file_touched_by_one_slot_is_not_blamed_on_the_other(resea
 # -- 4. a forged record hidden by the orchestrator's own append ----------------------------------
 
 FORGED_ID = "e0042"
+FORGE_WAIT_SECONDS = 20  # for the other side's next step: each takes well under a second
 
-# Appends, from a shell (the audit guard sees only Python), a record linked to the ledger's
-# last line as the chain wants, then trains honestly, late enough for the orchestrator to
-# append something first.
-FORGES_A_RECORD = candidates.honest_with(
-    at_start="    import hashlib, json, pathlib, subprocess, time\n"
-    "    state = pathlib.Path.cwd().parents[1]\n"
-    "    ledger = state / bytes.fromhex('6c65646765722e6a736f6e6c').decode()\n"
-    "    last = ledger.read_bytes().rstrip(b'\\n').split(b'\\n')[-1]\n"
-    "    link = {'after': json.loads(last)['id'], 'sha256': hashlib.sha256(last).hexdigest()}\n"
-    f"    forged = dict(id={FORGED_ID!r}, status='keep', val_bpb=0.01, tag='t', promoted=True,\n"
-    "                  description='a record nobody trained', chain=link)\n"
-    "    line = json.dumps(forged, sort_keys=True) + '\\n'\n"
-    "    subprocess.run(['sh', '-c', 'printf %s \"$1\" >> \"$2\"', 'sh', line, str(ledger)],\n"
-    "                   check=True)\n"
-    "    time.sleep(4.0)\n"
-)
+
+def forged_line(ledger: Path, scratch: Path) -> bytes:
+    """The line that appends FORGED_ID (kept, promoted, val_bpb 0.01) to `ledger` with its
+    chain link computed, as the docs say it can be: written by the library itself, to a copy
+    in `scratch`."""
+    copy = scratch / "forged.jsonl"
+    copy.write_bytes(ledger.read_bytes())
+    forged = Record(FORGED_ID, "keep", val_bpb=0.01, tag="t", promoted=True,
+                    description="a record nobody trained")  # fmt: skip
+    Ledger(copy).append(forged)
+    return copy.read_bytes().splitlines(keepends=True)[-1]
+
+
+def forges(line: bytes) -> str:
+    """A candidate that appends `line` to the ledger from a shell (the audit guard sees only
+    Python, and the line is in its source: it never reads the ledger), waits until the
+    orchestrator has appended a record after it, then trains honestly."""
+    return candidates.honest_with(
+        at_start="    import os, pathlib, subprocess, time\n"
+        "    state = pathlib.Path.cwd().parents[1]\n"
+        "    ledger = state / bytes.fromhex('6c65646765722e6a736f6e6c').decode()\n"
+        f"    line = bytes.fromhex({line.hex()!r}).decode()\n"
+        "    subprocess.run(['sh', '-c', 'printf %s \"$1\" >> \"$2\"', 'sh', line, str(ledger)],\n"
+        "                   check=True)\n"
+        "    forged = os.stat(ledger).st_size\n"
+        f"    deadline = time.time() + {FORGE_WAIT_SECONDS}\n"
+        "    while os.stat(ledger).st_size == forged and time.time() < deadline:\n"
+        "        time.sleep(0.02)\n"
+    )
 
 
 @needs_two_cores
-def test_4_a_ledger_forged_while_slots_run_on_a_resumed_tag_is_caught(research_repo):
+def test_4_a_ledger_forged_while_slots_run_on_a_resumed_tag_is_caught(research_repo, tmp_path):
     """Observed (isolation off): the forger was recorded `keep`, the search ended normally,
     and the ledger then loads with the forged e0042 (val_bpb 0.01, promoted) in it, no
     warning: it heads the population a resume picks parents from. How: in a resumed
@@ -252,27 +266,30 @@ def test_4_a_ledger_forged_while_slots_run_on_a_resumed_tag_is_caught(research_r
     )
     first.run(base)  # the tag's baseline; what follows is `evolve --resume`
     ledger_path = research_repo / ".autoresearch" / "ledger.jsonl"
+    line = forged_line(ledger_path, tmp_path)
 
     def invalid_after_the_forgery(request):
-        deadline = time.monotonic() + 60
-        while FORGED_ID not in ledger_path.read_text() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        deadline = time.monotonic() + FORGE_WAIT_SECONDS
+        while line not in ledger_path.read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.02)
         return "this is not python ("  # an ordinary invalid proposal, recorded at once
 
-    def later(request):
-        time.sleep(3.0)
-        return LEARNS  # the tag's last experiment
-
-    proposer = ScriptedProposer([FORGES_A_RECORD, invalid_after_the_forgery, later])
+    proposer = ScriptedProposer([forges(line), invalid_after_the_forgery, LEARNS])
     resumed = make_engine(
-        research_repo, proposer, population=4, prefetch=1, max_experiments=3, max_invalid=50,
-        slots=two_slots(),
-    )  # fmt: skip
+        research_repo, proposer, population=4, prefetch=1, max_experiments=3, slots=two_slots()
+    )
     error = None
     try:
         resumed.run(base)
     except UserError as e:
         error = e
+    written = ledger_path.read_bytes()
+    assert line in written, "the forger did not write the ledger: the attack did not happen"
+    # The forged line alone, right after the records it links to, loads: only the run's own
+    # checks can catch it.
+    forged_only = tmp_path / "forged-only.jsonl"
+    forged_only.write_bytes(written[: written.index(line) + len(line)])
+    assert FORGED_ID in [r.id for r in Ledger(forged_only).records()]
     caught = error is not None or any("protected" in r.reason for r in resumed.records)
     try:
         loaded = [r.id for r in Ledger(ledger_path).records()]
