@@ -75,9 +75,13 @@ def side_by_side(repo: Path, sources: dict[str, str], **overrides) -> dict:
 # -- 1. the other slot's hand-over, copied -------------------------------------------------------
 
 # Trains nothing: waits (in its start-up allowance) for the model that the experiment in
-# the next slot hands over, loads its weights, and hands them over as its own.
+# the next slot hands over, loads its weights, and hands them over as its own. The test
+# drops HANDED_OVER in its run folder once the neighbour has handed over: a look after that
+# finds the neighbour's hand-over if it can be seen at all, so the copier need not wait on.
+HANDED_OVER = "neighbour-handed-over"
 COPIES_THE_NEIGHBOUR = (
     "import os\nimport time\nfrom safetensors.torch import load_file\n"
+    + f"HANDED_OVER = {HANDED_OVER!r}\n"
     + candidates.HONEST.split("def main():")[0]  # the honest bigram, untrained
     + """
 def neighbour(since):
@@ -100,7 +104,10 @@ def main():
     model = Bigram(ctx.vocab_size).to(ctx.device)
     found = None
     while found is None and time.time() < started + 40:
+        told = os.path.exists(HANDED_OVER)
         found = neighbour(started)
+        if told:
+            break
         time.sleep(0.05)
     print("copying the hand-over of", found, flush=True)
     time.sleep(0.5)  # its weights are written before its notes; give the disk a moment
@@ -118,6 +125,16 @@ if __name__ == "__main__":
 )
 
 
+def tell_when_handed_over(honest: Path, copier: Path, timeout: float = 300) -> None:
+    """Drop HANDED_OVER in the copier's run folder once the honest run has handed over."""
+    deadline = time.monotonic() + timeout
+    while not (honest / "handover" / "handover.json").exists():
+        if time.monotonic() > deadline:
+            return
+        time.sleep(0.05)
+    (copier / HANDED_OVER).touch()
+
+
 @needs_two_cores
 @needs_isolation
 def test_1_a_candidate_cannot_hand_over_the_other_slots_model(research_repo):
@@ -127,6 +144,11 @@ def test_1_a_candidate_cannot_hand_over_the_other_slots_model(research_repo):
     hidden, so the other slot's `handover/weights.safetensors` is readable while it runs.
     It passes the static checks, so a real proposal does this."""
     assert validate_proposal(FROZEN, COPIES_THE_NEIGHBOUR, ()) is None
+    runs = research_repo / ".autoresearch" / "runs"
+    watcher = threading.Thread(
+        target=tell_when_handed_over, args=(runs / "honest", runs / "copier"), daemon=True
+    )
+    watcher.start()
     out = side_by_side(
         research_repo, {"honest": LEARNS, "copier": COPIES_THE_NEIGHBOUR},
         **{"run.isolation": "on"},
