@@ -196,14 +196,26 @@ def test_2_a_candidate_cannot_leave_its_slots_cores(research_repo, isolation):
 
 # -- 3. a protected file touched: the neighbour takes the blame ----------------------------------
 
-# Touches program.md from a subprocess (the audit guard sees only Python), then waits in
-# its start-up allowance so that the experiment next to it finishes first.
+# Once the experiment next to it runs (its `pgid` file is there), touches program.md from a
+# subprocess (the audit guard sees only Python), then waits in its start-up allowance until
+# that experiment has ended and a record has followed, so that the neighbour finishes first.
 BLAMES_THE_NEIGHBOUR = candidates.honest_with(
-    at_start="    import pathlib, subprocess, time\n"
-    "    program = pathlib.Path.cwd().parents[2] / bytes.fromhex('70726f6772616d2e6d64').decode()\n"
-    "    time.sleep(1.0)\n"
+    at_start="    import os, pathlib, subprocess, time\n"
+    "    here = pathlib.Path.cwd()\n"
+    "    program = here.parents[2] / bytes.fromhex('70726f6772616d2e6d64').decode()\n"
+    "    ledger = here.parents[1] / bytes.fromhex('6c65646765722e6a736f6e6c').decode()\n"
+    "    deadline = time.time() + 40\n"
+    "    def running():\n"
+    "        return [f for f in here.parent.iterdir() if f != here and (f / 'pgid').exists()]\n"
+    "    while not running() and time.time() < deadline:\n"
+    "        time.sleep(0.02)\n"
+    "    neighbour = (running() or [here])[0]\n"
+    "    size = os.stat(ledger).st_size\n"
     "    subprocess.run(['touch', str(program)], check=True)\n"
-    "    time.sleep(8.0)\n"
+    "    while (neighbour / 'pgid').exists() or os.stat(ledger).st_size == size:\n"
+    "        if time.time() > deadline:\n"
+    "            break\n"
+    "        time.sleep(0.02)\n"
 )
 
 
