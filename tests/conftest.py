@@ -29,26 +29,6 @@ if "AUTORESEARCH_CACHE" not in os.environ:  # a session cache, removed when the 
     atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 
 CORPUS_DOCS = 800  # small enough to prepare in a second, big enough to learn from
-# Test files that must not run at the same time as each other under pytest-xdist: both start
-# a local Ray and look at (and sweep) every Ray task's folder on the machine.
-SERIAL_GROUPS = {"tests/test_ray_runner.py": "ray", "tests/test_ray_evolve.py": "ray"}
-
-
-@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: unknown without it
-def pytest_xdist_make_scheduler(config: pytest.Config, log):
-    """Under `--dist loadfile` (pyproject.toml), a file's tests run in one worker, one after
-    another (its module-scoped fixtures are made once), and so do the files of each
-    SERIAL_GROUPS group."""
-    if config.getvalue("dist") != "loadfile":
-        return None
-    from xdist.scheduler import LoadFileScheduling
-
-    class Scheduling(LoadFileScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            path = super()._split_scope(nodeid)
-            return SERIAL_GROUPS.get(path, path)
-
-    return Scheduling(config, log)
 
 
 def write_corpus(folder: Path, docs: int = CORPUS_DOCS, seed: int = 0) -> Path:
