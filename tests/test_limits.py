@@ -28,10 +28,17 @@ def attack(repo: Path, source: str, isolation: str = "off", **overrides) -> Outc
     )
 
 
-def our_cgroups() -> list[Path]:
-    """This process's run cgroups that still exist, in either hierarchy."""
-    pattern = f"{limits.CGROUP_PREFIX}{os.getpid()}-*"
-    return [p for p in limits.CGROUP_ROOT.glob(f"**/{pattern}") if p.is_dir()]
+def run_cgroups(log: str) -> list[Path]:
+    """The run cgroups a candidate was in, from the `cgroup` lines of its log (its
+    /proc/self/cgroup): the folders of this run alone, whatever other runs on the machine
+    (or a killed one's stale cgroups) have made."""
+    folders = []
+    for line in log.splitlines():
+        if line.startswith("cgroup ") and limits.CGROUP_PREFIX in line:
+            _, controllers, path = line.removeprefix("cgroup ").split(":", 2)
+            mount = limits.CGROUP_ROOT / controllers if controllers else limits.CGROUP_ROOT
+            folders.append(mount / path.lstrip("/"))
+    return folders
 
 
 def cgroups_here() -> bool:
@@ -99,7 +106,8 @@ def test_a_dead_runners_cgroups_are_removed_by_the_next_run():
 OBSERVER = candidates.honest_with(
     at_start="    import os\n"
     "    print('oom_score_adj', open('/proc/self/oom_score_adj').read().strip())\n"
-    "    print('cgroup', open('/proc/self/cgroup').read().count('autoresearch-'))\n"
+    "    for line in open('/proc/self/cgroup'):\n"
+    "        print('cgroup', line.strip())\n"
     "    for key in ('HOME', 'TMPDIR', 'XDG_CACHE_HOME', 'TORCHINDUCTOR_CACHE_DIR'):\n"
     "        print(key, os.environ.get(key))\n"
     "    open(os.path.join(os.environ['TORCHINDUCTOR_CACHE_DIR'], 'kernel'), 'w').write('k')\n"
@@ -112,7 +120,8 @@ class Observed:
     run: Path  # its run folder
     log: str
     inductor_cache: Path  # the user's compile cache: shared by runs on purpose
-    cgroups_left: list[Path]  # this process's run cgroups right after the run
+    cgroups: list[Path]  # the run cgroups the candidate was in
+    cgroups_left: list[Path]  # those of them that still exist right after the run
 
 
 @pytest.fixture(scope="module", params=["off", pytest.param("on", marks=needs_isolation)])
@@ -126,17 +135,21 @@ def observed(request, tmp_path_factory, corpus) -> Observed:
         env.setenv("XDG_CACHE_HOME", str(folder / "xdg"))
         repo = make_research_repo(folder / "research", corpus)
         out = attack(repo, OBSERVER, isolation=request.param)
-        left = our_cgroups()
     run = next((repo / ".autoresearch/runs").glob("*/run.log")).parent
-    return Observed(out, run, (run / "run.log").read_text(), cache, left)
+    log = (run / "run.log").read_text()
+    cgroups = run_cgroups(log)
+    left = [folder for folder in cgroups if folder.exists()]
+    return Observed(out, run, log, cache, cgroups, left)
 
 
 @needs_cgroups
 def test_a_run_leaves_no_cgroup_and_is_first_to_go_when_memory_runs_out(observed):
     assert observed.out.status == "keep", observed.out.reason
     assert "oom_score_adj 1000" in observed.log
-    # v1: memory and pids; v2: one for both
-    assert "cgroup 2" in observed.log or "cgroup 1" in observed.log
+    # v1: memory and pids; v2: one for both. Named for the runner (this process).
+    assert len(observed.cgroups) in (1, 2), observed.log
+    assert {c.name.split("-")[1] for c in observed.cgroups} == {str(os.getpid())}
+    assert len({c.name for c in observed.cgroups}) == 1  # one run: one name in each hierarchy
     assert observed.cgroups_left == []
 
 

@@ -257,7 +257,7 @@ def test_planted_secrets_never_reach_files_logs_exports_or_candidates(research_r
         for i, lr in enumerate((0.25, 0.3, 0.35, 0.4)):
             stub.reply(whole_file_reply(snoop(proc, lr), f"learning rate {lr} (edit {i})"))
         run("evolve", "--proposer", f"llm:{MODEL}", "--proposer", "agent", "--population", "1",
-            "--budget", "2", "--calibrate", "0", "--max-experiments", str(TRAINED),
+            "--budget", "1", "--calibrate", "0", "--max-experiments", str(TRAINED),
             "--tag", TAG)  # fmt: skip
         requests = list(stub.requests)
 

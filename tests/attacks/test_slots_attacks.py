@@ -33,7 +33,7 @@ from helpers import FROZEN, LEARNS, committed, make_engine
 
 from autoresearch.config import load_config
 from autoresearch.errors import UserError
-from autoresearch.ledger import Ledger
+from autoresearch.ledger import Ledger, Record
 from autoresearch.runner import run_experiment
 from autoresearch.slots import plan_slots
 from autoresearch.testing import ScriptedProposer, ScriptedRunner
@@ -75,9 +75,13 @@ def side_by_side(repo: Path, sources: dict[str, str], **overrides) -> dict:
 # -- 1. the other slot's hand-over, copied -------------------------------------------------------
 
 # Trains nothing: waits (in its start-up allowance) for the model that the experiment in
-# the next slot hands over, loads its weights, and hands them over as its own.
+# the next slot hands over, loads its weights, and hands them over as its own. The test
+# drops HANDED_OVER in its run folder once the neighbour has handed over: a look after that
+# finds the neighbour's hand-over if it can be seen at all, so the copier need not wait on.
+HANDED_OVER = "neighbour-handed-over"
 COPIES_THE_NEIGHBOUR = (
     "import os\nimport time\nfrom safetensors.torch import load_file\n"
+    + f"HANDED_OVER = {HANDED_OVER!r}\n"
     + candidates.HONEST.split("def main():")[0]  # the honest bigram, untrained
     + """
 def neighbour(since):
@@ -100,7 +104,10 @@ def main():
     model = Bigram(ctx.vocab_size).to(ctx.device)
     found = None
     while found is None and time.time() < started + 40:
+        told = os.path.exists(HANDED_OVER)
         found = neighbour(started)
+        if told:
+            break
         time.sleep(0.05)
     print("copying the hand-over of", found, flush=True)
     time.sleep(0.5)  # its weights are written before its notes; give the disk a moment
@@ -118,6 +125,16 @@ if __name__ == "__main__":
 )
 
 
+def tell_when_handed_over(honest: Path, copier: Path, timeout: float = 300) -> None:
+    """Drop HANDED_OVER in the copier's run folder once the honest run has handed over."""
+    deadline = time.monotonic() + timeout
+    while not (honest / "handover" / "handover.json").exists():
+        if time.monotonic() > deadline:
+            return
+        time.sleep(0.05)
+    (copier / HANDED_OVER).touch()
+
+
 @needs_two_cores
 @needs_isolation
 def test_1_a_candidate_cannot_hand_over_the_other_slots_model(research_repo):
@@ -127,6 +144,11 @@ def test_1_a_candidate_cannot_hand_over_the_other_slots_model(research_repo):
     hidden, so the other slot's `handover/weights.safetensors` is readable while it runs.
     It passes the static checks, so a real proposal does this."""
     assert validate_proposal(FROZEN, COPIES_THE_NEIGHBOUR, ()) is None
+    runs = research_repo / ".autoresearch" / "runs"
+    watcher = threading.Thread(
+        target=tell_when_handed_over, args=(runs / "honest", runs / "copier"), daemon=True
+    )
+    watcher.start()
     out = side_by_side(
         research_repo, {"honest": LEARNS, "copier": COPIES_THE_NEIGHBOUR},
         **{"run.isolation": "on"},
@@ -174,14 +196,26 @@ def test_2_a_candidate_cannot_leave_its_slots_cores(research_repo, isolation):
 
 # -- 3. a protected file touched: the neighbour takes the blame ----------------------------------
 
-# Touches program.md from a subprocess (the audit guard sees only Python), then waits in
-# its start-up allowance so that the experiment next to it finishes first.
+# Once the experiment next to it runs (its `pgid` file is there), touches program.md from a
+# subprocess (the audit guard sees only Python), then waits in its start-up allowance until
+# that experiment has ended and a record has followed, so that the neighbour finishes first.
 BLAMES_THE_NEIGHBOUR = candidates.honest_with(
-    at_start="    import pathlib, subprocess, time\n"
-    "    program = pathlib.Path.cwd().parents[2] / bytes.fromhex('70726f6772616d2e6d64').decode()\n"
-    "    time.sleep(1.0)\n"
+    at_start="    import os, pathlib, subprocess, time\n"
+    "    here = pathlib.Path.cwd()\n"
+    "    program = here.parents[2] / bytes.fromhex('70726f6772616d2e6d64').decode()\n"
+    "    ledger = here.parents[1] / bytes.fromhex('6c65646765722e6a736f6e6c').decode()\n"
+    "    deadline = time.time() + 40\n"
+    "    def running():\n"
+    "        return [f for f in here.parent.iterdir() if f != here and (f / 'pgid').exists()]\n"
+    "    while not running() and time.time() < deadline:\n"
+    "        time.sleep(0.02)\n"
+    "    neighbour = (running() or [here])[0]\n"
+    "    size = os.stat(ledger).st_size\n"
     "    subprocess.run(['touch', str(program)], check=True)\n"
-    "    time.sleep(8.0)\n"
+    "    while (neighbour / 'pgid').exists() or os.stat(ledger).st_size == size:\n"
+    "        if time.time() > deadline:\n"
+    "            break\n"
+    "        time.sleep(0.02)\n"
 )
 
 
@@ -216,27 +250,41 @@ def test_3_a_protected_file_touched_by_one_slot_is_not_blamed_on_the_other(resea
 # -- 4. a forged record hidden by the orchestrator's own append ----------------------------------
 
 FORGED_ID = "e0042"
+FORGE_WAIT_SECONDS = 20  # for the other side's next step: each takes well under a second
 
-# Appends, from a shell (the audit guard sees only Python), a record linked to the ledger's
-# last line as the chain wants, then trains honestly, late enough for the orchestrator to
-# append something first.
-FORGES_A_RECORD = candidates.honest_with(
-    at_start="    import hashlib, json, pathlib, subprocess, time\n"
-    "    state = pathlib.Path.cwd().parents[1]\n"
-    "    ledger = state / bytes.fromhex('6c65646765722e6a736f6e6c').decode()\n"
-    "    last = ledger.read_bytes().rstrip(b'\\n').split(b'\\n')[-1]\n"
-    "    link = {'after': json.loads(last)['id'], 'sha256': hashlib.sha256(last).hexdigest()}\n"
-    f"    forged = dict(id={FORGED_ID!r}, status='keep', val_bpb=0.01, tag='t', promoted=True,\n"
-    "                  description='a record nobody trained', chain=link)\n"
-    "    line = json.dumps(forged, sort_keys=True) + '\\n'\n"
-    "    subprocess.run(['sh', '-c', 'printf %s \"$1\" >> \"$2\"', 'sh', line, str(ledger)],\n"
-    "                   check=True)\n"
-    "    time.sleep(4.0)\n"
-)
+
+def forged_line(ledger: Path, scratch: Path) -> bytes:
+    """The line that appends FORGED_ID (kept, promoted, val_bpb 0.01) to `ledger` with its
+    chain link computed, as the docs say it can be: written by the library itself, to a copy
+    in `scratch`."""
+    copy = scratch / "forged.jsonl"
+    copy.write_bytes(ledger.read_bytes())
+    forged = Record(FORGED_ID, "keep", val_bpb=0.01, tag="t", promoted=True,
+                    description="a record nobody trained")  # fmt: skip
+    Ledger(copy).append(forged)
+    return copy.read_bytes().splitlines(keepends=True)[-1]
+
+
+def forges(line: bytes) -> str:
+    """A candidate that appends `line` to the ledger from a shell (the audit guard sees only
+    Python, and the line is in its source: it never reads the ledger), waits until the
+    orchestrator has appended a record after it, then trains honestly."""
+    return candidates.honest_with(
+        at_start="    import os, pathlib, subprocess, time\n"
+        "    state = pathlib.Path.cwd().parents[1]\n"
+        "    ledger = state / bytes.fromhex('6c65646765722e6a736f6e6c').decode()\n"
+        f"    line = bytes.fromhex({line.hex()!r}).decode()\n"
+        "    subprocess.run(['sh', '-c', 'printf %s \"$1\" >> \"$2\"', 'sh', line, str(ledger)],\n"
+        "                   check=True)\n"
+        "    forged = os.stat(ledger).st_size\n"
+        f"    deadline = time.time() + {FORGE_WAIT_SECONDS}\n"
+        "    while os.stat(ledger).st_size == forged and time.time() < deadline:\n"
+        "        time.sleep(0.02)\n"
+    )
 
 
 @needs_two_cores
-def test_4_a_ledger_forged_while_slots_run_on_a_resumed_tag_is_caught(research_repo):
+def test_4_a_ledger_forged_while_slots_run_on_a_resumed_tag_is_caught(research_repo, tmp_path):
     """Observed (isolation off): the forger was recorded `keep`, the search ended normally,
     and the ledger then loads with the forged e0042 (val_bpb 0.01, promoted) in it, no
     warning: it heads the population a resume picks parents from. How: in a resumed
@@ -252,27 +300,30 @@ def test_4_a_ledger_forged_while_slots_run_on_a_resumed_tag_is_caught(research_r
     )
     first.run(base)  # the tag's baseline; what follows is `evolve --resume`
     ledger_path = research_repo / ".autoresearch" / "ledger.jsonl"
+    line = forged_line(ledger_path, tmp_path)
 
     def invalid_after_the_forgery(request):
-        deadline = time.monotonic() + 60
-        while FORGED_ID not in ledger_path.read_text() and time.monotonic() < deadline:
-            time.sleep(0.05)
+        deadline = time.monotonic() + FORGE_WAIT_SECONDS
+        while line not in ledger_path.read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.02)
         return "this is not python ("  # an ordinary invalid proposal, recorded at once
 
-    def later(request):
-        time.sleep(3.0)
-        return LEARNS  # the tag's last experiment
-
-    proposer = ScriptedProposer([FORGES_A_RECORD, invalid_after_the_forgery, later])
+    proposer = ScriptedProposer([forges(line), invalid_after_the_forgery, LEARNS])
     resumed = make_engine(
-        research_repo, proposer, population=4, prefetch=1, max_experiments=3, max_invalid=50,
-        slots=two_slots(),
-    )  # fmt: skip
+        research_repo, proposer, population=4, prefetch=1, max_experiments=3, slots=two_slots()
+    )
     error = None
     try:
         resumed.run(base)
     except UserError as e:
         error = e
+    written = ledger_path.read_bytes()
+    assert line in written, "the forger did not write the ledger: the attack did not happen"
+    # The forged line alone, right after the records it links to, loads: only the run's own
+    # checks can catch it.
+    forged_only = tmp_path / "forged-only.jsonl"
+    forged_only.write_bytes(written[: written.index(line) + len(line)])
+    assert FORGED_ID in [r.id for r in Ledger(forged_only).records()]
     caught = error is not None or any("protected" in r.reason for r in resumed.records)
     try:
         loaded = [r.id for r in Ledger(ledger_path).records()]
