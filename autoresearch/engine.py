@@ -591,14 +591,10 @@ class Engine:
         """`of`'s next run, to confirm it, after runs of the champion at the seeds it lacks up to
         that run's: a run is compared with the other sources' runs at its own seed
         (`population.seed_effects`), so a seed only one of the two has run tells nothing."""
-        repeat = self._repeat(of, "to confirm it")
-        best = self._champion()
-        champion_runs = sum(
-            r.val_bpb is not None and pop.source_of(r) == pop.source_of(best)
-            for r in self.records
-        )
-        missing = self._seed_for(repeat) - self.config.run.seed + 1 - champion_runs
-        why = f"to pair its runs' seeds with {of.id}'s confirmation"
+        repeat, best = self._repeat(of, "to confirm it"), self._champion()
+        why = f"to pair its seeds with {of.id}'s confirmation"
+        # Works are filled in when they start (id, seed): one object per run.
+        missing = self._seed_for(repeat) - self._seed_for(self._repeat(best, why)) + 1
         return [self._repeat(best, why) for _ in range(max(missing, 0))] + [repeat]
 
     def _seed_for(self, work: Work) -> int:
