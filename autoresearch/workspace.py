@@ -8,6 +8,7 @@ leaves the user's checkout dirty.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import threading
@@ -16,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from autoresearch.config import CONFIG_FILE
 from autoresearch.errors import UserError
@@ -336,13 +337,29 @@ def _common_git_dir(repo: Path) -> Path | None:
 
 
 def open_repo(repo: Path) -> git.Repo:
-    """GitPython's repo at `repo`, its git processes started with `git_environment()`: the
-    only way the orchestrator opens one."""
-    import git
-
-    r = git.Repo(repo)
+    """GitPython's repo at `repo`, its git processes started with `git_environment()` in a
+    session of their own (`_session_repo_class`): the only way the orchestrator opens one."""
+    r = _session_repo_class()(repo)
     r.git.update_environment(**git_environment())
     return r
+
+
+@functools.cache
+def _session_repo_class() -> type[git.Repo]:
+    """`git.Repo` whose git processes start in a session of their own. A Ctrl-C at the
+    terminal sends SIGINT to the whole foreground process group: evolve takes it as "finish
+    and record", and needs its git (a kept repo's `git cat-file`, a commit under way) alive
+    to do so. A git that outlives a killed evolve ends too: its stdin closes."""
+    import git
+
+    class SessionGit(git.Git):
+        def execute(self, command: Any, *args: Any, **kwargs: Any) -> Any:
+            return super().execute(command, *args, start_new_session=True, **kwargs)
+
+    class SessionRepo(git.Repo):
+        GitCommandWrapperType = SessionGit
+
+    return SessionRepo
 
 
 _kept: OrderedDict[tuple[str, int, int, int], git.Repo] = OrderedDict()
@@ -383,8 +400,9 @@ def git_command(repo: Path, *args: str) -> str:
 
     env = {**os.environ, **git_environment()}
     done = subprocess.run(
-        ["git", *args], cwd=repo, env=env, capture_output=True, text=True, check=False
-    )
+        ["git", *args], cwd=repo, env=env, capture_output=True, text=True, check=False,
+        start_new_session=True,  # not stopped by a Ctrl-C meant for evolve: `_session_repo_class`
+    )  # fmt: skip
     if done.returncode != 0:
         raise UserError(f"git {args[0]} failed in {repo}: {done.stderr.strip()[:300]}")
     return done.stdout

@@ -151,6 +151,37 @@ def test_evolve_survives_a_signal_at_a_random_instant_and_resumes(tmp_path, corp
     assert len(trial.after) > len(trial.before)  # the resume did real work
 
 
+CTRL_C_SCRIPT = """
+import os, signal, sys, time
+from pathlib import Path
+from autoresearch import workspace
+
+repo, sha = Path(sys.argv[1]), sys.argv[2]
+signal.signal(signal.SIGINT, lambda *_: None)  # evolve's own handler: finish and record
+workspace.read_train(repo, sha)  # a kept repo: its git cat-file processes now run
+os.killpg(0, signal.SIGINT)  # Ctrl-C at the terminal: the whole foreground group
+time.sleep(0.5)
+workspace.read_train(repo, sha)
+print(workspace.commit_result(repo, sha, "recorded after a Ctrl-C"))
+"""
+
+
+def test_a_ctrl_c_at_the_terminal_leaves_evolve_the_git_it_records_with(tmp_path, corpus):
+    """A SIGINT to evolve's whole process group (what a terminal sends) must not end the git
+    processes evolve keeps open and still needs to record its last results."""
+    repo = make_trial_repo(tmp_path / "research", corpus)
+    sha = committed(repo, FROZEN)
+    done = subprocess.run(
+        [sys.executable, "-c", CTRL_C_SCRIPT, str(repo), sha], capture_output=True, text=True,
+        start_new_session=True, timeout=60,  # a group of its own, as a terminal's job
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    recorded = done.stdout.strip()
+    log = subprocess.run(["git", "log", "-1", "--format=%P %s", recorded], cwd=repo,
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    assert log.stdout.split(" ", 1) == [sha, "recorded after a Ctrl-C\n"]
+
+
 def test_an_agent_proposal_in_flight_ends_with_evolve(tmp_path, corpus):
     """The proposal being prepared when evolve stops (here: at its experiment limit, while the
     agent still works on the next proposal) must not leave the agent or its scratch behind."""
