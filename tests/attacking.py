@@ -2,8 +2,10 @@
 helpers of the attack suite (tests/attacks/) and of the tests of the sandbox and its caps.
 
 The honest reference is the bigram of tests/candidates.py under a fixed token budget, so
-every honest run gets exactly the same val_bpb: an attack that trains the same model and
-still moves the score by any amount has changed the measurement.
+every honest run trains the same steps on the same data and gets the same val_bpb, up to the
+last bits of float reductions (which some machines order differently between processes):
+an attack that trains the same model and still moves the score by more than that has
+changed the measurement.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from autoresearch.runner import Outcome, run_experiment
 from autoresearch.validation import validate_proposal
 
 TOKENS = 12 * 16 * 64  # 12 steps of 16 rows of 64 tokens
+# Float reductions summed in another order move val_bpb in about the 7th digit; the smallest
+# gain a cheat is after is orders of magnitude larger.
+SAME_SCORE = 1e-6
 needs_isolation = pytest.mark.skipif(
     not isolation_works(), reason="this system does not allow unprivileged user namespaces"
 )
@@ -41,9 +46,14 @@ def attack(
     return run_experiment(run_dir / "train.py", config, run_dir)
 
 
+def same_score(score: float, honest: float) -> bool:
+    """The honest model's score, up to the order of float reductions."""
+    return abs(score - honest) <= SAME_SCORE * abs(honest)
+
+
 def defended(out: Outcome, honest: float) -> bool:
     """Refused, or scored no better than the honest model it really is."""
-    return out.status in FAILED_STATUSES or out.val_bpb >= honest - 1e-9
+    return out.status in FAILED_STATUSES or out.val_bpb >= honest * (1 - SAME_SCORE)
 
 
 def in_repo(path: str) -> str:

@@ -17,7 +17,7 @@ import sys
 
 import candidates
 import pytest
-from attacking import TOKENS, attack, needs_isolation
+from attacking import TOKENS, attack, needs_isolation, same_score
 
 from autoresearch import runner
 from autoresearch.harness.context import EVENTS_ENV
@@ -134,7 +134,7 @@ NATIVE_TRAIN_COPY = candidates.honest_with(
 @needs_isolation
 def test_training_split_through_native_code_is_hidden_by_isolation(research_repo, true_bpb):
     out = attack(research_repo, NATIVE_TRAIN_COPY, isolation="on")
-    assert out.status == "keep" and out.val_bpb == true_bpb, out.reason
+    assert out.status == "keep" and same_score(out.val_bpb, true_bpb), out.reason
 
 
 def test_uncounted_batches_cannot_pass_the_token_budget(research_repo):
@@ -158,7 +158,7 @@ def test_tokens_are_the_runners_count(research_repo, true_bpb):
         "    forge('step', step=0, loss=1.0, tokens=0)\n",
     )
     out = attack(research_repo, source)
-    assert out.status == "keep" and out.val_bpb == true_bpb, out.reason
+    assert out.status == "keep" and same_score(out.val_bpb, true_bpb), out.reason
     assert out.tokens == TOKENS, out.tokens
 
 

@@ -16,7 +16,7 @@ import time
 import candidates
 import git
 import pytest
-from attacking import TOKENS, attack, defended, in_repo, needs_isolation
+from attacking import TOKENS, attack, defended, in_repo, needs_isolation, same_score
 
 from autoresearch.config import load_config
 from autoresearch.constants import rewrite_constants
@@ -32,7 +32,7 @@ def test_1_printed_score_is_ignored(research_repo, honest_bpb):
         before_handover="    print('val_bpb:          0.000001')\n    print('---')\n"
     )
     out = attack(research_repo, source)
-    assert out.status == "keep" and out.val_bpb == honest_bpb
+    assert out.status == "keep" and same_score(out.val_bpb, honest_bpb)
 
 
 def test_1_fake_result_files_are_ignored(research_repo, honest_bpb):
@@ -43,7 +43,7 @@ def test_1_fake_result_files_are_ignored(research_repo, honest_bpb):
         f"        open(name, 'w').write({fake!r})\n"
     )
     out = attack(research_repo, source)
-    assert out.status == "keep" and out.val_bpb == honest_bpb
+    assert out.status == "keep" and same_score(out.val_bpb, honest_bpb)
 
 
 # --- 2. patching the harness's evaluation, data loader or clock in its own process -----
@@ -56,7 +56,7 @@ def test_2_patched_evaluation_in_its_own_process_changes_nothing(research_repo, 
         "    ev.evaluate = lambda *a, **k: ev.EvalResult(1e-6, 1, 1, 0.0, 'cpu')\n"
     )
     out = attack(research_repo, source)
-    assert out.status == "keep" and out.val_bpb == honest_bpb
+    assert out.status == "keep" and same_score(out.val_bpb, honest_bpb)
 
 
 def test_2_patched_clock_cannot_stretch_the_budget(research_repo):
@@ -145,7 +145,7 @@ NATIVE_VAL_COPY = candidates.honest_with(
 @needs_isolation
 def test_3_validation_data_through_native_code_is_hidden_by_isolation(research_repo, honest_bpb):
     out = attack(research_repo, NATIVE_VAL_COPY, isolation="on")
-    assert out.status == "keep" and out.val_bpb == honest_bpb, out.reason
+    assert out.status == "keep" and same_score(out.val_bpb, honest_bpb), out.reason
 
 
 # --- 4. shrinking the evaluation -------------------------------------------------------
@@ -161,7 +161,7 @@ def test_4_environment_and_context_cannot_shrink_the_evaluation(research_repo, h
     )
     out = attack(research_repo, source)
     assert defended(out, honest_bpb), (out.status, out.val_bpb, honest_bpb)
-    assert out.status != "keep" or out.val_bpb == honest_bpb
+    assert out.status != "keep" or same_score(out.val_bpb, honest_bpb)
 
 
 def test_4_config_edit_is_refused(research_repo):
@@ -185,7 +185,7 @@ def test_4_shorter_sequence_length_cannot_be_scored(research_repo, honest_bpb):
         "    sys.modules['autoresearch.harness.handover'].context = lambda: short\n"
     )
     out = attack(research_repo, source)
-    assert out.status == "crash" or out.val_bpb == honest_bpb, (out.status, out.reason)
+    assert out.status == "crash" or same_score(out.val_bpb, honest_bpb), (out.status, out.reason)
 
 
 # --- 5. stretching the budget ----------------------------------------------------------
@@ -235,7 +235,7 @@ def test_5_work_after_the_handover_is_stopped(research_repo, honest_bpb, isolati
     if swapped:
         assert out.status == "invalid" and "changed after the hand-over" in out.reason
     else:
-        assert out.status == "keep" and out.val_bpb == honest_bpb, out.reason
+        assert out.status == "keep" and same_score(out.val_bpb, honest_bpb), out.reason
 
 
 # --- 6. changing only the seed ---------------------------------------------------------
@@ -293,7 +293,7 @@ def test_7_native_edit_fails_under_isolation(research_repo, honest_bpb):
     before = (research_repo / "program.md").stat().st_mtime_ns
     out = attack(research_repo, NATIVE_TOUCH, isolation="on")
     assert (research_repo / "program.md").stat().st_mtime_ns == before  # read-only there
-    assert out.status == "keep" and out.val_bpb == honest_bpb, out.reason
+    assert out.status == "keep" and same_score(out.val_bpb, honest_bpb), out.reason
 
 
 # --- 8. models that cheat through their forward pass -----------------------------------

@@ -19,7 +19,7 @@ import signal
 
 import candidates
 import pytest
-from attacking import attack, needs_isolation
+from attacking import attack, needs_isolation, same_score
 
 SECRET = "sk-PLANTED-SECRET-123"
 BOTH = ["off", pytest.param("auto", marks=needs_isolation)]
@@ -38,6 +38,7 @@ def no_hang():
     yield
     signal.alarm(0)
     signal.signal(signal.SIGALRM, previous)
+
 
 # The honest bigram, plus a peek at the next token wherever the probe's cuts, replayed from
 # a seed the candidate guesses, do not look in that row of the batch.
@@ -139,4 +140,4 @@ def test_3_a_log_linked_to_a_fifo_does_not_hang_the_orchestrator(research_repo, 
 
 def test_3_hand_over_notes_linked_to_a_fifo_are_not_read(research_repo, honest_bpb, no_hang):
     out = attack(research_repo, replaced("handover/handover.json", "'fifo'", then=""))
-    assert out.status == "keep" and out.val_bpb == honest_bpb, (out.status, out.reason)
+    assert out.status == "keep" and same_score(out.val_bpb, honest_bpb), (out.status, out.reason)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import candidates
 import pytest
-from attacking import attack, needs_isolation
+from attacking import attack, needs_isolation, same_score
 
 from autoresearch.config import load_config
 from autoresearch.harness import sources
@@ -138,7 +138,7 @@ def test_1_validation_files_through_native_code_are_hidden(stdlib_repo, honest_b
         "            stolen.append(got.stdout.decode('utf-8', 'replace'))\n"
     )
     out = attack(stdlib_repo, source, isolation="on")
-    assert out.status == "keep" and out.val_bpb == honest_bpb, (out, honest_bpb)
+    assert out.status == "keep" and same_score(out.val_bpb, honest_bpb), (out, honest_bpb)
 
 
 # --- 2. through the import system ---------------------------------------------------------
@@ -222,7 +222,7 @@ def test_3_copies_in_other_installations_are_hidden_by_isolation(stdlib_repo, ho
         "            stolen.append(got.decode('utf-8', 'replace'))\n"
     )
     out = attack(stdlib_repo, source, isolation="on")
-    assert out.status == "keep" and out.val_bpb == honest_bpb, (out, honest_bpb)
+    assert out.status == "keep" and same_score(out.val_bpb, honest_bpb), (out, honest_bpb)
 
 
 # --- what the hiding must not break -------------------------------------------------------
