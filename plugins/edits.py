@@ -112,6 +112,19 @@ def parse_reply(reply: str) -> ParsedReply:
     return ParsedReply(description, full_source=_full_file(lines))
 
 
+def reply_form(reply: str) -> str:
+    """Which accepted form a reply tried, even a broken one: "blocks" (SEARCH/REPLACE),
+    "diff" (a unified diff) or "file" (the whole train.py), so a retry can ask for the same."""
+    lines = reply.splitlines()
+    if any(SEARCH_RE.match(line) for line in lines):
+        return "blocks"
+    for line in lines:
+        fence = FENCE_RE.match(line)
+        if HUNK_RE.match(line) or (fence and fence.group(2).lower() in DIFF_LANGS):
+            return "diff"
+    return "file" if any(FENCE_RE.match(line) for line in lines) else "blocks"
+
+
 def apply_reply(source: str, reply: str) -> tuple[str, str | None]:
     """New source and description from a reply; raises `EditError` on any problem."""
     parsed = parse_reply(reply)

@@ -39,7 +39,7 @@ from autoresearch.proposal import Proposal, ProposalFailed, ProposalRequest, Usa
 from autoresearch.redact import redact
 
 from . import prompt
-from .edits import EditError, apply_reply
+from .edits import EditError, apply_reply, reply_form
 
 NAME = "llm"
 DESCRIPTION = "any litellm model (OpenAI, Anthropic, Gemini, Ollama, vLLM, ...) editing train.py"
@@ -223,8 +223,9 @@ class LLMProposer:
             try:
                 source, description = apply_reply(request.parent_source, reply)
             except EditError as e:
-                error = e
+                error, form = e, reply_form(reply)
                 if finish == "length":
+                    form = "blocks"
                     error = EditError(
                         f"{e}\n(Your reply was cut off at the token limit: use short"
                         " SEARCH/REPLACE blocks instead of repeating the whole file.)"
@@ -233,7 +234,7 @@ class LLMProposer:
                 messages = [
                     *messages,
                     {"role": "assistant", "content": reply},
-                    prompt.retry_message(str(error)),
+                    prompt.retry_message(str(error), form),
                 ]
                 continue
             usage_total = Usage(tokens_in, tokens_out, cost, time.monotonic() - started)

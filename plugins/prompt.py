@@ -35,7 +35,8 @@ FAILED_WORDS = {"crash": "crashed", "timeout": "timed out", "invalid": "was reje
 SYSTEM = """\
 You are an expert machine-learning research engineer. You improve a small \
 language-model training script, train.py, one experiment at a time. Each \
-experiment trains for a fixed wall-clock budget and is scored by val_bpb \
+experiment trains under the same fixed budget (training seconds or tokens, \
+as the parent's numbers say) and is scored by val_bpb \
 (validation bits per byte, lower is better), measured by a trusted harness \
 that train.py cannot change. Propose one focused, promising change per \
 experiment, informed by what has already been tried."""
@@ -85,8 +86,15 @@ Your previous answer could not be used:
 
 {error}
 
-Answer again in the same format (DESCRIPTION line, then SEARCH/REPLACE blocks \
+Answer again in the same format (DESCRIPTION line, then {form} \
 against the current train.py shown above, which is unchanged)."""
+# How the retry names the form the failed reply tried (edits.reply_form), so a model that
+# answered with a diff is not told to switch to blocks it did not use.
+RETRY_FORMS = {
+    "blocks": "SEARCH/REPLACE blocks",
+    "diff": "a unified diff of train.py in a ```diff block",
+    "file": "the complete train.py in one ```python block",
+}
 
 
 def llm_messages(request: ProposalRequest, extra_instructions: str | None = None) -> list[dict]:
@@ -97,9 +105,10 @@ def llm_messages(request: ProposalRequest, extra_instructions: str | None = None
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
 
 
-def retry_message(error: str) -> dict:
-    """The follow-up user message that sends a parse or apply error back to the model."""
-    return {"role": "user", "content": RETRY.format(error=error.strip())}
+def retry_message(error: str, form: str = "blocks") -> dict:
+    """The follow-up user message that sends a parse or apply error back to the model, asking
+    for the answer again in `form` (a key of RETRY_FORMS)."""
+    return {"role": "user", "content": RETRY.format(error=error.strip(), form=RETRY_FORMS[form])}
 
 
 def agent_prompt(request: ProposalRequest, extra_instructions: str | None = None) -> str:

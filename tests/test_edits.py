@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from autoresearch.default_plugins.edits import EditError, apply_edits, apply_reply, parse_reply
+from autoresearch.default_plugins.edits import (
+    EditError,
+    apply_edits,
+    apply_reply,
+    parse_reply,
+    reply_form,
+)
 
 SOURCE = """\
 import math
@@ -309,3 +315,19 @@ def test_a_diff_without_hunk_headers_is_one_hunk():
 def test_an_empty_diff_is_refused_saying_what_a_hunk_is():
     with pytest.raises(EditError, match="has no hunk: a hunk is the unchanged lines"):
         apply_reply(SOURCE, "DESCRIPTION: x\n```diff\n--- a/train.py\n+++ b/train.py\n```\n")
+
+
+@pytest.mark.parametrize(
+    ("reply", "form"),
+    [
+        (block("LR = 0.5\n", "LR = 0.1\n"), "blocks"),
+        ("<<<<<<< SEARCH\nLR = 0.5\n", "blocks"),  # cut off before its fence closes
+        ("```diff\n-LR = 0.5\n+LR = 0.1\n```\n", "diff"),
+        ("```\n@@ -3,1 +3,1 @@\n-LR = 0.5\n", "diff"),  # no language, never closed
+        ("```python\nimport math\n```\n", "file"),
+        ("raise the learning rate", "blocks"),  # no form at all: ask for the main one
+        ("", "blocks"),
+    ],
+)
+def test_reply_form_names_the_form_a_broken_reply_tried(reply, form):
+    assert reply_form(reply) == form

@@ -139,6 +139,23 @@ def test_a_unified_diff_reply_is_applied(stub, tmp_path):
     assert "```diff block is accepted" in stub.requests[0].last_user_message
 
 
+def test_a_diff_that_does_not_apply_is_asked_for_again_as_a_diff(stub, tmp_path):
+    unplaceable = "@@ -1,2 +1,2 @@\n LR = 0.5\n-DEPTH = 8\n+DEPTH = 12\n"  # no "LR = 0.5"
+    stub.reply(f"DESCRIPTION: deeper\n\n```diff\n{unplaceable}```\n")
+    stub.reply(GOOD)
+    make(stub).propose(request(tmp_path))
+    retry = stub.requests[1].last_user_message
+    assert "a unified diff of train.py in a ```diff block" in retry
+    assert "SEARCH/REPLACE" not in retry.split("Answer again")[1]
+
+
+def test_the_briefing_does_not_call_a_token_budget_wall_clock(stub, tmp_path):
+    stub.reply(GOOD)
+    make(stub).propose(request(tmp_path))
+    system = stub.requests[0].messages[0]["content"]
+    assert "wall-clock" not in system and "training seconds or tokens" in system
+
+
 def test_unmatched_block_is_sent_back_with_the_error(stub, tmp_path):
     stub.reply(GOOD.replace("LR = 0.01\n=", "LR = 0.1\n="))
     stub.reply(GOOD)
