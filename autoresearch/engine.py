@@ -80,6 +80,7 @@ from autoresearch.validation import MAX_SOURCE_BYTES, source_hash, validate_prop
 from autoresearch.workspace import (
     LEDGER_FILE,
     PROGRAM_FILE,
+    PROPOSAL_DIR,
     PROPOSALS_DIR,
     RESULTS_FILE,
     RUN_LOG,
@@ -715,8 +716,6 @@ class Engine:
         work.seed = self._seed_for(work) if work.seed is None else work.seed
         folder = run_dir(self.state, work.id)
         folder.mkdir(parents=True, exist_ok=True)
-        if work.work_dir:
-            _adopt(work.work_dir, folder)
         train_py = folder / TRAIN_FILE
         train_py.write_text(work.source, encoding="utf-8")
         slot = self._free.pop(0)
@@ -756,6 +755,8 @@ class Engine:
         research branch if it is the new champion."""
         work = running.work
         del self._running[work.id]
+        if work.work_dir:  # now that its candidate has stopped
+            _adopt(work.work_dir, run_dir(self.state, work.id))
         self._free.append(running.slot)
         self._free.sort(key=lambda slot: slot.index)
         if running.error is not None:
@@ -827,6 +828,9 @@ class Engine:
         if cancel is not None:
             cancel()
         cut = sorted(self._running)
+        for work in (running.work for running in self._running.values()):
+            if work.work_dir and work.id:  # their candidates are stopped
+                _adopt(work.work_dir, run_dir(self.state, work.id))
         self._running.clear()
         self.say(f"cut off {', '.join(cut)}: `{self.resume_command()}` trains them again")
 
@@ -1026,13 +1030,19 @@ class Engine:
 
 
 def _adopt(work_dir: Path, run_dir: Path) -> None:
-    """Move a proposer's scratch files (prompts, replies) into the candidate's run folder."""
-    if work_dir.is_dir():
-        for item in work_dir.iterdir():
-            os.replace(item, run_dir / item.name)
-            if (run_dir / item.name).is_file():
-                _shorten(run_dir / item.name, SCRATCH_FILE_BYTES)
-        work_dir.rmdir()
+    """Move a proposer's scratch files (prompts, replies) into the run folder's PROPOSAL_DIR,
+    in place of anything its candidate (stopped by now) left under that name."""
+    if not work_dir.is_dir():
+        return
+    target = run_dir / PROPOSAL_DIR
+    if target.is_symlink() or target.is_file():
+        target.unlink()
+    elif target.exists():
+        shutil.rmtree(target)  # follows no link inside it
+    os.replace(work_dir, target)
+    for item in target.iterdir():
+        if item.is_file():
+            _shorten(item, SCRATCH_FILE_BYTES)
 
 
 def _shorten(path: Path, limit: int) -> None:

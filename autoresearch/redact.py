@@ -15,6 +15,11 @@ from collections.abc import Callable, Iterable
 SECRET_NAME_RE = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH", re.IGNORECASE)
 MIN_SECRET_LEN = 8  # shorter values ("1", "true") would redact ordinary words
 MASK = "[redacted]"
+# A text cut to its end (a log tail) or its start may begin with the end of a secret or end
+# with its beginning. Such a piece is masked too when it is a third of the value or more and
+# at least MIN_PIECE_LEN long: a shorter one tells little, and would mask ordinary text (a
+# log line "1234 steps" where a variable such as SSH_AUTH_SOCK ends in "1234").
+MIN_PIECE_LEN = 6
 
 
 def secret_values(extra: Iterable[str] = ()) -> list[str]:
@@ -37,6 +42,26 @@ def redactor(extra: Iterable[str] = ()) -> Callable[[str], str]:
         for value in values:
             if value in text:
                 text = text.replace(value, MASK)
+            text = _mask_cut_pieces(text, value)
         return text
 
     return masked
+
+
+def _mask_cut_pieces(text: str, value: str) -> str:
+    """`text` with a piece of `value` left at either edge by a cut masked: its start if the
+    text begins with the end of `value`, its end if the text ends with the start of it."""
+    shortest = max(MIN_PIECE_LEN, len(value) // 3)
+    if len(text) < shortest:
+        return text
+    if text[:shortest] in value:  # cheap: most texts share no piece with the value
+        for n in range(min(len(value), len(text)) - 1, shortest - 1, -1):
+            if value.endswith(text[:n]):
+                text = MASK + text[n:]
+                break
+    if text[-shortest:] in value:
+        for n in range(min(len(value), len(text)) - 1, shortest - 1, -1):
+            if value.startswith(text[-n:]):
+                text = text[:-n] + MASK
+                break
+    return text

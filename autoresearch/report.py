@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -38,12 +39,16 @@ from autoresearch.population import (
 )
 from autoresearch.runner import log_tail
 from autoresearch.status import EvolveStatus, RunStatus
-from autoresearch.workspace import RUN_LOG, TRAIN_FILE, open_repo, run_dir
+from autoresearch.workspace import PROPOSAL_DIR, RUN_LOG, TRAIN_FILE, open_repo, run_dir
 
 EMPTY_LEDGER = "no experiments yet: run `autoresearch run`"
 DELTA_DIGITS = 9  # rounds away float noise (1.4 - 1.5 = -0.10000000000000009) in JSON
 DESCRIPTION_WIDTH = 60  # characters of a description in a table; JSON keeps it whole
 LOG_TAIL_LINES = 20
+# The llm proposer's saved exchange: prompt_<n>.md and reply_<n>.md for each attempt; more
+# than any proposer's attempts are not listed.
+PROPOSAL_FILE_RE = re.compile(r"(?P<kind>prompt|reply)_(?P<attempt>[0-9]{1,4})\.md")
+MAX_PROPOSAL_FILES = 32
 EXPORT_FORMATS = ("tsv", "parquet", "jsonl")
 DEFAULT_EXPORT_NAMES = {"tsv": "results.tsv", "parquet": "ledger.parquet", "jsonl": "ledger.jsonl"}
 # Parquet columns holding dicts are stored as JSON text: exact round trips, whatever the keys.
@@ -550,11 +555,18 @@ def log_lines(state: Path, record: Record) -> tuple[Path | None, list[str]]:
 
 
 def proposal_files(state: Path, record: Record) -> list[Path]:
-    """The proposer's prompt_<n>.md and reply_<n>.md files saved in the run folder."""
-    folder = run_dir(state, record.id)
-    if not folder.is_dir():
+    """The proposer's prompt_<n>.md and reply_<n>.md files saved with the run (in its
+    PROPOSAL_DIR: files the candidate wrote beside them are not its proposer's), in the
+    order of the attempts, at most MAX_PROPOSAL_FILES."""
+    folder = run_dir(state, record.id) / PROPOSAL_DIR
+    if folder.is_symlink() or not folder.is_dir():
         return []
-    return sorted(folder.glob("prompt_*.md")) + sorted(folder.glob("reply_*.md"))
+    found = []
+    for path in folder.iterdir():
+        match = PROPOSAL_FILE_RE.fullmatch(path.name)
+        if match:
+            found.append((match["kind"] == "reply", int(match["attempt"]), path))
+    return [path for *_, path in sorted(found)[:MAX_PROPOSAL_FILES]]
 
 
 # --------------------------------------------------------------------------- export

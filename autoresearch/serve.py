@@ -25,6 +25,7 @@ import ipaddress
 import json
 import os
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -73,7 +74,13 @@ DEFAULT_PORT = 8765
 POLL_SECONDS = 1.0  # how often the event stream looks at the ledger and the status file
 HEARTBEAT_SECONDS = 15.0  # a comment on an idle stream, so a closed tab ends its thread
 MAX_STREAMS = 32  # open event streams at once; each holds a thread
+# Open connections at once, each a thread and a file: over this, the one that has waited
+# longest for its request is closed, so clients that never finish a request (slowloris)
+# cannot lock out one that does; a request not read within REQUEST_SECONDS is dropped.
+MAX_CONNECTIONS = 64
+REQUEST_SECONDS = 20.0
 PROPOSAL_BYTES = 256 * 1024  # of each prompt and reply shown (their ends)
+PROPOSAL_TOTAL_BYTES = 2 * 1024 * 1024  # of them all, in one experiment's answer
 TOKEN_BYTES = 24
 TOKEN_COOKIE = "autoresearch_token"
 PAGES = ("/", "/lineage", "/experiment", "/compare")  # all one page: the script draws each
@@ -327,13 +334,21 @@ class Research:
                 "text": diff_between(self.repo, self.state, against, record) if against else None,
             },
             "log": {"path": str(log_path) if log_path else None, "lines": tail},
-            "proposal": [
-                {"name": path.name, "text": _read_text(path, PROPOSAL_BYTES)}
-                for path in proposal_files(self.state, record)
-            ],
+            "proposal": self._proposal(record),
         }
         rows = {"experiment": self._row(record), "lineage": [self._row(r) for r in chain]}
         return {**rows, **self.redacted(fresh)}  # the rows are redacted already
+
+    def _proposal(self, record: Record) -> list[dict[str, str]]:
+        """The proposer's saved prompts and replies, the end of each, within a total bound."""
+        shown, room = [], PROPOSAL_TOTAL_BYTES
+        for path in proposal_files(self.state, record):
+            text = _read_text(path, min(PROPOSAL_BYTES, room))
+            shown.append({"name": path.name, "text": text})
+            room -= len(text.encode())
+            if room <= 0:
+                break
+        return shown
 
     def compare(self, a: str, b: str) -> bytes:
         """Two experiments, and the diff of train.py from the first to the second."""
@@ -379,16 +394,52 @@ class Server(ThreadingHTTPServer):
         self.research, self.token = research, token
         self.stopping = threading.Event()
         self.streams = threading.BoundedSemaphore(MAX_STREAMS)
+        # Each open connection, with when it began to wait for a request (None: answering).
+        self.connections: dict[socket.socket, float | None] = {}
+        self.connections_lock = threading.RLock()  # process_request may shut one itself
         if ":" in host:
-            import socket
-
             self.address_family = socket.AF_INET6
         super().__init__((host.strip("[]"), port), Handler)
 
     def hosts(self) -> set[str]:
-        """The Host headers a request to a loopback server may carry: its own names."""
-        port = self.server_address[1]
-        return {f"{name}:{port}" for name in ("127.0.0.1", "localhost", "[::1]")}
+        """The Host headers a request to a loopback server may carry: its own names, and
+        the address it is bound to (127.0.0.2 is loopback too)."""
+        bound = self.server_address[0]
+        names = {"127.0.0.1", "localhost", "[::1]", f"[{bound}]" if ":" in bound else bound}
+        return {f"{name}:{self.server_address[1]}" for name in names}
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self.connections_lock:
+            if len(self.connections) >= MAX_CONNECTIONS:
+                waiting = [(t, c) for c, t in self.connections.items() if t is not None]
+                if not waiting:  # every one is being answered: this one waits its turn
+                    self.shutdown_request(request)
+                    return
+                oldest = min(waiting, key=lambda pair: pair[0])[1]
+                del self.connections[oldest]  # counted no more, even before its thread ends
+                with contextlib.suppress(OSError):  # its thread sees the end and finishes
+                    oldest.shutdown(socket.SHUT_RDWR)
+            self.connections[request] = time.monotonic()
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self.connections_lock:
+            self.connections.pop(request, None)
+        super().shutdown_request(request)
+
+    def waiting(self, connection: socket.socket, since: float | None) -> None:
+        """Mark `connection` as waiting for a request since `since`, or being answered."""
+        with self.connections_lock:
+            if connection in self.connections:
+                self.connections[connection] = since
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away is not news; anything else is one line, no traceback."""
+        import sys
+
+        error = sys.exc_info()[1]
+        if not isinstance(error, (ConnectionError, TimeoutError)):
+            print(f"serve: a request failed: {type(error).__name__}: {error}", file=sys.stderr)
 
     def shutdown(self) -> None:
         self.stopping.set()
@@ -400,6 +451,17 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "autoresearch"
     sys_version = ""
+    timeout = REQUEST_SECONDS  # of every read and write on the connection
+
+    def handle_one_request(self) -> None:
+        self.server.waiting(self.connection, time.monotonic())
+        super().handle_one_request()
+
+    def parse_request(self) -> bool:
+        """Read the headers; once they are in, the request is being answered (not evicted)."""
+        parsed = super().parse_request()
+        self.server.waiting(self.connection, None)
+        return parsed
 
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet: a dashboard's requests are not news, and URLs may carry the token."""
@@ -538,8 +600,8 @@ class Handler(BaseHTTPRequestHandler):
                     quiet_since = time.monotonic()
                 self.wfile.flush()
                 self.server.stopping.wait(POLL_SECONDS)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the page was closed
+        except (ConnectionError, TimeoutError):
+            pass  # the page was closed, or stopped reading
         finally:
             self.server.streams.release()
 

@@ -35,6 +35,9 @@ EXPORTS_DIR = "exports"  # inside STATE_DIR: `autoresearch export` by default
 RUNS_DIR = "runs"  # inside STATE_DIR: one folder per experiment, see `run_dir`
 RUN_LOG = "run.log"  # inside a run folder: the candidate's output
 PROPOSALS_DIR = "proposals"  # inside STATE_DIR: proposers' scratch, moved into run folders later
+# Inside a run folder: the proposer's files (prompts, replies, agent.log), moved there only
+# once the candidate has stopped: the run folder is the candidate's to write while it runs.
+PROPOSAL_DIR = "proposal"
 TRAIN_FILE = "train.py"
 PROGRAM_FILE = "program.md"
 PROTECTED_FILES = (PROGRAM_FILE, CONFIG_FILE)  # proposers may change train.py only

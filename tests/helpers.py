@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -174,8 +174,9 @@ def make_research(tmp_path: Path, population: int | None = 2, manual: bool = Tru
         (run_dir / "run.log").write_text("".join(f"{cid} log line {i}\n" for i in range(30)))
         usage = {}
         if proposer.startswith("llm"):
-            (run_dir / "prompt_1.md").write_text("the prompt")
-            (run_dir / "reply_1.md").write_text("the reply")
+            (run_dir / "proposal").mkdir()  # where the engine moves the proposer's files
+            (run_dir / "proposal" / "prompt_1.md").write_text("the prompt")
+            (run_dir / "proposal" / "reply_1.md").write_text("the reply")
             usage = {"prompt_tokens": 1200, "completion_tokens": 300, "cost_usd": 0.02 * (n + 1)}
         ledger.append(
             Record(
@@ -236,12 +237,15 @@ class Served:
 
 
 @contextlib.contextmanager
-def serving(repo: Path, *args: str, env: dict[str, str] | None = None) -> Iterator[Served]:
+def serving(
+    repo: Path, *args: str, env: dict[str, str] | None = None,
+    preexec_fn: Callable[[], None] | None = None,
+) -> Iterator[Served]:
     """`autoresearch serve --port 0 ARGS` in `repo`, a real process, until the block ends."""
     process = subprocess.Popen(
         [sys.executable, "-m", "autoresearch", "serve", "--port", "0", *args],
         cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, **(env or {})},
+        env={**os.environ, **(env or {})}, preexec_fn=preexec_fn,
     )  # fmt: skip
     try:
         line = process.stdout.readline()

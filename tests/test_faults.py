@@ -48,6 +48,7 @@ from kill_resume import (
 from openai_stub import OpenAIStub
 
 from autoresearch.config import load_config
+from autoresearch.constants import rewrite_constants
 from autoresearch.harness.context import CONTEXT_ENV
 from autoresearch.ledger import Ledger
 from autoresearch.proposal import Proposal
@@ -214,6 +215,29 @@ def test_a_resumed_run_adopts_no_scratch_file_of_the_run_it_resumes(research_rep
     engine.run(committed(research_repo, FROZEN))
     state = research_repo / ".autoresearch"
     assert list(state.rglob(stale.name)) == []
+
+
+def test_files_a_candidate_writes_under_its_proposers_names_do_not_replace_them(research_repo):
+    """The run folder is the candidate's to write while it runs; the proposer's prompts and
+    replies join it in `proposal/` only after, in place of anything the candidate put there."""
+    forge = (
+        "\nimport pathlib\n"
+        "pathlib.Path('reply_1.md').write_text('forged')\n"
+        "pathlib.Path('proposal').mkdir(exist_ok=True)\n"
+        "pathlib.Path('proposal', 'reply_1.md').write_text('forged')\n"
+        "pathlib.Path('proposal', 'extra.md').write_text('forged')\n"
+    )
+
+    def propose(request):
+        (request.work_dir / "reply_1.md").write_text("the proposer's reply")
+        return rewrite_constants(FROZEN, {"LR": 0.1}) + forge
+
+    engine = make_engine(research_repo, ScriptedProposer([propose]), max_experiments=2)
+    engine.run(committed(research_repo, FROZEN))
+    folder = research_repo / ".autoresearch" / "runs" / "e0002"
+    assert (folder / "reply_1.md").read_text() == "forged"  # the candidate's file, as it left it
+    assert [p.name for p in (folder / "proposal").iterdir()] == ["reply_1.md"]
+    assert (folder / "proposal" / "reply_1.md").read_text() == "the proposer's reply"
 
 
 # -- proposer faults -------------------------------------------------------------------------------

@@ -155,8 +155,8 @@ def test_show_colours_the_diff_only_when_asked(research):
     plain = show_text(research.repo, research.state, records, record, color=False)
     coloured = show_text(research.repo, research.state, records, record, color=True)
     assert "\x1b[" not in plain and "\x1b[32m+MATRIX_LR" in coloured
-    assert str(research.state / "runs" / "c0002" / "prompt_1.md") in plain
-    assert str(research.state / "runs" / "c0002" / "reply_1.md") in plain
+    assert str(research.state / "runs" / "c0002" / "proposal" / "prompt_1.md") in plain
+    assert str(research.state / "runs" / "c0002" / "proposal" / "reply_1.md") in plain
 
 
 def test_show_falls_back_to_the_run_folders_when_the_commits_are_gone(research):

@@ -276,7 +276,7 @@ def test_planted_secrets_never_reach_files_logs_exports_or_candidates(research_r
     assert all("[redacted]" in r["reason"] for r in records if r["status"] == "invalid"), records
     assert any(r.get("proposer") == f"llm:{MODEL}" and r.get("val_bpb") for r in records), records
     # ...the agent had its two keys and printed them...
-    agent_logs = sorted((repo / ".autoresearch/runs").glob("*/agent.log"))
+    agent_logs = sorted((repo / ".autoresearch/runs").glob("*/proposal/agent.log"))
     assert agent_logs and all("[redacted]" in p.read_text() for p in agent_logs), agent_logs
     # ...and every candidate that ran printed its environment (and looked through /proc).
     logs = sorted((repo / ".autoresearch/runs").glob("*/run.log"))
@@ -346,3 +346,16 @@ def test_a_proposal_that_carries_a_secret_is_refused_and_redacted(research_repo,
     assert not leaks("ledger", (repo / ".autoresearch/ledger.jsonl").read_bytes())
     assert not scan_git(repo)
     assert not scan_tree(repo / ".autoresearch")[1]
+
+
+def test_a_secret_cut_at_the_edge_of_a_text_is_masked_too():
+    from autoresearch.redact import MASK, redact
+
+    key = "sk-cut-0123456789abcdef"
+    assert redact(f"key {key} here", [key]) == f"key {MASK} here"
+    assert redact(key[7:] + " rest of the log", [key]) == f"{MASK} rest of the log"  # a tail
+    assert redact("the log up to " + key[:9], [key]) == f"the log up to {MASK}"  # a head
+    assert redact(key[-3:] + " tells little", [key]) == key[-3:] + " tells little"
+    assert redact("sk-cut-0 is not its end", [key]) == "sk-cut-0 is not its end"
+    socket = "/tmp/ssh-XXXXabcd/agent.1234"  # SSH_AUTH_SOCK: its name looks secret
+    assert redact("1234 steps done", [socket]) == "1234 steps done"

@@ -11,7 +11,9 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import resource
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -26,7 +28,8 @@ from kill_resume import EVOLVE
 
 from autoresearch.ledger import Ledger, Record
 from autoresearch.report import git_diff, log_lines
-from autoresearch.serve import CSP
+from autoresearch.runner import LOG_TAIL_BYTES
+from autoresearch.serve import CSP, MAX_CONNECTIONS, PROPOSAL_BYTES, REQUEST_SECONDS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -210,7 +213,8 @@ def hostile(tmp_path_factory):
     run = research.state / "runs" / "c0009"
     run.mkdir()
     (run / "run.log").write_text(f"step 1\n{IMG}\nkey {SECRET}\n")
-    (run / "reply_1.md").write_text(f"{XSS} and {SECRET}")
+    (run / "proposal").mkdir()
+    (run / "proposal" / "reply_1.md").write_text(f"{XSS} and {SECRET}")
     research.ledger.append(
         Record(id="c0009", status="keep", val_bpb=1.43, parent="c0005", tag="mar5",
                description=f"{XSS} {SECRET}", reason=IMG, proposer="llm:test/model",
@@ -320,3 +324,126 @@ def test_a_non_editable_install_ships_the_page():
     web = ROOT / "autoresearch" / "web"
     shipped = {p for g in globs for p in (ROOT / "autoresearch").glob(g)}
     assert shipped == set(web.iterdir()) and len(shipped) == 4
+
+
+# ------------------------------------------------------- what a candidate or a client can do
+
+
+def test_a_secret_a_cut_leaves_at_the_edge_of_a_shown_text_is_still_masked(tmp_path):
+    research = make_research(tmp_path)
+    run = research.state / "runs" / "c0005"
+    run.mkdir(exist_ok=True)
+    # The answer shows the last PROPOSAL_BYTES of a saved reply (a provider may echo the key)
+    # and a window at the end of the log (the candidate's, which chooses where it cuts):
+    # both cuts fall inside the key.
+    reply = "head " + SECRET + "B" * (PROPOSAL_BYTES - len(SECRET) + 1)
+    (run / "proposal" / "reply_1.md").write_text(reply)
+    long_line = "Z" * (LOG_TAIL_BYTES - 2 - len(SECRET) + 6)
+    (run / "run.log").write_text(f"{SECRET}YY\n{long_line}\n")
+    with serving(research.repo, env={"SERVE_TEST_API_KEY": SECRET}) as served:
+        status, _, body = get(served.base, "/api/experiment?id=c0005")
+    assert status == 200 and SECRET[8:].encode() not in body
+    shown = json.loads(body)
+    replies = [p["text"] for p in shown["proposal"] if p["name"] == "reply_1.md"]
+    assert replies[0].startswith("[redacted]BBB")
+    assert shown["log"]["lines"][0] == "[redacted]YY"
+
+
+def test_files_a_candidate_names_like_its_proposers_are_not_shown_as_them(tmp_path):
+    research = make_research(tmp_path)
+    run = research.state / "runs" / "c0004"  # a random candidate: its proposer saves none
+    run.mkdir(exist_ok=True)
+    forged = "I am the proposer: this edit was reviewed, merge it"
+    (run / "reply_1.md").write_text(forged)  # the run folder is the candidate's to write
+    with serving(research.repo) as served:
+        status, _, body = get(served.base, "/api/experiment?id=c0004")
+    assert status == 200 and forged.encode() not in body
+    assert json.loads(body)["proposal"] == []
+
+
+def test_the_answer_stays_bounded_however_many_proposal_files_there_are(tmp_path):
+    research = make_research(tmp_path)
+    saved = research.state / "runs" / "c0005" / "proposal"
+    block = "A" * PROPOSAL_BYTES
+    for n in range(1, 101):  # 25 MiB
+        (saved / f"reply_{n}.md").write_text(block)
+    with serving(research.repo) as served:
+        status, _, body = get(served.base, "/api/experiment?id=c0005")
+        assert status == 200 and len(body) < 3 * 2**20
+        names = [p["name"] for p in json.loads(body)["proposal"]]
+        assert names[:4] == ["prompt_1.md", "reply_1.md", "reply_2.md", "reply_3.md"]
+        status, _, body = get(served.base, "/api/compare?a=c0005&b=c0005")
+        assert status == 200 and len(body) < 6 * 2**20
+
+
+def test_a_client_that_resets_its_connection_prints_nothing(tmp_path):
+    research = make_research(tmp_path)
+    with serving(research.repo) as served:
+        port = int(served.base.rsplit(":", 1)[1])
+        for _ in range(5):
+            client = socket.create_connection(("127.0.0.1", port))
+            client.sendall(b"GET /api/overview HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % port)
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            client.close()  # a reset, before the answer is sent
+        assert api(served.base, "/api/status") is not None  # still serving
+    assert "Traceback" not in served.rest and "serve:" not in served.rest, served.rest[-2000:]
+
+
+def test_another_loopback_address_answers_at_the_url_it_prints(tmp_path):
+    research = make_research(tmp_path)
+    with serving(research.repo, "--host", "127.0.0.2") as served:
+        assert served.url.startswith("http://127.0.0.2:")
+        status, _, body = get(served.url.rstrip("/"), "/api/status")
+    assert status == 200, body
+
+
+def _few_files() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+
+
+def test_clients_that_never_finish_a_request_cannot_lock_out_one_that_does(tmp_path):
+    research = make_research(tmp_path)
+    token = "the-token-of-the-test-0123456789"
+    auth = {"Authorization": f"Bearer {token}"}
+    with serving(research.repo, "--host", "0.0.0.0", "--token", token,
+                 preexec_fn=_few_files) as served:  # fmt: skip
+        port = int(served.base.rsplit(":", 1)[1])
+        held = []
+        try:
+            for _ in range(300):  # more than the server may have files open
+                client = socket.create_connection(("127.0.0.1", port), timeout=5)
+                client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # never finished, no token
+                held.append(client)
+            started = time.monotonic()
+            status, _, _ = get(served.base, "/api/status", auth)
+            took = time.monotonic() - started
+            closed = sum(1 for c in held if _closed(c))
+        finally:
+            for client in held:
+                client.close()
+    assert status == 200 and took < 10, (status, took)
+    assert closed >= len(held) - MAX_CONNECTIONS  # the longest waiting were let go
+    assert "Traceback" not in served.rest, served.rest[-2000:]
+
+
+def _closed(client: socket.socket) -> bool:
+    client.settimeout(5)
+    try:
+        return client.recv(1) == b""
+    except OSError:
+        return True
+
+
+def test_a_request_never_finished_is_dropped(tmp_path):
+    research = make_research(tmp_path)
+    with serving(research.repo) as served:
+        port = int(served.base.rsplit(":", 1)[1])
+        client = socket.create_connection(("127.0.0.1", port))
+        client.sendall(b"GET / HTTP/1.1\r\n")
+        started = time.monotonic()
+        client.settimeout(REQUEST_SECONDS + 30)
+        try:
+            assert client.recv(1) == b""  # closed by the server, no answer
+        finally:
+            client.close()
+    assert REQUEST_SECONDS - 1 < time.monotonic() - started < REQUEST_SECONDS + 15

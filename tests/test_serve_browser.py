@@ -60,7 +60,8 @@ def research(tmp_path_factory):
     run = research.state / "runs" / "x0001"
     run.mkdir()
     (run / "run.log").write_text(f"step 1\n{IMG}\n{XSS}\n")
-    (run / "reply_1.md").write_text(f"reply {XSS} {IMG}")
+    (run / "proposal").mkdir()
+    (run / "proposal" / "reply_1.md").write_text(f"reply {XSS} {IMG}")
     for n, (cid, parent, bpb) in enumerate((("x0001", None, 1.5), ("x0002", "x0001", 1.45))):
         research.ledger.append(
             Record(id=cid, status="keep", val_bpb=bpb, parent=parent, tag="xss", promoted=True,
