@@ -1035,10 +1035,17 @@ def _adopt(work_dir: Path, run_dir: Path) -> None:
     if not work_dir.is_dir():
         return
     target = run_dir / PROPOSAL_DIR
-    if target.is_symlink() or target.is_file():
-        target.unlink()
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        target.unlink()  # a link (not followed), a file, a FIFO
     elif target.exists():
-        shutil.rmtree(target)  # follows no link inside it
+        # Folders the candidate made unreadable are opened up first (top-down, each before
+        # it is entered; links not followed), so that nothing it left can stop the removal.
+        target.chmod(0o700)
+        for folder, subfolders, _ in os.walk(target):
+            for name in subfolders:
+                if not os.path.islink(os.path.join(folder, name)):
+                    os.chmod(os.path.join(folder, name), 0o700)
+        shutil.rmtree(target)
     os.replace(work_dir, target)
     for item in target.iterdir():
         if item.is_file():

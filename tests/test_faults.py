@@ -226,6 +226,9 @@ def test_files_a_candidate_writes_under_its_proposers_names_do_not_replace_them(
         "pathlib.Path('proposal').mkdir(exist_ok=True)\n"
         "pathlib.Path('proposal', 'reply_1.md').write_text('forged')\n"
         "pathlib.Path('proposal', 'extra.md').write_text('forged')\n"
+        "pathlib.Path('proposal', 'locked').mkdir()\n"
+        "pathlib.Path('proposal', 'locked', 'reply_2.md').write_text('forged')\n"
+        "pathlib.Path('proposal', 'locked').chmod(0)\n"
     )
 
     def propose(request):
@@ -238,6 +241,27 @@ def test_files_a_candidate_writes_under_its_proposers_names_do_not_replace_them(
     assert (folder / "reply_1.md").read_text() == "forged"  # the candidate's file, as it left it
     assert [p.name for p in (folder / "proposal").iterdir()] == ["reply_1.md"]
     assert (folder / "proposal" / "reply_1.md").read_text() == "the proposer's reply"
+
+
+@pytest.mark.parametrize("planted", ["link", "fifo", "file"])
+def test_whatever_a_candidate_left_as_proposal_is_replaced(tmp_path, planted):
+    from autoresearch.engine import _adopt
+
+    run, scratch = tmp_path / "run", tmp_path / "scratch"
+    run.mkdir()
+    scratch.mkdir()
+    (scratch / "reply_1.md").write_text("the proposer's reply")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    if planted == "link":  # the files must not land in (or the removal follow it to) outside
+        (run / "proposal").symlink_to(outside)
+    elif planted == "fifo":
+        os.mkfifo(run / "proposal")
+    else:
+        (run / "proposal").write_text("forged")
+    _adopt(scratch, run)
+    assert (run / "proposal" / "reply_1.md").read_text() == "the proposer's reply"
+    assert not (run / "proposal").is_symlink() and list(outside.iterdir()) == []
 
 
 # -- proposer faults -------------------------------------------------------------------------------
