@@ -49,6 +49,8 @@ import queue
 import random
 import shutil
 import signal
+import stat
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -755,8 +757,7 @@ class Engine:
         research branch if it is the new champion."""
         work = running.work
         del self._running[work.id]
-        if work.work_dir:  # now that its candidate has stopped
-            _adopt(work.work_dir, run_dir(self.state, work.id))
+        self._keep_proposal_files(work)  # now that its candidate has stopped
         self._free.append(running.slot)
         self._free.sort(key=lambda slot: slot.index)
         if running.error is not None:
@@ -828,11 +829,23 @@ class Engine:
         if cancel is not None:
             cancel()
         cut = sorted(self._running)
-        for work in (running.work for running in self._running.values()):
-            if work.work_dir and work.id:  # their candidates are stopped
-                _adopt(work.work_dir, run_dir(self.state, work.id))
+        for running in self._running.values():  # their candidates are stopped
+            self._keep_proposal_files(running.work)
         self._running.clear()
         self.say(f"cut off {', '.join(cut)}: `{self.resume_command()}` trains them again")
+
+    def _keep_proposal_files(self, work: Work) -> None:
+        """Move the proposer's files of `work` into its run folder, once its candidate has
+        stopped; what the candidate left there can make that fail, never lose the record."""
+        if not (work.work_dir and work.id):
+            return
+        try:
+            _adopt(work.work_dir, run_dir(self.state, work.id))
+        except OSError as e:
+            self.say(
+                f"{work.id}: its proposer's files could not join its run folder"
+                f" ({e.strerror or e}); they stay in {work.work_dir} until the next run"
+            )
 
     def _judge(self, record: Record) -> tuple[str, bool]:
         """(status, promoted) for a finished experiment (the rule: `population.judge`)."""
@@ -1035,17 +1048,14 @@ def _adopt(work_dir: Path, run_dir: Path) -> None:
     if not work_dir.is_dir():
         return
     target = run_dir / PROPOSAL_DIR
+    run_dir.chmod(run_dir.stat().st_mode | stat.S_IRWXU)  # the candidate may have locked it
     if target.is_symlink() or (target.exists() and not target.is_dir()):
         target.unlink()  # a link (not followed), a file, a FIFO
     elif target.exists():
-        # Folders the candidate made unreadable are opened up first (top-down, each before
-        # it is entered; links not followed), so that nothing it left can stop the removal.
-        target.chmod(0o700)
-        for folder, subfolders, _ in os.walk(target):
-            for name in subfolders:
-                if not os.path.islink(os.path.join(folder, name)):
-                    os.chmod(os.path.join(folder, name), 0o700)
-        shutil.rmtree(target)
+        # A folder is set aside, not removed: whatever it holds (folders locked or nested
+        # past any path's length) cannot stop a rename, and it stays as the candidate left it.
+        aside = tempfile.mkdtemp(prefix=f"{PROPOSAL_DIR}-by-the-candidate-", dir=run_dir)
+        os.replace(target, aside)
     os.replace(work_dir, target)
     for item in target.iterdir():
         if item.is_file():

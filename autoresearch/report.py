@@ -37,6 +37,7 @@ from autoresearch.population import (
     tag_records,
     trained,
 )
+from autoresearch.redact import redactor
 from autoresearch.runner import log_tail
 from autoresearch.status import EvolveStatus, RunStatus
 from autoresearch.workspace import PROPOSAL_DIR, RUN_LOG, TRAIN_FILE, open_repo, run_dir
@@ -547,11 +548,13 @@ def _show_log(state: Path, record: Record) -> str:
 
 
 def log_lines(state: Path, record: Record) -> tuple[Path | None, list[str]]:
-    """(the run's log, its last LOG_TAIL_LINES lines); (None, []) when it has none."""
+    """(the run's log, its last LOG_TAIL_LINES lines, redacted one by one: the first may be
+    cut inside a secret the candidate found); (None, []) when it has none."""
     path = run_dir(state, record.id) / RUN_LOG
     if not path.is_file():
         return None, []
-    return path, log_tail(path, LOG_TAIL_LINES).splitlines()
+    mask = redactor()
+    return path, [mask(line) for line in log_tail(path, LOG_TAIL_LINES).splitlines()]
 
 
 def proposal_files(state: Path, record: Record) -> list[Path]:

@@ -38,7 +38,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 from autoresearch.config import load_config
 from autoresearch.errors import UserError
-from autoresearch.harness.untrusted import read_untrusted
+from autoresearch.harness.untrusted import read_untrusted_text
 from autoresearch.ledger import STATUSES, Ledger, LedgerTampered, Record
 from autoresearch.plot import y_range
 from autoresearch.population import (
@@ -379,7 +379,7 @@ def _stat_key(path: Path) -> tuple:
 
 def _read_text(path: Path, limit: int) -> str:
     try:
-        return read_untrusted(path, limit).decode("utf-8", "replace")
+        return read_untrusted_text(path, limit)
     except OSError:  # a link or a FIFO in the run folder is not shown
         return ""
 
@@ -568,6 +568,10 @@ class Handler(BaseHTTPRequestHandler):
         self._send(HTTPStatus.OK, body, "application/json")
 
     def _error(self, status: int, message: str) -> None:
+        if status in (HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN):
+            # One refusal per connection: a client without the right to ask cannot keep a
+            # connection busy (pipelined requests it never reads the answers of).
+            self.close_connection = True
         body = _encode({"error": self.server.research.redacted(message)})
         self._send(status, body, "application/json")
 

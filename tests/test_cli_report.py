@@ -130,6 +130,16 @@ def test_show_prints_the_exact_diff_against_the_parent(run, research):
     ]  # fmt: skip
 
 
+def test_show_masks_a_key_of_its_environment_that_the_candidate_printed(run, tmp_path, monkeypatch):
+    key = "sk-live-0123456789abcdefXYZ"
+    own = make_research(tmp_path)
+    with (own.state / "runs" / "c0007" / "run.log").open("a") as log:
+        log.write(f"found OPENAI_API_KEY={key} in .env\n")  # read from a file it could read
+    monkeypatch.setenv("OPENAI_API_KEY", key)
+    code, out, _ = run("show", "c0007", cwd=own.repo)
+    assert code == 0 and key not in out and "found OPENAI_API_KEY=[redacted] in .env" in out
+
+
 def test_show_unknown_candidate_suggests_the_closest(run):
     code, _, err = run("show", "c0017")
     line = one_line_error(code, err)

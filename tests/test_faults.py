@@ -243,7 +243,7 @@ def test_files_a_candidate_writes_under_its_proposers_names_do_not_replace_them(
     assert (folder / "proposal" / "reply_1.md").read_text() == "the proposer's reply"
 
 
-@pytest.mark.parametrize("planted", ["link", "fifo", "file"])
+@pytest.mark.parametrize("planted", ["link", "fifo", "file", "deep"])
 def test_whatever_a_candidate_left_as_proposal_is_replaced(tmp_path, planted):
     from autoresearch.engine import _adopt
 
@@ -257,6 +257,15 @@ def test_whatever_a_candidate_left_as_proposal_is_replaced(tmp_path, planted):
         (run / "proposal").symlink_to(outside)
     elif planted == "fifo":
         os.mkfifo(run / "proposal")
+    elif planted == "deep":  # nested past the length of any path (made relative to each folder)
+        folder = os.open(run, os.O_RDONLY | os.O_DIRECTORY)
+        name = "proposal"
+        for _ in range(25):
+            os.mkdir(name, dir_fd=folder)
+            inner = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=folder)
+            os.close(folder)
+            folder, name = inner, "d" * 200
+        os.close(folder)
     else:
         (run / "proposal").write_text("forged")
     _adopt(scratch, run)

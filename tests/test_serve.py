@@ -8,6 +8,7 @@ nothing secret served. How the pages draw it in a browser is tests/test_serve_br
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import re
@@ -447,3 +448,39 @@ def test_a_request_never_finished_is_dropped(tmp_path):
         finally:
             client.close()
     assert REQUEST_SECONDS - 1 < time.monotonic() - started < REQUEST_SECONDS + 15
+
+
+def test_clients_without_the_token_cannot_keep_connections_busy_with_unread_answers(tmp_path):
+    research = make_research(tmp_path)
+    token = "the-token-of-the-test-0123456789"
+    auth = {"Authorization": f"Bearer {token}"}
+    pipelined = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 3000  # each answer would be a 401
+    with serving(research.repo, "--host", "0.0.0.0", "--token", token) as served:
+        port = int(served.base.rsplit(":", 1)[1])
+        held = []
+        try:
+            for _ in range(MAX_CONNECTIONS):
+                client = socket.socket()
+                client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)  # reads little
+                client.connect(("127.0.0.1", port))
+                client.setblocking(False)
+                with contextlib.suppress(BlockingIOError):
+                    client.send(pipelined)
+                held.append(client)
+            time.sleep(1)
+            statuses = [get(served.base, "/api/status", auth)[0] for _ in range(3)]
+        finally:
+            for client in held:
+                client.close()
+    assert statuses == [200, 200, 200]
+
+
+def test_a_non_ascii_secret_cut_inside_a_character_is_masked(tmp_path):
+    research = make_research(tmp_path)
+    secret = "Pässwörter-0123456789-geheim"
+    # The log's window at its end starts at the second byte of "ä".
+    line = secret.encode() + b" " + b"y" * (LOG_TAIL_BYTES - len(secret.encode())) + b"\n"
+    (research.state / "runs" / "c0005" / "run.log").write_bytes(b"head\n" + line)
+    with serving(research.repo, env={"MY_SERVICE_PASSWORD": secret}) as served:
+        lines = api(served.base, "/api/experiment?id=c0005")["log"]["lines"]
+    assert lines[0].startswith("[redacted] yyy"), lines[0][:40]

@@ -14,6 +14,8 @@ import os
 import stat
 from pathlib import Path
 
+UTF8_CONTINUATION = bytes(range(0x80, 0xC0))  # the bytes after the first of a character
+
 
 def read_untrusted(path: Path, limit: int) -> bytes:
     """The last `limit` bytes (at most) of the regular file `path`; OSError for anything
@@ -31,6 +33,13 @@ def read_untrusted(path: Path, limit: int) -> bytes:
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+def read_untrusted_text(path: Path, limit: int) -> str:
+    """`read_untrusted` as UTF-8 text, without the character its cut may have split at the
+    start (decoded, it would be U+FFFD, and a secret starting there would not be known)."""
+    data = read_untrusted(path, limit)
+    return (data[:3].lstrip(UTF8_CONTINUATION) + data[3:]).decode("utf-8", "replace")
 
 
 def check_regular(path: Path, mode: int | None = None) -> None:
