@@ -347,7 +347,9 @@ function lineagePage(data) {
         depth > MAX_INDENT ? el("span", { class: "muted", text: `depth ${depth}` }) : null,
         el("a", { href: experimentHref(r), text: r.id + (r.champion ? " ★" : "") }),
         badge(r.status),
-        el("span", { class: "mono", text: r.val_bpb === null ? "–" : fixed(r.mean) }),
+        // Each node is one run: its own score (a repeat's differs from its source's mean).
+        el("span", { class: "mono", text: r.val_bpb === null ? "–" : fixed(r.val_bpb) +
+          (r.runs > 1 ? ` (mean ${fixed(r.mean)} of ${r.runs})` : "") }),
         el("span", { class: "desc", text: r.description || r.reason }),
         kids.length ? el("span", { class: "muted", text: `${kids.length} ${kids.length === 1 ? "child" : "children"}, ${sizes.get(r.id)} below` }) : null));
     row.style.paddingLeft = `${Math.min(depth, MAX_INDENT) * 16}px`;
