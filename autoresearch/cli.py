@@ -578,7 +578,8 @@ def serve(host: str, port: int, token: str | None, open_browser: bool) -> None:
     if open_browser:
         import webbrowser
 
-        webbrowser.open(url)
+        if not webbrowser.open(url):
+            click.echo("no browser could be opened here: open the URL above in one", err=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -484,3 +484,17 @@ def test_a_non_ascii_secret_cut_inside_a_character_is_masked(tmp_path):
     with serving(research.repo, env={"MY_SERVICE_PASSWORD": secret}) as served:
         lines = api(served.base, "/api/experiment?id=c0005")["log"]["lines"]
     assert lines[0].startswith("[redacted] yyy"), lines[0][:40]
+
+
+def test_open_starts_the_users_browser_at_the_url_or_says_it_could_not(tmp_path):
+    research = make_research(tmp_path)
+    browser, opened = tmp_path / "browser", tmp_path / "opened"
+    browser.write_text(f"#!/bin/sh\necho \"$1\" > {opened}\n")
+    browser.chmod(0o755)
+    with serving(research.repo, "--open", env={"BROWSER": str(browser)}) as served:
+        deadline = time.monotonic() + 20
+        while not opened.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert opened.read_text().strip() == served.url
+    with serving(research.repo, "--open", env={"BROWSER": "false"}) as served:
+        assert "no browser could be opened here" in served.process.stderr.readline()
