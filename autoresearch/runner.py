@@ -113,6 +113,15 @@ HANDOVER_DIR = "handover"  # in the run folder: the model as the candidate hande
 SANDBOX_SPEC = "sandbox.json"  # in the run folder: what the sandbox did for this run
 SANDBOX_LOG = "sandbox.log"  # the sandbox's own errors (the candidate's output is in run.log)
 PACKAGE_DIR = Path(autoresearch.__file__).resolve().parent  # the harness and the orchestrator
+# The user's files that commonly hold keys or logins: the candidate's environment has none of
+# them on purpose, and these would give them back. Paths in the user's home, then names in
+# the research repo (`.env` and `.env.*` as python-dotenv and direnv keep them).
+KEY_FILES = (
+    ".ssh", ".gnupg", ".aws", ".azure", ".config/gcloud", ".kube", ".docker/config.json",
+    ".netrc", ".git-credentials", ".config/gh", ".pypirc", ".kaggle", ".huggingface",
+    ".cache/huggingface/token", ".claude", ".claude.json", ".codex", ".aider.conf.yml", ".env",
+)  # fmt: skip
+REPO_KEY_FILES = (".env", ".env.*", ".envrc")
 MEASURED_FIELDS = (
     "status", "reason", "val_bpb", "training_seconds", "total_seconds", "tokens", "num_steps",
     "num_params", "mfu_percent", "final_loss", "device", "fingerprints", "timings",
@@ -293,6 +302,15 @@ def _reap(pid: int, timeout: float) -> tuple[int | None, object]:
         if time.monotonic() >= deadline:
             return None, None
         time.sleep(POLL_SECONDS)
+
+
+def key_files(home: Path, root: Path | None) -> list[Path]:
+    """The user's key files (KEY_FILES in `home`, REPO_KEY_FILES in the research repo `root`)
+    that exist: hidden from candidates."""
+    found = [home / name for name in KEY_FILES]
+    if root:
+        found += [path for pattern in REPO_KEY_FILES for path in sorted(root.glob(pattern))]
+    return [path for path in found if os.path.lexists(path)]
 
 
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
@@ -538,6 +556,7 @@ def sandbox_spec(
 
         hidden += stdlib_val_folders()
     hidden += [Path(p) for p in slot.hidden]
+    keys = key_files(Path.home(), root)
     env = minimal_env({
         CONTEXT_ENV: str(run_dir / "context.json"),
         "PYTHONDONTWRITEBYTECODE": "1",  # no .pyc written next to the harness by anyone
@@ -557,6 +576,7 @@ def sandbox_spec(
         isolate=isolate,
         network=config.run.network,
         hidden=[str(p) for p in hidden],
+        keys=[str(p) for p in keys],
         readonly=[str(p) for p in (root, cache_root(), PACKAGE_DIR) if p],
         writable=[str(p.resolve()) for p in (run_dir, *caches)],
         memory_bytes=caps.memory_bytes,

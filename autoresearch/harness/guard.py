@@ -3,8 +3,9 @@
     python -m autoresearch.harness.guard <sandbox spec> train.py
 
 Before any candidate code runs, an audit hook (PEP 578, which cannot be
-removed once added) refuses to open the validation data, the raw data and the
-training split (the runner serves its rows) for reading, and refuses to open,
+removed once added) refuses to open the validation data, the raw data, the
+training split (the runner serves its rows) and the user's key files (a `.env`,
+`~/.ssh`, ...: `runner.KEY_FILES`) for reading, and refuses to open,
 rename, delete or change protected files for writing: the research repo, the
 data cache and the harness itself, except the run's own folder. Each refusal is
 also reported to the runner, which marks the experiment `invalid`, even if the
@@ -40,6 +41,7 @@ TRAIN_SPLIT = "train.npy"  # Manifest.train_path's name: hidden too, but not val
 class Guard:
     def __init__(self, spec: SandboxSpec):
         self.hidden = tuple(os.path.realpath(p) for p in spec.hidden)
+        self.keys = tuple(os.path.realpath(p) for p in spec.keys)
         self.readonly = tuple(os.path.realpath(p) for p in spec.readonly)
         self.writable = tuple(os.path.realpath(p) for p in spec.writable)
         # Hidden folders that hold a writable one (the state folder around the run folder).
@@ -67,6 +69,8 @@ class Guard:
         real = os.path.realpath(path)
         if writes and _under(real, self.readonly) and not _under(real, self.writable):
             self._refuse(f"tried to change a protected file ({real})")
+        if _under(real, self.keys):
+            self._refuse(f"tried to read the user's key files ({real})")
         if _under(real, self.hidden) and not _under(real, self.writable):
             if _under(real, self.veiled):
                 self._refuse(f"tried to read what is not its own run's ({real})")

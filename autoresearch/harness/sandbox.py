@@ -89,6 +89,9 @@ class SandboxSpec:
     # Files and folders the candidate must not read; of one that holds a writable folder (the
     # state folder around its run folder), all but that folder.
     hidden: list[str] = field(default_factory=list)
+    # The user's files that commonly hold keys (which its environment lacks on purpose):
+    # hidden like `hidden` where the kernel allows it (a refusal goes to the sandbox log).
+    keys: list[str] = field(default_factory=list)
     readonly: list[str] = field(default_factory=list)  # folders it must not change
     writable: list[str] = field(default_factory=list)  # folders inside those that stay writable
     # The caps of harness.limits. Where no cgroup caps memory, RLIMIT_AS stands in on CPU runs
@@ -274,10 +277,21 @@ def enter_namespaces(spec: SandboxSpec) -> None:
         inside = [w for w in spec.writable if _within(w, path)]
         if inside:
             _veil(path, inside)
-        elif os.path.isdir(path):
-            _mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, "size=4k")
-        elif os.path.exists(path):
-            _mount("/dev/null", path, None, MS_BIND)
+        else:
+            _hide(path)
+    for path in spec.keys:
+        try:
+            _hide(path)
+        except OSError as e:  # best effort: a home on a file system that refuses the mount
+            print(f"{e}: left visible", file=sys.stderr)
+
+
+def _hide(path: str) -> None:
+    """Show `path` as an empty folder or an empty file."""
+    if os.path.isdir(path):
+        _mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV, "size=4k")
+    elif os.path.exists(path):
+        _mount("/dev/null", path, None, MS_BIND)
 
 
 def _veil(folder: str, keep: list[str]) -> None:

@@ -99,6 +99,54 @@ def test_5_temporary_files_land_in_the_run_folder(home_and_tmp_attack):
     assert {"left-behind", "by-env"} <= landed
 
 
+# --- 5a'. the user's key files are not the candidate's ---------------------------------
+
+KEY_IN_A_FILE = "sk-in-a-file-0123456789abcdef"
+
+
+def plant_key_files(home: Path, repo: Path) -> list[Path]:
+    """A key in the research repo's .env, the user's ~/.netrc and ~/.ssh/id_test."""
+    (home / ".ssh").mkdir()
+    files = [repo / ".env", home / ".netrc", home / ".ssh" / "id_test"]
+    for path in files:
+        path.write_text(f"OPENAI_API_KEY={KEY_IN_A_FILE}\n")
+    return files
+
+
+def test_5_reading_the_users_key_files_from_python_is_invalid(research_repo, orchestrator_home):
+    home, _ = orchestrator_home
+    files = plant_key_files(home, research_repo)
+    reads = candidates.honest_with(
+        at_start=f"    for path in {[str(p) for p in files]!r}:\n"
+        "        try:\n"
+        "            print(open(path).read())\n"
+        "        except OSError:\n"
+        "            pass\n"
+    )
+    out = attack(research_repo, reads)
+    assert out.status == "invalid" and "tried to read the user's key files" in out.reason
+    assert KEY_IN_A_FILE not in (last_run(research_repo) / "run.log").read_text()
+
+
+@needs_isolation
+def test_5_under_isolation_the_users_key_files_read_empty_from_a_shell(
+    research_repo, orchestrator_home
+):
+    home, _ = orchestrator_home
+    files = plant_key_files(home, research_repo)
+    reads = candidates.honest_with(
+        at_start="    import subprocess\n"
+        f"    for path in {[str(p) for p in files]!r}:\n"
+        "        subprocess.run(['sh', '-c', 'cat \"$1\"; ls \"$(dirname $1)\"', 'sh', path])\n"
+    )
+    out = attack(research_repo, reads, isolation="on")
+    assert out.status == "keep", out.reason
+    log = (last_run(research_repo) / "run.log").read_text()
+    assert KEY_IN_A_FILE not in log
+    assert "id_test: No such file" in log  # ~/.ssh is an empty folder to it
+    assert all(p.read_text() == f"OPENAI_API_KEY={KEY_IN_A_FILE}\n" for p in files)  # untouched
+
+
 # --- 5b. under isolation nothing outside the run folder is writable --------------------
 
 
