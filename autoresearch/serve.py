@@ -389,6 +389,7 @@ def _read_text(path: Path, limit: int) -> str:
 
 class Server(ThreadingHTTPServer):
     daemon_threads = True  # an open event stream must not keep the process alive
+    request_queue_size = MAX_CONNECTIONS  # connections the kernel holds until accepted (not 5)
 
     def __init__(self, research: Research, host: str, port: int, token: str | None):
         self.research, self.token = research, token
