@@ -65,7 +65,7 @@ from autoresearch.harness.sandbox import (
     isolation_works,
     prctl,
 )
-from autoresearch.harness.untrusted import read_untrusted, read_untrusted_text
+from autoresearch.harness.untrusted import decode_cut, read_untrusted
 from autoresearch.ledger import Record, own_write
 from autoresearch.redact import redact
 from autoresearch.slots import WHOLE_MACHINE, Slot
@@ -317,10 +317,10 @@ def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     """The last `lines` lines of a run's log; "" if it is missing or not a plain file (the
     candidate may have replaced it: see harness.untrusted)."""
     try:
-        tail = read_untrusted_text(path, LOG_TAIL_BYTES)
+        tail = read_untrusted(path, LOG_TAIL_BYTES)
     except OSError:
         return ""
-    return "\n".join(tail.splitlines()[-lines:])
+    return decode_cut(b"\n".join(tail.splitlines()[-lines:]))
 
 
 class Runner(Protocol):

@@ -26,6 +26,7 @@ import json
 import os
 import secrets
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -436,8 +437,6 @@ class Server(ThreadingHTTPServer):
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that went away is not news; anything else is one line, no traceback."""
-        import sys
-
         error = sys.exc_info()[1]
         if not isinstance(error, (ConnectionError, TimeoutError)):
             print(f"serve: a request failed: {type(error).__name__}: {error}", file=sys.stderr)

@@ -36,9 +36,13 @@ def read_untrusted(path: Path, limit: int) -> bytes:
 
 
 def read_untrusted_text(path: Path, limit: int) -> str:
-    """`read_untrusted` as UTF-8 text, without the character its cut may have split at the
+    """`read_untrusted` as UTF-8 text (see `decode_cut`)."""
+    return decode_cut(read_untrusted(path, limit))
+
+
+def decode_cut(data: bytes) -> str:
+    """The end of a file as UTF-8 text, without the character its cut may have split at the
     start (decoded, it would be U+FFFD, and a secret starting there would not be known)."""
-    data = read_untrusted(path, limit)
     return (data[:3].lstrip(UTF8_CONTINUATION) + data[3:]).decode("utf-8", "replace")
 
 
