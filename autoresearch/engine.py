@@ -916,10 +916,18 @@ class Engine:
         )
         # The delta is against the parent: say when a kept one is worse than the start.
         worse = r.status == "keep" and pop.worse_than_baseline(r, pop.baseline(self.records))
-        mark = " (promoted)" if r.promoted else " (worse than the baseline)" if worse else ""
-        if r.proposer in pop.REPEATS and r.val_bpb is not None:
+        mark = (
+            " (promoted)" if r.promoted
+            else " (in the population, worse than the baseline)" if worse else ""
+        )  # fmt: skip
+        if r.proposer == pop.CALIBRATE and r.val_bpb is not None:
+            # Its seed-adjusted mean is the baseline's first run until a candidate shares its
+            # seeds: what a calibration run tells so far is the noise.
+            sd = self.noise()
+            mark += f" (noise so far: sd {sd:.6f})" if sd is not None else ""
+        elif r.proposer == pop.REPEAT and r.val_bpb is not None:
             mean = pop.means(self.records)[pop.source_of(r)]
-            mark += f" (mean {mean.value:.6f} over {mean.runs} runs)"
+            mark += f" (seed-adjusted mean {mean.value:.6f} over {mean.runs} runs)"
         why = f" [{r.reason}]" if r.status in FAILED_STATUSES else ""
         return (
             f"{r.id}  parent {r.parent or '-':5}  {r.proposer:<12} val_bpb {bpb} {delta:>10}"

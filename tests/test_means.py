@@ -40,6 +40,11 @@ def lr(source: str) -> float:
     return float(read_constants(source)["LR"])
 
 
+def lr_of(runner: ScriptedRunner, record) -> float:
+    """The LR of the source a record's run trained (experiments are numbered in call order)."""
+    return lr(runner.calls[int(record.id[1:]) - 1].source)
+
+
 def with_lr(value: float) -> str:
     return rewrite_constants(LEARNS, {"LR": value})
 
@@ -249,10 +254,17 @@ def test_the_last_experiments_re_measure_the_best_and_the_best_mean_wins(researc
     assert sum(r.proposer == "scripted" for r in records) == 3
     assert champion(records).id == "e0005"  # LR 0.2
     first_promoted = next(r for r in records if r.promoted and r.proposer == "scripted")
-    assert lr(runner.calls[int(first_promoted.id[1:]) - 1].source) == 0.3
+    assert lr_of(runner, first_promoted) == 0.3
     assert means(records)[champion(records).fingerprints["source"]].runs >= 3
     summary_inputs = [r.seed for r in records if r.fingerprints == records[3].fingerprints]
     assert len(set(summary_inputs)) == len(summary_inputs)  # every run of e0004 its own seed
+    # What each line says a repeat measured: a calibration run the noise (its seed-adjusted
+    # mean is the baseline's first run), a candidate's repeat its mean.
+    lines = {line.split()[0]: line for line in engine.lines if line.startswith("e0")}
+    assert "discard (noise so far: sd 0.0" in lines["e0003"]
+    assert "(seed-adjusted mean " in lines["e0012"] and "mean 3.0" not in lines["e0002"]
+    worse = next(r.id for r in records if r.proposer == "scripted" and lr_of(runner, r) == 0.1)
+    assert "keep (in the population, worse than the baseline)" in lines[worse]
 
 
 def test_confirm_re_runs_a_would_be_champion_before_promoting_it(research_repo):
