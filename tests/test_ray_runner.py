@@ -314,6 +314,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
+@pytest.mark.slow  # 20-30 s; evolve on Ray slots is tests/test_ray_evolve.py (slow too)
 def test_a_search_on_two_ray_slots_records_both_from_the_cluster(runner, repo):
     """The engine with the Ray runner: two candidates in flight on the cluster, both
     recorded by the orchestrator with the node and GPU that ran them."""
